@@ -1,0 +1,157 @@
+"""A thin httpx client for the server: one-line errors instead of exceptions, NDJSON streams."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from modelhangar import __version__
+from modelhangar.cli.errors import CliError
+from modelhangar.core.config import DEFAULT_PORT, parse_host
+
+CHUNK = 1 << 20
+
+
+def base_url(host: str | None) -> str:
+    """The server's URL from `--host`, else HANGAR_HOST, else the default `127.0.0.1:11435`."""
+    text = host or os.environ.get("HANGAR_HOST") or f"127.0.0.1:{DEFAULT_PORT}"
+    scheme = "https" if text.strip().startswith("https://") else "http"
+    try:
+        name, port = parse_host(text)
+    except ValueError as e:
+        raise CliError(f"invalid host {text!r}: use HOST:PORT, e.g. 127.0.0.1:{DEFAULT_PORT}") from e
+    if name == "0.0.0.0":  # a bind-all address: talk to this machine
+        name = "127.0.0.1"
+    elif name == "::":
+        name = "::1"
+    if ":" in name:
+        name = f"[{name}]"
+    return f"{scheme}://{name}:{port}"
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The server's `error` (Ollama API) or `detail` (modelhangar API) text, else the raw body."""
+    fallback = f"HTTP {response.status_code} {response.reason_phrase}"
+    try:
+        response.read()
+    except httpx.HTTPError:
+        return fallback
+    try:
+        doc = response.json()
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        for key in ("error", "detail"):
+            value = doc.get(key)
+            if isinstance(value, str) and value:
+                return value
+            if isinstance(value, list) and value:  # request validation errors
+                return "; ".join(str(v.get("msg", v)) if isinstance(v, dict) else str(v) for v in value)
+    text = " ".join(response.text.split())
+    return text[:300] or fallback
+
+
+class Client:
+    """Requests to one server; every failure becomes a CliError."""
+
+    def __init__(self, host: str | None = None) -> None:
+        self.url = base_url(host)
+        self._http = httpx.Client(
+            base_url=self.url,
+            timeout=httpx.Timeout(None, connect=10.0),
+            headers={"User-Agent": f"hangar/{__version__}", "Accept": "application/json"},
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
+        try:
+            return self._http.send(request, stream=stream)
+        except httpx.ConnectError as e:
+            raise CliError(f"cannot reach the server at {self.url} (is `hangar serve` running?)") from e
+        except httpx.TimeoutException as e:
+            raise CliError(f"the server at {self.url} did not answer in time") from e
+        except httpx.HTTPError as e:
+            raise CliError(f"request to {self.url} failed: {e}") from e
+
+    def request(
+        self, method: str, path: str, *, json_body: Any = None, allow: tuple[int, ...] = ()
+    ) -> httpx.Response:
+        """Send and return the response; statuses >= 400 not in `allow` raise with the server's text."""
+        response = self._send(self._http.build_request(method, path, json=json_body))
+        if response.status_code >= 400 and response.status_code not in allow:
+            raise CliError(_error_text(response))
+        return response
+
+    def get_json(self, path: str) -> Any:
+        return response_json(self.request("GET", path))
+
+    def post_json(self, path: str, body: Any) -> Any:
+        return response_json(self.request("POST", path, json_body=body))
+
+    def stream_ndjson(self, path: str, body: Any) -> Iterator[dict[str, Any]]:
+        """POST and yield each NDJSON object; an `{"error": ...}` line raises CliError."""
+        response = self._send(self._http.build_request("POST", path, json=body), stream=True)
+        try:
+            if response.status_code >= 400:
+                raise CliError(_error_text(response))
+            for line in response.iter_lines():
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError as e:
+                    raise CliError(f"the server sent a line that is not JSON: {line[:200]!r}") from e
+                if isinstance(obj, dict) and obj.get("error"):
+                    raise CliError(str(obj["error"]))
+                if isinstance(obj, dict):
+                    yield obj
+        except httpx.HTTPError as e:
+            raise CliError(f"connection to {self.url} broke: {e}") from e
+        finally:
+            response.close()
+
+    def has_blob(self, digest: str) -> bool:
+        return self.request("HEAD", f"/api/blobs/{digest}", allow=(404,)).status_code < 400
+
+    def upload_blob(self, digest: str, path: Path, on_chunk: Callable[[int], None] | None = None) -> None:
+        """POST a file's bytes to `/api/blobs/<digest>`, streamed with its Content-Length."""
+        size = path.stat().st_size
+
+        def chunks() -> Iterator[bytes]:
+            with path.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    yield chunk
+                    if on_chunk is not None:
+                        on_chunk(len(chunk))
+
+        request = self._http.build_request(
+            "POST",
+            f"/api/blobs/{digest}",
+            content=chunks(),
+            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+        )
+        response = self._send(request)
+        if response.status_code >= 400:
+            raise CliError(f"uploading {path.name}: {_error_text(response)}")
+
+
+def response_json(response: httpx.Response) -> Any:
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError as e:
+        raise CliError(f"the server answered {response.request.url.path} with something that is not JSON") from e

@@ -1,0 +1,143 @@
+"""Tables of the catalog. Changes go through an Alembic migration in `migrations/versions/`.
+
+Reference graph (what keeps what alive):
+  tag -> manifest (within a repository), repo_manifest (membership) -> manifest,
+  trash entry -> manifest, parent manifest (index) -> child manifest,
+  manifest -> blob (manifest_blobs).
+A manifest row exists only while something holds it; a blob file is deleted only when no
+manifest_blobs row names it (see `core/store.py` for the locking protocol).
+Times are POSIX seconds (float) so SQLite and PostgreSQL compare them alike.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+DIGEST = sa.String(71)
+
+repositories = sa.Table(
+    "repositories",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(1024), nullable=False, unique=True),
+    sa.Column("name_key", sa.String(1024), nullable=False, unique=True),
+    sa.Column("owner", sa.String(255), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+blobs = sa.Table(
+    "blobs",
+    metadata,
+    sa.Column("digest", DIGEST, primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    # 'present': the file is in place. 'deleting': being removed; looks absent to everyone.
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    # Last time a writer uploaded or reused the blob: the GC grace period counts from here.
+    sa.Column("touched_at", sa.Float, nullable=False),
+)
+
+manifests = sa.Table(
+    "manifests",
+    metadata,
+    sa.Column("digest", DIGEST, primary_key=True),
+    sa.Column("media_type", sa.String(255), nullable=False),
+    sa.Column("content", sa.LargeBinary, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    # Sum of the sizes of everything the manifest names (as Ollama's `size`).
+    sa.Column("total_size", sa.BigInteger, nullable=False),
+    # Ollama-style details read from the config blob at commit time (JSON text).
+    sa.Column("details", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+manifest_blobs = sa.Table(
+    "manifest_blobs",
+    metadata,
+    sa.Column("manifest_digest", DIGEST, sa.ForeignKey("manifests.digest"), primary_key=True),
+    sa.Column("blob_digest", DIGEST, primary_key=True),
+    sa.Index("ix_manifest_blobs_blob", "blob_digest"),
+)
+
+manifest_children = sa.Table(
+    "manifest_children",
+    metadata,
+    sa.Column("parent_digest", DIGEST, sa.ForeignKey("manifests.digest"), primary_key=True),
+    sa.Column("child_digest", DIGEST, primary_key=True),
+    sa.Index("ix_manifest_children_child", "child_digest"),
+)
+
+repo_manifests = sa.Table(
+    "repo_manifests",
+    metadata,
+    sa.Column("repository_id", sa.Integer, sa.ForeignKey("repositories.id"), primary_key=True),
+    sa.Column("manifest_digest", DIGEST, sa.ForeignKey("manifests.digest"), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_repo_manifests_manifest", "manifest_digest"),
+)
+
+tags = sa.Table(
+    "tags",
+    metadata,
+    sa.Column("repository_id", sa.Integer, sa.ForeignKey("repositories.id"), primary_key=True),
+    sa.Column("name_key", sa.String(255), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("manifest_digest", DIGEST, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("modified_at", sa.Float, nullable=False),
+    sa.Column("last_used_at", sa.Float, nullable=False),
+    sa.Index("ix_tags_repo_manifest", "repository_id", "manifest_digest"),
+    sa.Index("ix_tags_modified", "modified_at"),
+)
+
+trash = sa.Table(
+    "trash",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("repository", sa.String(1024), nullable=False),
+    sa.Column("tag", sa.String(255), nullable=False),
+    sa.Column("manifest_digest", DIGEST, nullable=False),
+    sa.Column("owner", sa.String(255), nullable=True),
+    sa.Column("deleted_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("face", sa.String(32), nullable=False),
+    # The tag's own times, restored with it (JSON text).
+    sa.Column("meta", sa.Text, nullable=False),
+    sa.Index("ix_trash_manifest", "manifest_digest"),
+    sa.Index("ix_trash_expires", "expires_at"),
+)
+
+# Anything outside the store that uses a model: a deployment, pipeline, agent, fine-tune, ...
+# Dependents are data, so a new kind needs no new deletion code: the planner reports each as a blocker.
+dependents = sa.Table(
+    "dependents",
+    metadata,
+    sa.Column("kind", sa.String(64), primary_key=True),
+    sa.Column("id", sa.String(255), primary_key=True),
+    # 'repository' (name), 'tag' (repository:tag) or 'manifest' (digest)
+    sa.Column("target_kind", sa.String(16), primary_key=True),
+    sa.Column("target", sa.String(1300), primary_key=True),
+    sa.Column("owner", sa.String(255), nullable=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_dependents_target", "target_kind", "target"),
+)
+
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("face", sa.String(32), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("target", sa.Text, nullable=False),
+    sa.Column("dry_run", sa.Boolean, nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("bytes_freed", sa.BigInteger, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Index("ix_audit_at", "at"),
+)

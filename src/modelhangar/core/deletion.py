@@ -1,0 +1,62 @@
+"""Deleting models by name, one result per name (bulk deletes are never all-or-nothing)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from modelhangar.core.names import InvalidName, parse_name
+from modelhangar.core.planner import Plan, Planner, Target
+from modelhangar.core.store import Actor, Store
+
+Status = Literal["deleted", "trashed", "would_delete", "not_found", "refused", "invalid"]
+
+
+@dataclass(frozen=True)
+class ModelDeletion:
+    model: str
+    status: Status
+    plan: Plan | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("deleted", "trashed", "would_delete")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "status": self.status,
+            "error": self.error,
+            "plan": self.plan.to_dict() if self.plan else None,
+        }
+
+
+def model_target(raw: str) -> Target:
+    """The planner target for an Ollama-style model name (raises InvalidName)."""
+    name = parse_name(raw)
+    return Target("tag", name.repository, name.tag)
+
+
+def delete_models(
+    store: Store, names: list[str], actor: Actor, *, dry_run: bool = False, purge: bool = False
+) -> list[ModelDeletion]:
+    planner = Planner(store)
+    results = []
+    for raw in names:
+        try:
+            target = model_target(raw)
+        except InvalidName:
+            results.append(ModelDeletion(raw, "invalid", None, f'name "{raw}" is invalid'))
+            continue
+        plan = planner.delete([target], actor, dry_run=dry_run, purge=purge)
+        if plan.not_found:
+            results.append(ModelDeletion(raw, "not_found", plan, f"model '{raw}' not found"))
+        elif plan.blockers:
+            reasons = "; ".join(f"{b.kind} {b.id}: {b.reason}" for b in plan.blockers)
+            results.append(ModelDeletion(raw, "refused", plan, f"refused: {reasons}"))
+        elif dry_run:
+            results.append(ModelDeletion(raw, "would_delete", plan))
+        else:
+            results.append(ModelDeletion(raw, "trashed" if plan.trash else "deleted", plan))
+    return results

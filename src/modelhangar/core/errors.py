@@ -1,0 +1,48 @@
+"""Errors the core raises; each face maps them to its own wire format."""
+
+from __future__ import annotations
+
+
+class HangarError(Exception):
+    """Base class of every error the core raises on purpose."""
+
+
+class NotFound(HangarError):
+    """The named model, tag, manifest, blob or trash entry does not exist."""
+
+
+class BlobUnknown(NotFound):
+    """A manifest names a blob the store does not hold (or holds only as being deleted)."""
+
+    def __init__(self, digests: list[str]) -> None:
+        self.digests = digests
+        super().__init__("blob unknown: " + ", ".join(digests))
+
+
+class DigestMismatch(HangarError):
+    """Uploaded content does not hash to the digest the client named."""
+
+    def __init__(self, expected: str, actual: str) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f'digest mismatch, expected "{expected}", got "{actual}"')
+
+
+class SizeMismatch(HangarError):
+    """Uploaded content is not as long as the client said it is."""
+
+
+class InvalidManifest(HangarError):
+    """A manifest is not JSON, or not a manifest, or names an invalid digest."""
+
+
+class Conflict(HangarError):
+    """The operation clashes with the current state (e.g. restore onto a name taken again)."""
+
+
+class Refused(HangarError):
+    """A deletion plan has blockers; the plan says which."""
+
+    def __init__(self, plan: object, message: str) -> None:
+        self.plan = plan
+        super().__init__(message)

@@ -1,0 +1,602 @@
+"""The store: blobs, manifests, tags and the reference graph between them, over one catalog.
+
+Locking protocol (what keeps invariant 1 of DEVELOPERS.md true):
+
+* Every change of a blob's state happens inside a catalog write transaction that holds that
+  blob's row lock: the whole database on SQLite (`BEGIN IMMEDIATE`), `SELECT ... FOR UPDATE` on
+  PostgreSQL, always taken in sorted digest order so two writers never deadlock.
+* A blob row is `present` (its file is in place) or `deleting` (it looks absent to everyone).
+* An uploader writes and fsyncs a private temp file, then, under the row lock, renames it into
+  place and marks the row `present`. A crash before the commit leaves a file with no row (or a
+  `deleting` row): GC reclaims it, and nothing could have referenced it.
+* Reusing a blob that is already present counts as a write: it takes the row lock and bumps
+  `touched_at`. A manifest commits only if, under the row locks, every blob it names is
+  `present`; otherwise it fails with BlobUnknown and nothing changes.
+* A deleter, under the row lock, re-checks that no manifest references the blob (a fresh query
+  after the lock, so it sees any manifest committed meanwhile) and that no writer touched it
+  within the reuse fuse, then marks it `deleting` and commits. Only afterwards, again under the
+  row lock, it unlinks the file and drops the row if the row is still `deleting` (an uploader may
+  have taken the name back meanwhile). A crash between the two leaves a `deleting` row, which
+  looks absent and which the next GC finishes.
+* The grace period is a fuse, not a lease: correctness never depends on it. It only spares a
+  client the retry of an upload that GC would otherwise have reclaimed under its feet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from modelhangar.core.blobstore import COPY_CHUNK, BlobWriter, LocalBlobStore, sha256_file
+from modelhangar.core.catalog import schema as t
+from modelhangar.core.catalog.db import Catalog
+from modelhangar.core.config import Settings
+from modelhangar.core.digests import parse_digest, sha256_digest
+from modelhangar.core.errors import BlobUnknown, DigestMismatch, NotFound
+from modelhangar.core.manifests import OLLAMA_CONFIG, ManifestRefs, parse_manifest
+
+PRESENT = "present"
+DELETING = "deleting"
+MAX_CONFIG_BYTES = 1 << 20
+REUSE_FUSE_MAX = 60.0
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks, and through which face."""
+
+    name: str = "local"
+    face: str = "cli"
+    admin: bool = True
+
+
+@dataclass(frozen=True)
+class BlobCommit:
+    digest: str
+    size: int
+    created: bool
+
+
+@dataclass(frozen=True)
+class TagRecord:
+    """A tagged model as every face lists it."""
+
+    repository: str
+    tag: str
+    manifest_digest: str
+    media_type: str
+    total_size: int
+    details: dict[str, Any] | None
+    created_at: float
+    modified_at: float
+    last_used_at: float
+    owner: str | None
+
+
+@dataclass
+class Released:
+    """What releasing references did inside one transaction."""
+
+    manifests: list[str] = field(default_factory=list)
+    blobs: list[str] = field(default_factory=list)
+    bytes: int = 0
+    deferred: list[str] = field(default_factory=list)
+
+
+def now() -> float:
+    return time.time()
+
+
+class Store:
+    """One data directory: the catalog plus the blob files it describes."""
+
+    def __init__(self, settings: Settings, *, migrate: bool = True) -> None:
+        self.settings = settings
+        settings.home.mkdir(parents=True, exist_ok=True)
+        self.catalog = Catalog(settings.database_url, lock_dir=settings.home)
+        self.blobs = LocalBlobStore(settings.blobs_dir, settings.tmp_dir)
+        if migrate:
+            self.catalog.migrate()
+
+    @property
+    def reuse_fuse(self) -> float:
+        """How recently a writer must have used a blob for a delete to leave it to a later GC."""
+        return min(self.settings.gc_grace, REUSE_FUSE_MAX)
+
+    def close(self) -> None:
+        self.blobs.close()
+        self.catalog.dispose()
+
+    # ------------------------------------------------------------------ blob rows and locks
+
+    def _insert_ignore(self, conn: sa.Connection, table: sa.Table, values: dict[str, Any]) -> None:
+        dialect = sqlite_dialect if self.catalog.is_sqlite else pg_dialect
+        conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
+
+    def _lock_blob(self, conn: sa.Connection, digest: str) -> sa.Row[Any] | None:
+        q = sa.select(t.blobs.c.state, t.blobs.c.size, t.blobs.c.touched_at).where(t.blobs.c.digest == digest)
+        return conn.execute(q.with_for_update()).first()
+
+    def _blob_referenced(self, conn: sa.Connection, digest: str) -> bool:
+        q = sa.select(sa.literal(1)).where(t.manifest_blobs.c.blob_digest == digest).limit(1)
+        return conn.execute(q).first() is not None
+
+    # ------------------------------------------------------------------ blobs
+
+    def blob_size(self, digest: str) -> int | None:
+        """Size of a present blob, or None (a blob being deleted looks absent)."""
+        with self.catalog.read() as conn:
+            row = conn.execute(
+                sa.select(t.blobs.c.size).where(t.blobs.c.digest == digest, t.blobs.c.state == PRESENT)
+            ).first()
+        return None if row is None else int(row.size)
+
+    def reuse_blob(self, digest: str) -> int | None:
+        """Claim a present blob for an upcoming manifest (a write: it resets the GC fuse)."""
+        with self.catalog.write() as conn:
+            row = self._lock_blob(conn, digest)
+            if row is None or row.state != PRESENT or not self.blobs.exists(digest):
+                return None
+            conn.execute(t.blobs.update().where(t.blobs.c.digest == digest).values(touched_at=now()))
+            return int(row.size)
+
+    def blob_writer(self) -> BlobWriter:
+        return self.blobs.writer()
+
+    def commit_blob(self, writer: BlobWriter, expected: str | None = None) -> BlobCommit:
+        """Finish an upload: verify its digest, then install it under the row lock."""
+        try:
+            digest = writer.finish()
+        except BaseException:
+            writer.discard()
+            raise
+        if expected is not None and digest != str(parse_digest(expected)):
+            writer.discard()
+            raise DigestMismatch(str(parse_digest(expected)), digest)
+        created = False
+        try:
+            created = self._install_blob(digest, writer.size, lambda: self.blobs.install(writer, digest))
+        finally:
+            if not created:
+                writer.discard()
+        return BlobCommit(digest=digest, size=writer.size, created=created)
+
+    def _install_blob(self, digest: str, size: int, install: Callable[[], None]) -> bool:
+        """Under the row lock: touch the blob if present, else `install()` it and mark it present."""
+        with self.catalog.write() as conn:
+            self._insert_ignore(
+                conn,
+                t.blobs,
+                {"digest": digest, "size": 0, "state": DELETING, "created_at": now(), "touched_at": 0.0},
+            )
+            row = self._lock_blob(conn, digest)
+            ts = now()
+            if row is not None and row.state == PRESENT and self.blobs.exists(digest):
+                conn.execute(t.blobs.update().where(t.blobs.c.digest == digest).values(touched_at=ts))
+                return False
+            install()
+            conn.execute(
+                t.blobs.update()
+                .where(t.blobs.c.digest == digest)
+                .values(state=PRESENT, size=size, created_at=ts, touched_at=ts)
+            )
+            return True
+
+    def import_blob_file(self, path: Path, expected: str) -> BlobCommit:
+        """Install an existing regular file as the blob `expected`: a hard link where the filesystem
+        allows, else a copy; raises DigestMismatch (keeping nothing) unless the content matches.
+
+        A linked blob shares its inode with `path`; that is safe because blob files are only ever
+        renamed or unlinked, never written in place. Symlinks are not followed.
+        """
+        want = str(parse_digest(expected))
+        tmp = self.blobs.tmp_dir / f"import-{uuid.uuid4().hex}"
+        try:
+            os.link(path, tmp, follow_symlinks=False)
+        except OSError:
+            w = self.blob_writer()
+            try:
+                with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
+                    while chunk := f.read(COPY_CHUNK):
+                        w.write(chunk)
+            except BaseException:
+                w.discard()
+                raise
+            return self.commit_blob(w, want)
+        try:
+            if not stat.S_ISREG(os.lstat(tmp).st_mode):
+                raise OSError(f"{path}: not a regular file")
+            digest = sha256_file(tmp)  # hash what we now hold, not what the path may point at later
+            if digest != want:
+                raise DigestMismatch(want, digest)
+            size = os.lstat(tmp).st_size
+            created = self._install_blob(digest, size, lambda: self.blobs.link_or_copy_in(tmp, digest))
+            return BlobCommit(digest=digest, size=size, created=created)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_blob_bytes(self, data: bytes, expected: str | None = None) -> BlobCommit:
+        w = self.blob_writer()
+        w.write(data)
+        return self.commit_blob(w, expected)
+
+    def read_blob(self, digest: str, limit: int | None = None) -> bytes:
+        if self.blob_size(digest) is None:
+            raise NotFound(f"blob {digest} not found")
+        with self.blobs.open(digest) as f:
+            return f.read() if limit is None else f.read(limit)
+
+    # ------------------------------------------------------------------ repositories and tags
+
+    def _repository_id(self, conn: sa.Connection, name: str, *, create: bool, owner: str | None = None) -> int | None:
+        key = name.lower()
+        q = sa.select(t.repositories.c.id).where(t.repositories.c.name_key == key)
+        if create:  # writers hold the repository row, so an emptied repository is not dropped under them
+            q = q.with_for_update()
+        row = conn.execute(q).first()
+        if row is not None:
+            return int(row.id)
+        if not create:
+            return None
+        self._insert_ignore(
+            conn, t.repositories, {"name": name, "name_key": key, "owner": owner, "created_at": now()}
+        )
+        row = conn.execute(q).first()
+        assert row is not None
+        return int(row.id)
+
+    def _tag_query(self) -> sa.Select[Any]:
+        return (
+            sa.select(
+                t.repositories.c.name.label("repository"),
+                t.repositories.c.owner,
+                t.tags.c.name.label("tag"),
+                t.tags.c.manifest_digest,
+                t.tags.c.created_at,
+                t.tags.c.modified_at,
+                t.tags.c.last_used_at,
+                t.manifests.c.media_type,
+                t.manifests.c.total_size,
+                t.manifests.c.details,
+            )
+            .select_from(t.tags)
+            .join(t.repositories, t.repositories.c.id == t.tags.c.repository_id)
+            .join(t.manifests, t.manifests.c.digest == t.tags.c.manifest_digest)
+        )
+
+    @staticmethod
+    def _tag_record(row: sa.Row[Any]) -> TagRecord:
+        return TagRecord(
+            repository=row.repository,
+            tag=row.tag,
+            manifest_digest=row.manifest_digest,
+            media_type=row.media_type,
+            total_size=int(row.total_size),
+            details=json.loads(row.details) if row.details else None,
+            created_at=row.created_at,
+            modified_at=row.modified_at,
+            last_used_at=row.last_used_at,
+            owner=row.owner,
+        )
+
+    def get_tag(self, repository: str, tag: str) -> TagRecord | None:
+        """A tag by repository and tag name, matched case-insensitively as Ollama does."""
+        with self.catalog.read() as conn:
+            row = conn.execute(
+                self._tag_query().where(
+                    t.repositories.c.name_key == repository.lower(), t.tags.c.name_key == tag.lower()
+                )
+            ).first()
+        return None if row is None else self._tag_record(row)
+
+    def list_tags(self, repository: str | None = None) -> list[TagRecord]:
+        """Every live tag (newest first), or those of one repository."""
+        q = self._tag_query().order_by(t.tags.c.modified_at.desc())
+        if repository is not None:
+            q = q.where(t.repositories.c.name_key == repository.lower())
+        with self.catalog.read() as conn:
+            return [self._tag_record(r) for r in conn.execute(q)]
+
+    def list_repositories(self) -> list[str]:
+        """Repositories that hold at least one manifest, sorted."""
+        q = (
+            sa.select(t.repositories.c.name)
+            .where(sa.exists().where(t.repo_manifests.c.repository_id == t.repositories.c.id))
+            .order_by(t.repositories.c.name)
+        )
+        with self.catalog.read() as conn:
+            return [r.name for r in conn.execute(q)]
+
+    def get_manifest(self, digest: str) -> tuple[bytes, str] | None:
+        """Bytes and media type of a live manifest."""
+        with self.catalog.read() as conn:
+            row = conn.execute(
+                sa.select(t.manifests.c.content, t.manifests.c.media_type).where(t.manifests.c.digest == digest)
+            ).first()
+        return None if row is None else (bytes(row.content), row.media_type)
+
+    def manifest_in_repository(self, repository: str, digest: str) -> bool:
+        q = (
+            sa.select(sa.literal(1))
+            .select_from(t.repo_manifests.join(t.repositories))
+            .where(t.repositories.c.name_key == repository.lower(), t.repo_manifests.c.manifest_digest == digest)
+        )
+        with self.catalog.read() as conn:
+            return conn.execute(q).first() is not None
+
+    def mark_used(self, repository: str, tag: str) -> None:
+        """Record that a model was pulled, shown or otherwise used (for `prune --unused-for`)."""
+        with self.catalog.write() as conn:
+            repo_id = self._repository_id(conn, repository, create=False)
+            if repo_id is not None:
+                conn.execute(
+                    t.tags.update()
+                    .where(t.tags.c.repository_id == repo_id, t.tags.c.name_key == tag.lower())
+                    .values(last_used_at=now())
+                )
+
+    # ------------------------------------------------------------------ manifests
+
+    def _details(self, refs: ManifestRefs) -> dict[str, Any] | None:
+        cfg = refs.config
+        if cfg is None or cfg.media_type != OLLAMA_CONFIG or cfg.size > MAX_CONFIG_BYTES:
+            return None
+        try:
+            doc = json.loads(self.read_blob(cfg.digest, MAX_CONFIG_BYTES))
+        except (ValueError, OSError, NotFound):
+            return None
+        from modelhangar.core.gguf_info import details_from_config  # imports numpy: only when needed
+
+        return details_from_config(doc)
+
+    def put_manifest(
+        self,
+        repository: str,
+        tag: str | None,
+        content: bytes,
+        media_type: str | None = None,
+        *,
+        owner: str | None = None,
+        actor: Actor | None = None,
+    ) -> tuple[str, Released]:
+        """Store a manifest in a repository (and point a tag at it) once all it names is present.
+
+        Returns its digest and what an overwritten tag released (already reclaimed).
+        """
+        refs = parse_manifest(content, media_type)
+        digest = str(sha256_digest(content))
+        details = self._details(refs)
+        released = Released()
+        with self.catalog.write() as conn:
+            # Lock order everywhere: tag, then manifest, then blobs (sorted): no deadlocks.
+            ts = now()
+            repo_id = self._repository_id(conn, repository, create=True, owner=owner)
+            assert repo_id is not None
+            if tag is not None:
+                conn.execute(
+                    sa.select(t.tags.c.name_key)
+                    .where(t.tags.c.repository_id == repo_id, t.tags.c.name_key == tag.lower())
+                    .with_for_update()
+                )
+            manifest_row = {
+                "digest": digest,
+                "media_type": refs.media_type,
+                "content": content,
+                "size": len(content),
+                "total_size": refs.total_size,
+                "details": json.dumps(details) if details is not None else None,
+                "created_at": ts,
+            }
+            lock_manifest = sa.select(t.manifests.c.digest).where(t.manifests.c.digest == digest).with_for_update()
+            while True:  # a concurrent release may delete the row between our insert and our lock
+                self._insert_ignore(conn, t.manifests, manifest_row)
+                if conn.execute(lock_manifest).first() is not None:
+                    break
+            missing = []
+            for d in sorted({b.digest for b in refs.blobs}):
+                row = self._lock_blob(conn, d)
+                if row is None or row.state != PRESENT or not self.blobs.exists(d):
+                    missing.append(d)
+                    continue
+                conn.execute(t.blobs.update().where(t.blobs.c.digest == d).values(touched_at=ts))
+            for child in sorted({c.digest for c in refs.children}):
+                q = sa.select(t.manifests.c.digest).where(t.manifests.c.digest == child).with_for_update()
+                if conn.execute(q).first() is None:
+                    missing.append(child)
+            if missing:
+                raise BlobUnknown(missing)
+            for b in {b.digest for b in refs.blobs}:
+                self._insert_ignore(conn, t.manifest_blobs, {"manifest_digest": digest, "blob_digest": b})
+            for c in {c.digest for c in refs.children}:
+                self._insert_ignore(conn, t.manifest_children, {"parent_digest": digest, "child_digest": c})
+            self._insert_ignore(
+                conn, t.repo_manifests, {"repository_id": repo_id, "manifest_digest": digest, "created_at": ts}
+            )
+            if tag is not None:
+                released = self._point_tag(conn, repo_id, tag, digest, ts)
+        self.finish_deletions(released.blobs)
+        return digest, released
+
+    def _point_tag(self, conn: sa.Connection, repo_id: int, tag: str, digest: str, ts: float) -> Released:
+        """Point a tag at a manifest; release what the tag pointed at before."""
+        key = tag.lower()
+        old = conn.execute(
+            sa.select(t.tags.c.manifest_digest, t.tags.c.created_at)
+            .where(t.tags.c.repository_id == repo_id, t.tags.c.name_key == key)
+            .with_for_update()
+        ).first()
+        if old is None:
+            conn.execute(
+                t.tags.insert().values(
+                    repository_id=repo_id,
+                    name_key=key,
+                    name=tag,
+                    manifest_digest=digest,
+                    created_at=ts,
+                    modified_at=ts,
+                    last_used_at=ts,
+                )
+            )
+            return Released()
+        conn.execute(
+            t.tags.update()
+            .where(t.tags.c.repository_id == repo_id, t.tags.c.name_key == key)
+            .values(manifest_digest=digest, modified_at=ts, last_used_at=ts)
+        )
+        if old.manifest_digest == digest:
+            return Released()
+        return self.release(conn, untag_memberships=[(repo_id, old.manifest_digest)])
+
+    def copy_tag(self, src_repository: str, src_tag: str, dst_repository: str, dst_tag: str) -> TagRecord:
+        """Point dst at src's manifest (blobs are shared, nothing is copied); overwrites dst."""
+        with self.catalog.write() as conn:
+            src_repo = self._repository_id(conn, src_repository, create=False)
+            row = None
+            if src_repo is not None:
+                row = conn.execute(
+                    sa.select(t.tags.c.manifest_digest)
+                    .where(t.tags.c.repository_id == src_repo, t.tags.c.name_key == src_tag.lower())
+                    .with_for_update()
+                ).first()
+            if row is None:
+                raise NotFound(f"{src_repository}:{src_tag}")
+            digest = row.manifest_digest
+            conn.execute(sa.select(t.manifests.c.digest).where(t.manifests.c.digest == digest).with_for_update())
+            owner = conn.execute(sa.select(t.repositories.c.owner).where(t.repositories.c.id == src_repo)).scalar()
+            dst_repo = self._repository_id(conn, dst_repository, create=True, owner=owner)
+            assert dst_repo is not None
+            ts = now()
+            self._insert_ignore(
+                conn, t.repo_manifests, {"repository_id": dst_repo, "manifest_digest": digest, "created_at": ts}
+            )
+            released = self._point_tag(conn, dst_repo, dst_tag, digest, ts)
+        self.finish_deletions(released.blobs)
+        record = self.get_tag(dst_repository, dst_tag)
+        assert record is not None
+        return record
+
+    # ------------------------------------------------------------------ releasing references
+
+    def manifest_live(self, conn: sa.Connection, digest: str) -> bool:
+        """Does anything still hold this manifest: a repository, a trash entry, a parent index?"""
+        holders = (
+            sa.select(sa.literal(1)).where(t.repo_manifests.c.manifest_digest == digest).limit(1),
+            sa.select(sa.literal(1)).where(t.trash.c.manifest_digest == digest).limit(1),
+            sa.select(sa.literal(1)).where(t.manifest_children.c.child_digest == digest).limit(1),
+        )
+        return any(conn.execute(q).first() is not None for q in holders)
+
+    def release(
+        self,
+        conn: sa.Connection,
+        *,
+        untag_memberships: Iterable[tuple[int, str]] = (),
+        memberships: Iterable[tuple[int, str]] = (),
+        manifests: Iterable[str] = (),
+        ts: float | None = None,
+    ) -> Released:
+        """Drop repository memberships, then every manifest and blob nothing holds any longer.
+
+        `untag_memberships` are dropped only if no tag in that repository still points at the
+        manifest; `memberships` are dropped unconditionally. Cost grows with the manifests and
+        blobs released, never with the size of the store.
+        """
+        ts = now() if ts is None else ts
+        candidates: set[str] = set(manifests)
+        for repo_id, digest in untag_memberships:
+            still_tagged = conn.execute(
+                sa.select(sa.literal(1))
+                .where(t.tags.c.repository_id == repo_id, t.tags.c.manifest_digest == digest)
+                .limit(1)
+            ).first()
+            if still_tagged is None:
+                memberships = [*memberships, (repo_id, digest)]
+        for repo_id, digest in memberships:
+            conn.execute(
+                t.repo_manifests.delete().where(
+                    t.repo_manifests.c.repository_id == repo_id, t.repo_manifests.c.manifest_digest == digest
+                )
+            )
+            candidates.add(digest)
+            self._drop_repository_if_empty(conn, repo_id)
+        out = Released()
+        blob_candidates: set[str] = set()
+        queue = sorted(candidates)
+        while queue:
+            m = queue.pop()
+            locked = conn.execute(
+                sa.select(t.manifests.c.digest).where(t.manifests.c.digest == m).with_for_update()
+            ).first()
+            if locked is None or self.manifest_live(conn, m):
+                continue
+            blob_rows = conn.execute(
+                sa.select(t.manifest_blobs.c.blob_digest).where(t.manifest_blobs.c.manifest_digest == m)
+            ).all()
+            child_rows = conn.execute(
+                sa.select(t.manifest_children.c.child_digest).where(t.manifest_children.c.parent_digest == m)
+            ).all()
+            conn.execute(t.manifest_blobs.delete().where(t.manifest_blobs.c.manifest_digest == m))
+            conn.execute(t.manifest_children.delete().where(t.manifest_children.c.parent_digest == m))
+            conn.execute(t.manifests.delete().where(t.manifests.c.digest == m))
+            out.manifests.append(m)
+            blob_candidates.update(r.blob_digest for r in blob_rows)
+            queue.extend(r.child_digest for r in child_rows)
+        self.retire_blobs(conn, blob_candidates, ts - self.reuse_fuse, out)
+        return out
+
+    def retire_blobs(self, conn: sa.Connection, digests: Iterable[str], touched_before: float, out: Released) -> None:
+        """Mark unreferenced blobs `deleting` (under their row locks); the caller commits, then
+        calls finish_deletions."""
+        for d in sorted(set(digests)):
+            row = self._lock_blob(conn, d)
+            if row is None or row.state != PRESENT:
+                continue
+            if self._blob_referenced(conn, d):
+                continue
+            if row.touched_at > touched_before:
+                out.deferred.append(d)
+                continue
+            conn.execute(t.blobs.update().where(t.blobs.c.digest == d).values(state=DELETING))
+            out.blobs.append(d)
+            out.bytes += int(row.size)
+
+    def _drop_repository_if_empty(self, conn: sa.Connection, repo_id: int) -> None:
+        conn.execute(sa.select(t.repositories.c.id).where(t.repositories.c.id == repo_id).with_for_update())
+        has_any = conn.execute(
+            sa.select(sa.literal(1)).where(t.repo_manifests.c.repository_id == repo_id).limit(1)
+        ).first()
+        if has_any is not None:
+            return
+        has_tag = conn.execute(sa.select(sa.literal(1)).where(t.tags.c.repository_id == repo_id).limit(1)).first()
+        if has_tag is None:  # a repository with an owner (e.g. a Replicate model) outlives its versions
+            conn.execute(
+                t.repositories.delete().where(t.repositories.c.id == repo_id, t.repositories.c.owner.is_(None))
+            )
+
+    def finish_deletions(self, digests: Sequence[str]) -> int:
+        """Second phase: unlink each blob still marked `deleting` and drop its row."""
+        removed = 0
+        for d in digests:
+            with self.catalog.write() as conn:
+                row = self._lock_blob(conn, d)
+                if row is None or row.state != DELETING:
+                    continue
+                self.blobs.delete(d)
+                conn.execute(t.blobs.delete().where(t.blobs.c.digest == d, t.blobs.c.state == DELETING))
+                removed += 1
+        return removed
+
+    def pending_deletions(self) -> list[str]:
+        with self.catalog.read() as conn:
+            return [r.digest for r in conn.execute(sa.select(t.blobs.c.digest).where(t.blobs.c.state == DELETING))]

@@ -1,0 +1,126 @@
+"""The trash: deleted models kept (manifests and blobs) until their retention ends."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from modelhangar.core.catalog import schema as t
+from modelhangar.core.errors import Conflict, NotFound
+from modelhangar.core.store import Actor, Store, now
+
+
+@dataclass(frozen=True)
+class TrashEntry:
+    id: int
+    repository: str
+    tag: str
+    manifest_digest: str
+    deleted_at: float
+    expires_at: float
+    actor: str
+    face: str
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def list_trash(store: Store) -> list[TrashEntry]:
+    q = (
+        sa.select(t.trash, t.manifests.c.total_size)
+        .join(t.manifests, t.manifests.c.digest == t.trash.c.manifest_digest)
+        .order_by(t.trash.c.deleted_at.desc(), t.trash.c.id.desc())
+    )
+    with store.catalog.read() as conn:
+        return [
+            TrashEntry(
+                id=r.id,
+                repository=r.repository,
+                tag=r.tag,
+                manifest_digest=r.manifest_digest,
+                deleted_at=r.deleted_at,
+                expires_at=r.expires_at,
+                actor=r.actor,
+                face=r.face,
+                size=int(r.total_size),
+            )
+            for r in conn.execute(q)
+        ]
+
+
+def find_entry(store: Store, ident: str, matches: Any = None) -> TrashEntry:
+    """A trash entry by id, or the newest one whose `repository:tag` equals `ident` (any case)."""
+    entries = list_trash(store)
+    if ident.isdigit():
+        for e in entries:
+            if e.id == int(ident):
+                return e
+    key = ident.lower()
+    for e in entries:
+        if f"{e.repository}:{e.tag}".lower() == key or (matches is not None and matches(e)):
+            return e
+    raise NotFound(f"no trash entry {ident!r}")
+
+
+def restore(store: Store, entry_id: int, actor: Actor) -> TrashEntry:
+    """Put a trashed model back under its name, with the same digest and times."""
+    with store.catalog.write() as conn:
+        row = conn.execute(sa.select(t.trash).where(t.trash.c.id == entry_id).with_for_update()).first()
+        if row is None:
+            raise NotFound(f"no trash entry {entry_id}")
+        repo_id = store._repository_id(conn, row.repository, create=True, owner=row.owner)
+        assert repo_id is not None
+        if row.tag:
+            taken = conn.execute(
+                sa.select(t.tags.c.manifest_digest).where(
+                    t.tags.c.repository_id == repo_id, t.tags.c.name_key == row.tag.lower()
+                )
+            ).first()
+            if taken is not None:
+                raise Conflict(f"{row.repository}:{row.tag} exists again; delete or rename it first")
+        ts = now()
+        store._insert_ignore(
+            conn, t.repo_manifests, {"repository_id": repo_id, "manifest_digest": row.manifest_digest, "created_at": ts}
+        )
+        meta = json.loads(row.meta or "{}")
+        if row.tag:
+            conn.execute(
+                t.tags.insert().values(
+                    repository_id=repo_id,
+                    name_key=row.tag.lower(),
+                    name=row.tag,
+                    manifest_digest=row.manifest_digest,
+                    created_at=meta.get("created_at", ts),
+                    modified_at=meta.get("modified_at", ts),
+                    last_used_at=meta.get("last_used_at", ts),
+                )
+            )
+        conn.execute(t.trash.delete().where(t.trash.c.id == entry_id))
+        conn.execute(
+            t.audit.insert().values(
+                at=ts,
+                actor=actor.name,
+                face=actor.face,
+                action="restore",
+                target=f"{row.repository}:{row.tag}" if row.tag else row.repository,
+                dry_run=False,
+                outcome="ok",
+                bytes_freed=0,
+                detail=json.dumps({"trash_id": entry_id, "manifest": row.manifest_digest}),
+            )
+        )
+    return TrashEntry(
+        id=row.id,
+        repository=row.repository,
+        tag=row.tag,
+        manifest_digest=row.manifest_digest,
+        deleted_at=row.deleted_at,
+        expires_at=row.expires_at,
+        actor=row.actor,
+        face=row.face,
+        size=0,
+    )

@@ -1,0 +1,1 @@
+"""modelhangar's own API (`/api/hangar/...`): previews, bulk delete, trash, usage, audit, GC."""

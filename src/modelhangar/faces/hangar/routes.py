@@ -1,0 +1,133 @@
+"""Routes of modelhangar's own API; shapes are documented in the OpenAPI schema at `/docs`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from modelhangar.core import gc, trash
+from modelhangar.core.deletion import delete_models
+from modelhangar.core.errors import Conflict, NotFound
+from modelhangar.core.store import Actor, Store
+from modelhangar.core.usage import disk_usage
+from modelhangar.faces.ollama.wire import display, timestamp
+
+router = APIRouter(prefix="/api/hangar", tags=["hangar"])
+ACTOR = Actor(name="local", face="hangar", admin=True)
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def _display_plan(plan: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Plan names in Ollama's display form (`name:tag`), the form users typed."""
+    if plan is None:
+        return None
+    out = dict(plan)
+    for key in ("models", "tags"):
+        out[key] = [display(*m.rsplit(":", 1)) if "@" not in m else m for m in plan[key]]
+    return out
+
+
+class DeleteRequest(BaseModel):
+    models: list[str] = Field(description="Model names, e.g. `llama3.2` or `ns/model:tag`.")
+    dry_run: bool = Field(False, description="Only say what would be deleted and freed; change nothing.")
+    purge: bool = Field(False, description="Skip the trash: delete at once.")
+
+
+@router.post("/delete", summary="Delete (or preview deleting) several models, one result per model")
+async def delete(request: Request, body: DeleteRequest) -> dict[str, Any]:
+    results = await run_in_threadpool(
+        delete_models, _store(request), body.models, ACTOR, dry_run=body.dry_run, purge=body.purge
+    )
+    out = []
+    for r in results:
+        d = r.to_dict()
+        d["plan"] = _display_plan(d["plan"])
+        out.append(d)
+    return {"ok": all(r.ok for r in results), "results": out}
+
+
+@router.get("/models", summary="Models with their total and unique (freed-by-delete) sizes")
+async def models(request: Request) -> dict[str, Any]:
+    usage = await run_in_threadpool(disk_usage, _store(request), with_sharers=False)
+    records = {(r.repository, r.tag): r for r in await run_in_threadpool(_store(request).list_tags)}
+    out = []
+    for m in usage.models:
+        rec = records.get((m.repository, m.tag))
+        out.append(
+            {
+                "model": display(m.repository, m.tag),
+                "digest": m.manifest_digest.removeprefix("sha256:"),
+                "size": m.size,
+                "unique_size": m.unique_size,
+                "modified_at": timestamp(rec.modified_at) if rec else None,
+            }
+        )
+    return {"models": out}
+
+
+@router.get("/du", summary="Disk usage per model, the trash, and the store's total")
+async def du(request: Request) -> dict[str, Any]:
+    usage = await run_in_threadpool(disk_usage, _store(request))
+    return {
+        "models": [
+            {
+                "model": display(m.repository, m.tag),
+                "size": m.size,
+                "unique_size": m.unique_size,
+                "shared_size": m.shared_size,
+                "shared_with": [display(*s.rsplit(":", 1)) if s != "(trash)" else s for s in m.shared_with],
+            }
+            for m in usage.models
+        ],
+        "trash": usage.trash_size,
+        "total": usage.total,
+        "blobs": usage.blob_count,
+    }
+
+
+class GCRequest(BaseModel):
+    dry_run: bool = False
+
+
+@router.post("/gc", summary="Run garbage collection now (or preview it)")
+async def run_gc(request: Request, body: GCRequest) -> dict[str, Any]:
+    report = await run_in_threadpool(gc.collect, _store(request), dry_run=body.dry_run, actor=ACTOR)
+    return report.to_dict()
+
+
+@router.get("/trash", summary="Deleted models still restorable")
+async def trash_list(request: Request) -> dict[str, Any]:
+    entries = await run_in_threadpool(trash.list_trash, _store(request))
+    return {
+        "entries": [
+            {**e.to_dict(), "model": display(e.repository, e.tag) if e.tag else e.repository} for e in entries
+        ]
+    }
+
+
+class RestoreRequest(BaseModel):
+    model: str = Field(description="A trash entry id, or the model name it was deleted under.")
+
+
+@router.post("/trash/restore", summary="Restore a deleted model under its name")
+async def trash_restore(request: Request, body: RestoreRequest) -> dict[str, Any]:
+    store = _store(request)
+
+    def run() -> dict[str, Any]:
+        entry = trash.find_entry(store, body.model, matches=lambda e: display(e.repository, e.tag) == body.model)
+        restored = trash.restore(store, entry.id, ACTOR)
+        return {"restored": display(restored.repository, restored.tag), "id": restored.id}
+
+    try:
+        return await run_in_threadpool(run)
+    except NotFound as e:
+        raise HTTPException(404, str(e)) from e
+    except Conflict as e:
+        raise HTTPException(409, str(e)) from e

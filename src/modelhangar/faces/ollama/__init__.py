@@ -1,0 +1,1 @@
+"""Ollama's model API (`/api/...`), as the `ollama` client and CLI use it."""

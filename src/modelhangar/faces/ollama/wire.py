@@ -1,0 +1,85 @@
+"""Ollama's wire conventions: `{"error": ...}` bodies, JSON requests, NDJSON streams, times."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from modelhangar.core.names import InvalidName, ModelName, parse_name
+
+
+class OllamaError(Exception):
+    """An error answered as `{"error": message}` with an HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    """The request's JSON object, or a 400 as Ollama words it."""
+    raw = await request.body()
+    if not raw.strip():
+        raise OllamaError(400, "missing request body")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise OllamaError(400, f"invalid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise OllamaError(400, "request body must be a JSON object")
+    return doc
+
+
+def model_field(body: dict[str, Any], *keys: str) -> str:
+    """The first non-empty string among `keys` (e.g. `model`, then deprecated `name`)."""
+    for key in keys:
+        value = body.get(key)
+        if isinstance(value, str) and value:
+            return value
+        if value is not None and not isinstance(value, str):
+            raise OllamaError(400, f"{key} must be a string")
+    raise OllamaError(400, "model is required")
+
+
+def parse_or(raw: str, status: int, message: str) -> ModelName:
+    try:
+        return parse_name(raw)
+    except InvalidName as e:
+        raise OllamaError(status, message) from e
+
+
+def display(repository: str, tag: str) -> str:
+    """Ollama's shortest display form of a stored repository and tag (falls back to raw)."""
+    try:
+        return parse_name(f"{repository}:{tag}").display_shortest()
+    except InvalidName:
+        return f"{repository}:{tag}"
+
+
+def timestamp(ts: float) -> str:
+    """RFC 3339 with the local offset, as Go prints times."""
+    return datetime.fromtimestamp(ts, tz=timezone.utc).astimezone().isoformat()
+
+
+def ndjson(objects: Iterable[dict[str, Any]]) -> StreamingResponse:
+    """One JSON object per line, never a blank line (the client would crash on one)."""
+
+    def lines() -> Iterable[bytes]:
+        for obj in objects:
+            yield json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+def empty_ok() -> Response:
+    return Response(status_code=200)
