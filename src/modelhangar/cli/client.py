@@ -154,4 +154,6 @@ def response_json(response: httpx.Response) -> Any:
     try:
         return response.json()
     except ValueError as e:
-        raise CliError(f"the server answered {response.request.url.path} with something that is not JSON") from e
+        raise CliError(
+            f"the server answered {response.request.url.path} with something that is not JSON"
+        ) from e

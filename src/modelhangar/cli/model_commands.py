@@ -38,7 +38,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     headers = ["NAME", "ID", "SIZE", *(["UNIQUE"] if with_unique else []), "MODIFIED"]
     rows = []
     for m in _newest_first(models):
-        row = [str(m.get("model") or m.get("name") or "?"), str(m.get("digest") or "")[:12], human_size(m.get("size"))]
+        row = [
+            str(m.get("model") or m.get("name") or "?"),
+            str(m.get("digest") or "")[:12],
+            human_size(m.get("size")),
+        ]
         if with_unique:
             row.append(human_size(m.get("unique_size")))
         row.append(human_time(m.get("modified_at")))
@@ -66,7 +70,10 @@ def _model_section(doc: dict[str, Any]) -> list[tuple[str, str]]:
     arch = str(info.get("general.architecture") or details.get("family") or "")
     rows = [
         ("architecture", arch),
-        ("parameters", str(details.get("parameter_size") or _parameter_count(info.get("general.parameter_count")))),
+        (
+            "parameters",
+            str(details.get("parameter_size") or _parameter_count(info.get("general.parameter_count"))),
+        ),
         ("context length", str(info.get(f"{arch}.context_length", ""))),
         ("embedding length", str(info.get(f"{arch}.embedding_length", ""))),
         ("quantization", str(details.get("quantization_level") or "")),
@@ -126,7 +133,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_cp(args: argparse.Namespace) -> int:
     with Client(args.host) as client:
-        client.request("POST", "/api/copy", json_body={"source": args.source, "destination": args.destination})
+        client.request(
+            "POST", "/api/copy", json_body={"source": args.source, "destination": args.destination}
+        )
     say(f"copied '{args.source}' to '{args.destination}'")
     return 0
 

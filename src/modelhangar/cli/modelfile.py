@@ -124,7 +124,7 @@ def _apply(mf: Modelfile, command: str, key: str, value: str, lineno: int) -> No
 
 
 def local_file(value: str, relative_to: Path) -> Path | None:
-    """The local file a FROM/ADAPTER value names, None if it is a model name; errors if it looks like a path."""
+    """The local file a FROM/ADAPTER value names; None for a model name; errors for a missing path."""
     raw = Path(value).expanduser()
     path = raw if raw.is_absolute() else relative_to / raw
     if path.is_file():

@@ -6,7 +6,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
@@ -32,19 +32,19 @@ def human_size(n: int | float | None) -> str:
 def parse_time(value: Any) -> datetime | None:
     """An RFC 3339 timestamp (Go's 9 fractional digits and `Z` too) or a Unix time, else None."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, tz=timezone.utc)
+        return datetime.fromtimestamp(value, tz=UTC)
     if not isinstance(value, str) or not value:
         return None
     s = value.strip().replace("Z", "+00:00")
     if "." in s:  # Python reads at most 6 fractional digits
         head, _, rest = s.partition(".")
         digits = len(rest) - len(rest.lstrip("0123456789"))
-        s = f"{head}.{rest[:min(digits, 6)]}{rest[digits:]}"
+        s = f"{head}.{rest[: min(digits, 6)]}{rest[digits:]}"
     try:
         dt = datetime.fromisoformat(s)
     except ValueError:
         return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def _span(seconds: float) -> str:
@@ -78,7 +78,7 @@ def human_time(value: Any, *, now: datetime | None = None, never: str = "Never")
     dt = parse_time(value)
     if dt is None or dt.year <= 1:
         return never
-    delta = ((now or datetime.now(timezone.utc)) - dt).total_seconds()
+    delta = ((now or datetime.now(UTC)) - dt).total_seconds()
     if delta >= 0:
         return f"{_span(delta)} ago"
     return f"{_span(-delta)} from now"
@@ -92,13 +92,17 @@ def console(*, stderr: bool = False) -> Console:
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Columns aligned with spaces and no borders, like `ollama list`."""
-    table = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 3, 0, 0), header_style="bold")
+    """Columns aligned with spaces, no borders and no trailing blanks, like `ollama list`."""
+    table = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 3, 0, 0), header_style="")
     for h in headers:
         table.add_column(h, no_wrap=True)
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))
-    console().print(table)
+    out = console()
+    with out.capture() as captured:
+        out.print(table)
+    for line in captured.get().splitlines():
+        print(line.rstrip())
 
 
 def print_json(doc: Any) -> None:

@@ -21,6 +21,7 @@ from modelhangar.core.digests import sha256_digest
 from modelhangar.core.manifests import parse_manifest
 from modelhangar.core.planner import Planner, Target
 from modelhangar.core.store import DELETING, PRESENT, Actor, Released, Store, now
+from modelhangar.core import uploads
 
 
 @dataclass
@@ -86,6 +87,7 @@ def collect(store: Store, *, dry_run: bool = False, actor: Actor | None = None) 
     report.finished = pending
     report.orphan_files = _reclaim_orphan_files(store, cutoff)
     report.strays = store.blobs.sweep_strays(cutoff)
+    report.strays += uploads.expire(store)
     with store.catalog.write() as conn:
         conn.execute(
             t.audit.insert().values(

@@ -22,7 +22,7 @@ from typing import Any
 from modelhangar.core.blobstore import COPY_CHUNK, sha256_file
 from modelhangar.core.digests import InvalidDigest, parse_digest
 from modelhangar.core.errors import BlobUnknown, Conflict, DigestMismatch, InvalidManifest, NotFound
-from modelhangar.core.manifests import MAX_MANIFEST_BYTES, ManifestRefs, parse_manifest
+from modelhangar.core.manifests import MAX_MANIFEST_BYTES, parse_manifest
 from modelhangar.core.names import (
     InvalidName,
     ModelName,
@@ -129,6 +129,8 @@ class _Importer:
             try:
                 digest = parse_digest(e.name)
             except InvalidDigest:
+                digest = None
+            if digest is None or digest.filename != e.name:  # also legacy `sha256:<hex>` names
                 self.skip(rel, "not a blob file name (sha256-<64 lowercase hex>)")
                 continue
             if e.is_symlink():
@@ -228,18 +230,17 @@ class _Importer:
         missing = [d for d in digests if d not in self.blobs and self.store.blob_size(d) is None]
         if missing:
             return "missing blob " + ", ".join(missing)
-        for attempt in range(_ATTEMPTS):
+        vanished: list[str] = []
+        for _ in range(_ATTEMPTS):
             for d in digests:
                 if (reason := self.import_blob(d)) is not None:
                     return reason
             try:
                 self.store.put_manifest(name.repository, name.tag, raw)
+                return None
             except BlobUnknown as exc:
-                if attempt + 1 == _ATTEMPTS:
-                    return f"blobs vanished from the store meanwhile: {', '.join(exc.digests)}"
-                continue
-            return None
-        return None  # pragma: no cover - the loop always returns
+                vanished = exc.digests
+        return "blobs vanished from the store meanwhile: " + ", ".join(vanished)
 
 
 def import_ollama(store: Store, models_dir: Path, *, progress: Progress | None = None) -> ImportReport:
@@ -341,13 +342,17 @@ class _Exporter:
     store: Store
     root: Path
     report: ExportReport
+    done: set[str] = field(default_factory=set)
 
     def export_blob(self, blobs_dir: Path, digest: str) -> None:
+        if digest in self.done:
+            return
         src = self.store.blobs.local_path(digest)
         if src is None:
             raise NotFound(f"blob {digest} has no local file")
         dest = blobs_dir / parse_digest(digest).filename
         if _identical_file(dest, digest, src):
+            self.done.add(digest)
             self.report.blobs_existing += 1
             return
         linked = False
@@ -361,6 +366,7 @@ class _Exporter:
                 _copy_verified(src, digest)(tmp)
 
         _write_atomic(dest, fill)
+        self.done.add(digest)
         self.report.bytes += os.lstat(dest).st_size
         if linked:
             self.report.blobs_linked += 1
@@ -374,7 +380,7 @@ class _Exporter:
             return "its manifest vanished meanwhile"
         raw, media_type = got
         try:
-            refs: ManifestRefs = parse_manifest(raw, media_type)
+            refs = parse_manifest(raw, media_type)
         except InvalidManifest as exc:
             return f"invalid manifest: {exc}"
         if refs.children:

@@ -141,3 +141,17 @@ audit = sa.Table(
     sa.Column("detail", sa.Text, nullable=False),
     sa.Index("ix_audit_at", "at"),
 )
+
+# Resumable OCI blob uploads in progress; their bytes live in `<home>/uploads/<id>`.
+uploads = sa.Table(
+    "uploads",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # uuid4 hex
+    sa.Column("repository", sa.String(1024), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    # Last chunk received: a session expires this long after it (see `core/uploads.py`).
+    sa.Column("updated_at", sa.Float, nullable=False),
+    # Bytes received so far (the offset the next chunk must start at).
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Index("ix_uploads_updated", "updated_at"),
+)

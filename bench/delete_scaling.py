@@ -1,0 +1,210 @@
+"""Does deleting a model cost the same in a store of 100, 10,000 or 100,000 models?
+
+For each store size: build a store of small models that share layers (blob files written through
+the store; catalog rows bulk-inserted in one transaction to keep set-up quick), start a real
+`hangar serve` on it, time single deletes through `DELETE /api/delete` and one `GET /api/tags`.
+Prints median and p99 per size and the ratio largest/smallest (target: at most 2).
+
+    python bench/delete_scaling.py [--sizes 100,10000,100000] [--deletes 200] [--trash 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+
+from modelhangar.core.catalog import schema as t
+from modelhangar.core.config import load_settings
+from modelhangar.core.store import PRESENT, Store
+
+SHARED_LAYERS = 100
+CONFIGS = 20
+CONFIG_MT = "application/vnd.docker.container.image.v1+json"
+MODEL_MT = "application/vnd.ollama.image.model"
+SYSTEM_MT = "application/vnd.ollama.image.system"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def populate(home: Path, n: int) -> None:
+    """A store of n models: each has a shared config, a shared layer and a layer of its own."""
+    store = Store(load_settings({"HANGAR_HOME": str(home)}))
+    try:
+        configs = [
+            store.put_blob_bytes(json.dumps({"model_format": "gguf", "model_family": "llama", "i": i}).encode())
+            for i in range(CONFIGS)
+        ]
+        shared = [store.put_blob_bytes(f"shared layer {i}".encode() * 64) for i in range(SHARED_LAYERS)]
+        ts = time.time()
+        blob_rows, repo_rows, manifest_rows, mb_rows, member_rows, tag_rows = [], [], [], [], [], []
+        for i in range(n):
+            own = f"own layer of model {i}".encode() * 4
+            own_digest = "sha256:" + hashlib.sha256(own).hexdigest()
+            (home / "blobs" / own_digest.replace(":", "-")).write_bytes(own)
+            blob_rows.append(
+                {"digest": own_digest, "size": len(own), "state": PRESENT, "created_at": ts, "touched_at": ts - 7200}
+            )
+            cfg, sh = configs[i % CONFIGS], shared[i % SHARED_LAYERS]
+            manifest = {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {"mediaType": CONFIG_MT, "digest": cfg.digest, "size": cfg.size},
+                "layers": [
+                    {"mediaType": MODEL_MT, "digest": sh.digest, "size": sh.size},
+                    {"mediaType": SYSTEM_MT, "digest": own_digest, "size": len(own)},
+                ],
+            }
+            content = json.dumps(manifest, separators=(",", ":")).encode() + b"\n"
+            mdigest = "sha256:" + hashlib.sha256(content).hexdigest()
+            name = f"registry.ollama.ai/library/model{i}"
+            repo_rows.append({"id": i + 1, "name": name, "name_key": name, "owner": None, "created_at": ts})
+            manifest_rows.append(
+                {
+                    "digest": mdigest,
+                    "media_type": manifest["mediaType"],
+                    "content": content,
+                    "size": len(content),
+                    "total_size": cfg.size + sh.size + len(own),
+                    "details": json.dumps({"format": "gguf", "family": "llama"}),
+                    "created_at": ts,
+                }
+            )
+            mb_rows += [
+                {"manifest_digest": mdigest, "blob_digest": d} for d in {cfg.digest, sh.digest, own_digest}
+            ]
+            member_rows.append({"repository_id": i + 1, "manifest_digest": mdigest, "created_at": ts})
+            tag_rows.append(
+                {
+                    "repository_id": i + 1,
+                    "name_key": "latest",
+                    "name": "latest",
+                    "manifest_digest": mdigest,
+                    "created_at": ts,
+                    "modified_at": ts + i * 1e-3,
+                    "last_used_at": ts,
+                }
+            )
+        with store.catalog.write() as conn:
+            conn.execute(sa.update(t.blobs).values(touched_at=ts - 7200))
+            for table, rows in (
+                (t.blobs, blob_rows),
+                (t.repositories, repo_rows),
+                (t.manifests, manifest_rows),
+                (t.manifest_blobs, mb_rows),
+                (t.repo_manifests, member_rows),
+                (t.tags, tag_rows),
+            ):
+                for start in range(0, len(rows), 5000):
+                    conn.execute(table.insert(), rows[start : start + 5000])
+    finally:
+        store.close()
+
+
+def serve(home: Path, port: int, trash: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "HANGAR_HOME": str(home),
+        "HANGAR_TRASH_RETENTION": trash,
+        "HANGAR_GC_GRACE": "0",
+        "HANGAR_GC_INTERVAL": "24h",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelhangar.cli.main", "serve", "--host", f"127.0.0.1:{port}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/version", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def measure(n: int, deletes: int, trash: str, workdir: Path) -> dict[str, float]:
+    home = workdir / f"store-{n}"
+    t0 = time.perf_counter()
+    populate(home, n)
+    setup = time.perf_counter() - t0
+    port = free_port()
+    proc = serve(home, port, trash)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
+            t1 = time.perf_counter()
+            listing = client.get("/api/tags")
+            tags_time = time.perf_counter() - t1
+            assert len(listing.json()["models"]) == n
+            for i in range(min(5, n)):  # warm-up
+                client.request("DELETE", "/api/delete", json={"model": f"model{n - 1 - i}"}).raise_for_status()
+            times = []
+            step = max(1, (n - 5) // deletes)
+            for i in range(0, n - 5, step)[:deletes]:
+                t2 = time.perf_counter()
+                r = client.request("DELETE", "/api/delete", json={"model": f"model{i}"})
+                times.append(time.perf_counter() - t2)
+                r.raise_for_status()
+        freed = sum(1 for _ in (home / "blobs").iterdir())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    return {
+        "models": n,
+        "setup_s": setup,
+        "tags_s": tags_time,
+        "median_ms": statistics.median(times) * 1000,
+        "p99_ms": percentile(times, 0.99) * 1000,
+        "deletes": len(times),
+        "blob_files_left": freed,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="100,10000,100000")
+    ap.add_argument("--deletes", type=int, default=200)
+    ap.add_argument("--trash", default="0", help="HANGAR_TRASH_RETENTION for the server (0: delete at once)")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with tempfile.TemporaryDirectory(prefix="hangar-bench-") as tmp:
+        rows = [measure(n, args.deletes, args.trash, Path(tmp)) for n in sizes]
+    print(f"{'models':>8} {'setup s':>8} {'tags s':>8} {'median ms':>10} {'p99 ms':>8} {'deletes':>8}")
+    for r in rows:
+        print(
+            f"{r['models']:>8} {r['setup_s']:>8.1f} {r['tags_s']:>8.3f} {r['median_ms']:>10.2f}"
+            f" {r['p99_ms']:>8.2f} {r['deletes']:>8}"
+        )
+    small, large = rows[0], rows[-1]
+    ratio_median = large["median_ms"] / small["median_ms"]
+    ratio_p99 = large["p99_ms"] / small["p99_ms"]
+    print(f"ratio {large['models']}/{small['models']} models: median {ratio_median:.2f}, p99 {ratio_p99:.2f}")
+    print("target: at most 2 ->", "MET" if ratio_median <= 2 else "NOT MET")
+
+
+if __name__ == "__main__":
+    main()

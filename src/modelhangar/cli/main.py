@@ -1,0 +1,208 @@
+"""`hangar`: argument parsing and dispatch; every failure ends as one line on stderr and exit code 1."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from modelhangar import __version__
+from modelhangar.cli import create_command, model_commands, store_commands
+from modelhangar.cli.errors import CliError, UsageError
+from modelhangar.cli.settings import duration, host_port
+
+Command = Callable[[argparse.Namespace], int]
+
+EPILOG = """\
+model commands talk to a running `hangar serve` at HANGAR_HOST (default 127.0.0.1:11435) or --host;
+store commands (gc, fsck, import-ollama, export-ollama) open HANGAR_HOME (default ~/.hangar) or
+--data-dir directly and are safe to run beside a server.
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting with 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self.prog, message)
+
+
+def _client_opts(default: Any = None) -> Parser:
+    p = Parser(add_help=False)
+    p.add_argument(
+        "--host",
+        metavar="HOST:PORT",
+        default=default,
+        help="the server to talk to (default: $HANGAR_HOST or 127.0.0.1:11435)",
+    )
+    return p
+
+
+def _store_opts() -> Parser:
+    p = Parser(add_help=False)
+    p.add_argument(
+        "--data-dir", metavar="DIR", help="the data directory (default: $HANGAR_HOME or ~/.hangar)"
+    )
+    return p
+
+
+def _json_opt(default: Any = False) -> Parser:
+    p = Parser(add_help=False)
+    p.add_argument(
+        "--json", action="store_true", default=default, help="print JSON for scripts instead of text"
+    )
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="hangar",
+        description="modelhangar: a self-hosted model registry with safe deletion.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"hangar {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    client, store, js = _client_opts(), _store_opts(), _json_opt()
+
+    def add(name: str, func: Command, help: str, parents: list[Parser], **kw: Any) -> Parser:
+        p: Parser = sub.add_parser(name, help=help, description=help, parents=parents, **kw)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("serve", store_commands.cmd_serve, "run the server (Ollama's API and modelhangar's)", [store])
+    p.add_argument(
+        "--host",
+        metavar="HOST:PORT",
+        type=host_port,
+        help="address to listen on (default: $HANGAR_HOST or 127.0.0.1:11435)",
+    )
+
+    add("list", model_commands.cmd_list, "list models", [client, js], aliases=["ls"])
+
+    p = add("show", model_commands.cmd_show, "show a model's details", [client, js])
+    p.add_argument("model", metavar="NAME")
+    what = p.add_mutually_exclusive_group()
+    for flag in ("modelfile", "parameters", "template", "system", "license"):
+        what.add_argument(f"--{flag}", action="store_true", help=f"print only the {flag}")
+    p.add_argument("-v", "--verbose", action="store_true", help="all metadata, full template and license")
+
+    p = add(
+        "cp",
+        model_commands.cmd_cp,
+        "copy a model to a new name (no bytes are copied)",
+        [client],
+        aliases=["copy"],
+    )
+    p.add_argument("source", metavar="SRC")
+    p.add_argument("destination", metavar="DST")
+
+    p = add("rm", model_commands.cmd_rm, "delete models (to the trash unless --purge)", [client, js])
+    p.add_argument("models", metavar="NAME", nargs="+")
+    p.add_argument(
+        "--dry-run", action="store_true", help="say what would be deleted and freed; change nothing"
+    )
+    p.add_argument("--purge", action="store_true", help="skip the trash: free the space now")
+
+    p = add("create", create_command.cmd_create, "create a model from a Modelfile or a base model", [client])
+    p.add_argument("model", metavar="NAME")
+    p.add_argument("--from", dest="base", metavar="BASE", help="base model (a name, or a local .gguf file)")
+    p.add_argument("-f", "--file", metavar="MODELFILE", help="path to a Modelfile (default: ./Modelfile)")
+
+    add("du", model_commands.cmd_du, "disk usage per model: total, unique and shared bytes", [client, js])
+
+    p = add("trash", model_commands.cmd_trash_list, "list or restore deleted models", [client, js])
+    trash = p.add_subparsers(dest="trash_command", metavar="ACTION", parser_class=Parser)
+    # options given before the action must survive the action's parser: it leaves them unset
+    client_inner, js_inner = _client_opts(argparse.SUPPRESS), _json_opt(argparse.SUPPRESS)
+    tp = trash.add_parser(
+        "list",
+        help="list the trash (the default)",
+        description="list the trash",
+        parents=[client_inner, js_inner],
+    )
+    tp.set_defaults(func=model_commands.cmd_trash_list)
+    tp = trash.add_parser(
+        "restore",
+        help="restore a deleted model",
+        description="restore a deleted model",
+        parents=[client_inner],
+    )
+    tp.add_argument("model", metavar="NAME|ID", help="the model name it was deleted under, or its trash id")
+    tp.set_defaults(func=model_commands.cmd_trash_restore)
+
+    p = add("gc", store_commands.cmd_gc, "reclaim space nothing references (expired trash too)", [store, js])
+    p.add_argument("--dry-run", action="store_true", help="say what would be reclaimed; change nothing")
+    p.add_argument(
+        "--grace",
+        metavar="DURATION",
+        type=duration,
+        help="leave blobs touched this recently (default: $HANGAR_GC_GRACE or 1h)",
+    )
+
+    p = add(
+        "fsck", store_commands.cmd_fsck, "check the store's consistency (exit 1 on problems)", [store, js]
+    )
+    p.add_argument("--verify", action="store_true", help="also hash every blob (reads all bytes)")
+
+    p = add(
+        "import-ollama",
+        store_commands.cmd_import_ollama,
+        "adopt the models of an Ollama models directory",
+        [store, js],
+    )
+    p.add_argument(
+        "dir",
+        metavar="DIR",
+        nargs="?",
+        help="Ollama's models directory (default: $OLLAMA_MODELS or ~/.ollama/models)",
+    )
+
+    p = add(
+        "export-ollama",
+        store_commands.cmd_export_ollama,
+        "write models into a directory in Ollama's layout",
+        [store, js],
+    )
+    p.add_argument("dir", metavar="DIR", help="the target models directory (created if absent)")
+    p.add_argument("models", metavar="MODEL", nargs="*", help="models to export (default: all)")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"hangar: {message}", file=sys.stderr, flush=True)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        func: Command | None = getattr(args, "func", None)
+        if func is None:
+            parser.print_help(sys.stderr)
+            return 1
+        return func(args)
+    except UsageError as e:
+        return _fail(f"{e} (see `{e.prog} --help`)")
+    except CliError as e:
+        return _fail(str(e))
+    except SystemExit as e:  # --help, --version
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else _fail(str(e.code))
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 1
+    except Exception as e:
+        if os.environ.get("HANGAR_DEBUG"):
+            traceback.print_exc()
+        return _fail(f"unexpected error: {type(e).__name__}: {e} (set HANGAR_DEBUG=1 for a traceback)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

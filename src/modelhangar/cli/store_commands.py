@@ -1,0 +1,232 @@
+"""Commands that open the data directory in-process (safe beside a running server): gc, fsck,
+import-ollama, export-ollama, and `serve` itself."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelhangar import __version__
+from modelhangar.cli.errors import CliError
+from modelhangar.cli.output import console, human_size, print_json, say, warn
+from modelhangar.cli.settings import settings_from_env, with_host
+from modelhangar.core.config import Settings
+from modelhangar.core.errors import HangarError
+
+if TYPE_CHECKING:  # the store pulls in SQLAlchemy and Alembic: imported only by commands that open it
+    from modelhangar.core.store import Actor, Store
+
+
+def _actor() -> Actor:
+    from modelhangar.core.store import Actor
+
+    return Actor(name="local", face="cli", admin=True)
+
+
+@contextlib.contextmanager
+def open_store(settings: Settings) -> Iterator[Store]:
+    """The store at settings.home; catalog and file-system failures become one-line errors."""
+    import sqlalchemy as sa
+
+    from modelhangar.core.store import Store
+
+    try:
+        store = Store(settings)
+    except (OSError, sa.exc.SQLAlchemyError) as e:
+        raise CliError(f"cannot open the store at {settings.home}: {_reason(e)}") from e
+    try:
+        yield store
+    except sa.exc.SQLAlchemyError as e:
+        raise CliError(f"catalog error: {_reason(e)}") from e
+    except OSError as e:
+        raise CliError(f"{e.filename or settings.home}: {e.strerror or e}") from e
+    finally:
+        store.close()
+
+
+def _reason(e: BaseException) -> str:
+    import sqlalchemy as sa
+
+    if isinstance(e, sa.exc.DBAPIError) and e.orig is not None:
+        return str(e.orig).splitlines()[0]
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+# ---------------------------------------------------------------------------------------------- gc, fsck
+
+
+def gc_summary(report: Any) -> list[str]:
+    """Lines saying what a GC report reclaimed (or would)."""
+    verb = "would reclaim" if report.dry_run else "reclaimed"
+    lines = [f"{verb} {_plural(len(report.blobs), 'blob')}, {human_size(report.bytes_freed)}"]
+    if report.expired_trash:
+        lines.append(f"expired from the trash: {', '.join(report.expired_trash)}")
+    if report.finished:
+        lines.append(f"finished {_plural(len(report.finished), 'interrupted deletion')}")
+    if report.orphan_files:
+        lines.append(f"removed {_plural(len(report.orphan_files), 'blob file')} the catalog did not know")
+    if report.strays:
+        lines.append(f"removed {_plural(len(report.strays), 'stale temporary file')}")
+    return lines
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from modelhangar.core import gc
+
+    settings = settings_from_env(args.data_dir)
+    if args.grace is not None:
+        settings = replace(settings, gc_grace=args.grace)
+    with open_store(settings) as store:
+        report = gc.collect(store, dry_run=args.dry_run, actor=_actor())
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        for line in gc_summary(report):
+            say(line)
+    return 0
+
+
+def _counts(store: Store) -> tuple[int, int]:
+    import sqlalchemy as sa
+
+    from modelhangar.core.catalog import schema as t
+
+    with store.catalog.read() as conn:
+        blobs = conn.execute(sa.select(sa.func.count()).select_from(t.blobs)).scalar_one()
+        manifests = conn.execute(sa.select(sa.func.count()).select_from(t.manifests)).scalar_one()
+    return int(blobs), int(manifests)
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    from modelhangar.core import gc
+
+    with open_store(settings_from_env(args.data_dir)) as store:
+        problems = gc.fsck(store, verify=args.verify)
+        blobs, manifests = _counts(store)
+    if args.json:
+        print_json(
+            {
+                "ok": not problems,
+                "blobs": blobs,
+                "manifests": manifests,
+                "verified": args.verify,
+                "problems": [{"kind": p.kind, "subject": p.subject, "detail": p.detail} for p in problems],
+            }
+        )
+    elif problems:
+        for p in problems:
+            say(f"{p.kind}: {p.subject}: {p.detail}")
+        say(f"{_plural(len(problems), 'problem')} in {blobs} blobs, {manifests} manifests")
+    else:
+        hashed = " (contents hashed)" if args.verify else ""
+        say(f"ok: {_plural(blobs, 'blob')}, {_plural(manifests, 'manifest')} checked{hashed}")
+    return 1 if problems else 0
+
+
+# ---------------------------------------------------------------------------------------------- ollama layout
+
+
+def default_ollama_dir() -> Path:
+    """Where Ollama keeps models: $OLLAMA_MODELS, else ~/.ollama/models."""
+    return Path(os.environ.get("OLLAMA_MODELS") or Path.home() / ".ollama" / "models").expanduser()
+
+
+def _report_lines(verb: str, report: Any) -> None:
+    for name in report.models:
+        say(f"{verb} {name}")
+    for skip in report.skipped:
+        warn(f"skipped {skip.subject}: {skip.reason}")
+
+
+def cmd_import_ollama(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from modelhangar.core.ollama_layout import import_ollama
+
+    src = Path(args.dir).expanduser() if args.dir else default_ollama_dir()
+    if not src.is_dir():
+        raise CliError(f"{src}: not a directory (give Ollama's models directory, e.g. ~/.ollama/models)")
+    progress = Progress(
+        TextColumn("importing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        console=console(stderr=True),
+        transient=True,
+        disable=args.json or not sys.stderr.isatty(),
+    )
+    with open_store(settings_from_env(args.data_dir)) as store, progress:
+        task = progress.add_task("", total=None)
+
+        def tick(model: str, done: int, total: int) -> None:
+            progress.update(task, description=model, completed=done, total=total)
+
+        try:
+            report = import_ollama(store, src, progress=tick)
+        except HangarError as e:
+            raise CliError(str(e)) from e
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        _report_lines("imported", report)
+        say(
+            f"imported {_plural(len(report.models), 'model')} from {src}: "
+            f"{report.blobs_linked} blobs linked, {report.blobs_copied} copied, "
+            f"{report.blobs_present} already present ({human_size(report.bytes)} new)"
+        )
+    failed = [s for s in report.skipped if str(s.subject).startswith("manifests/")]
+    return 1 if failed else 0
+
+
+def cmd_export_ollama(args: argparse.Namespace) -> int:
+    from modelhangar.core.ollama_layout import export_ollama
+
+    dest = Path(args.dir).expanduser()
+    if dest.exists() and not dest.is_dir():
+        raise CliError(f"{dest}: not a directory")
+    with open_store(settings_from_env(args.data_dir)) as store:
+        try:
+            report = export_ollama(store, dest, models=args.models or None)
+        except HangarError as e:
+            raise CliError(str(e)) from e
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        _report_lines("exported", report)
+        say(
+            f"exported {_plural(len(report.models), 'model')} to {dest}: "
+            f"{report.blobs_linked} blobs linked, {report.blobs_copied} copied, "
+            f"{report.blobs_existing} already there ({human_size(report.bytes)} written)"
+        )
+    return 1 if args.models and report.skipped else 0
+
+
+# ---------------------------------------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = with_host(settings_from_env(args.data_dir), args.host)
+    from modelhangar import server
+
+    print(
+        f"modelhangar {__version__}: serving {settings.home} at {settings.base_url}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        server.run_server(settings)
+    except OSError as e:
+        raise CliError(f"cannot serve at {settings.base_url}: {e.strerror or e}") from e
+    return 0

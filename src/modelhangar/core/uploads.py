@@ -1,0 +1,361 @@
+"""Resumable blob uploads: sessions that receive a blob in ordered chunks, then commit it.
+
+A session is a catalog row (`uploads`) plus a file `<home>/uploads/<id>`; the row's `size` is
+the committed offset, the next chunk must start there. One request at a time works on a
+session: it holds an exclusive `flock` on the session file for its whole life (a second one is
+refused at once, never queued), and it re-reads the row after taking the lock, so a session
+cancelled, expired or completed meanwhile is seen as gone before a byte is written.
+
+Completing renames the file away from its session name first, then installs it through
+`Store.import_blob_file` (digest check, row-lock protocol, hard link where possible), so no
+later request can ever reach the inode that became a blob. Sessions expire a while after their
+last chunk (`HANGAR_UPLOAD_EXPIRY`, default 24h); GC removes them with `expire`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import sqlalchemy as sa
+
+from modelhangar.core.catalog import schema as t
+from modelhangar.core.config import parse_duration
+from modelhangar.core.digests import parse_digest
+from modelhangar.core.errors import HangarError, NotFound, SizeMismatch
+from modelhangar.core.store import PRESENT, Actor, BlobCommit, Released, Store, now
+
+DEFAULT_EXPIRY = 86400.0
+_ID_RE = re.compile(r"[0-9a-f]{32}")
+_COMMITTING = ".committing"
+
+
+class UploadUnknown(NotFound):
+    """No such upload session (never started, cancelled, completed or expired)."""
+
+
+class UploadBusy(HangarError):
+    """Another request is working on this upload session right now."""
+
+
+class RangeInvalid(HangarError):
+    """A chunk does not start where the upload stands; `offset` is where it does."""
+
+    def __init__(self, offset: int, message: str) -> None:
+        self.offset = offset
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Upload:
+    id: str
+    repository: str
+    created_at: float
+    updated_at: float
+    size: int
+
+
+def upload_expiry(store: Store) -> float:
+    """Seconds a session lives after its last chunk (HANGAR_UPLOAD_EXPIRY, default 24h)."""
+    raw = store.settings.extra.get("HANGAR_UPLOAD_EXPIRY") or os.environ.get("HANGAR_UPLOAD_EXPIRY")
+    return parse_duration(raw) if raw else DEFAULT_EXPIRY
+
+
+def uploads_dir(store: Store) -> Path:
+    return store.settings.home / "uploads"
+
+
+def is_upload_id(upload_id: str) -> bool:
+    return isinstance(upload_id, str) and _ID_RE.fullmatch(upload_id) is not None
+
+
+def _path(store: Store, upload_id: str) -> Path:
+    """The session file; the id is checked first, so no input ever reaches outside the directory."""
+    if not is_upload_id(upload_id):
+        raise UploadUnknown(f"upload {upload_id!r} unknown")
+    return uploads_dir(store) / upload_id
+
+
+def _row(conn: sa.Connection, upload_id: str) -> Upload | None:
+    row = conn.execute(sa.select(t.uploads).where(t.uploads.c.id == upload_id)).first()
+    if row is None:
+        return None
+    return Upload(row.id, row.repository, row.created_at, row.updated_at, int(row.size))
+
+
+def start(store: Store, repository: str) -> Upload:
+    """Open a new, empty session for a repository."""
+    upload_id = uuid.uuid4().hex
+    directory = uploads_dir(store)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(directory / upload_id, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    ts = now()
+    upload = Upload(upload_id, repository, ts, ts, 0)
+    with store.catalog.write() as conn:
+        conn.execute(
+            t.uploads.insert().values(id=upload_id, repository=repository, created_at=ts, updated_at=ts, size=0)
+        )
+    return upload
+
+
+def get(store: Store, upload_id: str, repository: str) -> Upload:
+    """A session of `repository` (matched case-insensitively); raises UploadUnknown."""
+    _path(store, upload_id)
+    with store.catalog.read() as conn:
+        upload = _row(conn, upload_id)
+    if upload is None or upload.repository.lower() != repository.lower():
+        raise UploadUnknown(f"upload {upload_id} unknown")
+    return upload
+
+
+def cancel(store: Store, upload_id: str, repository: str) -> None:
+    """Drop a session and its bytes; a request writing to it at that moment then fails."""
+    path = _path(store, upload_id)
+    with store.catalog.write() as conn:
+        upload = _row(conn, upload_id)
+        if upload is None or upload.repository.lower() != repository.lower():
+            raise UploadUnknown(f"upload {upload_id} unknown")
+        conn.execute(t.uploads.delete().where(t.uploads.c.id == upload_id))
+    path.unlink(missing_ok=True)
+
+
+def _lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+class UploadHandle:
+    """A session held by one request: append bytes, then `save` (a chunk) or `complete` (the blob).
+
+    Anything but a successful `save`/`complete` leaves the session where it was: `abort`
+    truncates what this request wrote.
+    """
+
+    def __init__(self, store: Store, upload: Upload, fd: int, path: Path) -> None:
+        self.store = store
+        self.upload = upload
+        self.path = path
+        self._fd: int | None = fd
+        self.start = upload.size
+        self.offset = upload.size
+
+    @property
+    def written(self) -> int:
+        return self.offset - self.start
+
+    def _fileno(self) -> int:
+        if self._fd is None:
+            raise UploadUnknown(f"upload {self.upload.id} is closed")
+        return self._fd
+
+    def write(self, data: bytes) -> None:
+        fd = self._fileno()
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, self.offset)
+            self.offset += n
+            view = view[n:]
+
+    def _check_length(self, expected: int | None) -> None:
+        if expected is not None and expected != self.written:
+            raise SizeMismatch(f"received {self.written} bytes, expected {expected}")
+
+    def save(self, expected: int | None = None) -> Upload:
+        """Commit this request's bytes as the session's new offset (and release the session)."""
+        try:
+            self._check_length(expected)
+            ts = now()
+            with self.store.catalog.write() as conn:
+                result = conn.execute(
+                    t.uploads.update().where(t.uploads.c.id == self.upload.id).values(size=self.offset, updated_at=ts)
+                )
+                if result.rowcount != 1:
+                    raise UploadUnknown(f"upload {self.upload.id} was cancelled")
+        except BaseException:
+            self.abort()
+            raise
+        self._close()
+        up = self.upload
+        return Upload(up.id, up.repository, up.created_at, ts, self.offset)
+
+    def complete(self, digest: str, expected: int | None = None) -> BlobCommit:
+        """Install everything received as the blob `digest`; the session ends either way, except
+        when this request's own bytes were short (then only they are dropped).
+
+        Raises DigestMismatch (nothing kept) if the content is not `digest`.
+        """
+        want = str(parse_digest(digest))
+        try:
+            self._check_length(expected)
+            os.fsync(self._fileno())
+        except BaseException:
+            self.abort()
+            raise
+        committing = self.path.with_name(self.path.name + _COMMITTING)
+        try:
+            os.rename(self.path, committing)  # from here on no request can open the session file
+        except FileNotFoundError:
+            self._close()
+            raise UploadUnknown(f"upload {self.upload.id} was cancelled") from None
+        try:
+            return self.store.import_blob_file(committing, want)
+        finally:
+            with self.store.catalog.write() as conn:
+                conn.execute(t.uploads.delete().where(t.uploads.c.id == self.upload.id))
+            committing.unlink(missing_ok=True)
+            self._close()
+
+    def abort(self) -> None:
+        """Forget what this request wrote and release the session."""
+        if self._fd is not None and self.offset != self.start:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self.start)
+            self.offset = self.start
+        self._close()
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock
+            self._fd = None
+
+
+def acquire(store: Store, upload_id: str, repository: str, *, start_at: int | None = None) -> UploadHandle:
+    """Take a session for one request; `start_at` (a chunk's first byte) must be its offset.
+
+    Raises UploadUnknown, UploadBusy or RangeInvalid.
+    """
+    path = _path(store, upload_id)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise UploadUnknown(f"upload {upload_id} unknown") from None
+    try:
+        if not _lock(fd):
+            raise UploadBusy(f"upload {upload_id} is busy with another request")
+        with store.catalog.read() as conn:  # after the lock: sees a cancel, expiry or completion
+            upload = _row(conn, upload_id)
+        if upload is None or upload.repository.lower() != repository.lower():
+            raise UploadUnknown(f"upload {upload_id} unknown")
+        size = os.fstat(fd).st_size
+        offset = min(size, upload.size)
+        if size != offset:
+            os.ftruncate(fd, offset)  # bytes of a request that died before saving
+        if offset != upload.size:
+            upload = Upload(upload.id, upload.repository, upload.created_at, upload.updated_at, offset)
+        if start_at is not None and start_at != offset:
+            raise RangeInvalid(offset, f"chunk starts at {start_at}, the upload is at {offset}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return UploadHandle(store, upload, fd, path)
+
+
+def expire(store: Store, older_than: float | None = None) -> list[str]:
+    """Remove sessions idle for `older_than` seconds (default: the expiry setting) and leftover
+    files; skips any session a request holds. Returns what was removed, as `uploads/<name>`."""
+    cutoff = now() - (upload_expiry(store) if older_than is None else older_than)
+    directory = uploads_dir(store)
+    removed: list[str] = []
+    with store.catalog.read() as conn:
+        stale = [r.id for r in conn.execute(sa.select(t.uploads.c.id).where(t.uploads.c.updated_at <= cutoff))]
+    for upload_id in stale:
+        fd = None
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(directory / upload_id, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            if fd is not None and not _lock(fd):
+                continue
+            with store.catalog.write() as conn:
+                gone = conn.execute(
+                    t.uploads.delete().where(t.uploads.c.id == upload_id, t.uploads.c.updated_at <= cutoff)
+                ).rowcount
+            if gone:
+                (directory / upload_id).unlink(missing_ok=True)
+                removed.append(f"uploads/{upload_id}")
+        finally:
+            if fd is not None:
+                os.close(fd)
+    if directory.is_dir():
+        removed += _sweep_files(store, directory, cutoff)
+    return removed
+
+
+def _sweep_files(store: Store, directory: Path, cutoff: float) -> list[str]:
+    """Files no live session owns: interrupted completions, junk, files whose row is gone."""
+    removed = []
+    with store.catalog.read() as conn:
+        live = {r.id for r in conn.execute(sa.select(t.uploads.c.id))}
+    with os.scandir(directory) as it:
+        entries = [e for e in it if e.name not in live]
+    for entry in entries:
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:  # vanished, a symlink, or a directory: leave symlinks and dirs alone
+            if entry.is_symlink():
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed.append(f"uploads/{entry.name}")
+            continue
+        try:
+            if not _lock(fd):
+                continue
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(entry.path)
+                removed.append(f"uploads/{entry.name}")
+        finally:
+            os.close(fd)
+    return removed
+
+
+BlobDeletion = Literal["deleted", "referenced", "recent", "unknown"]
+
+
+def withdraw_blob(store: Store, digest: str, actor: Actor) -> BlobDeletion:
+    """Delete a blob no manifest references (e.g. an upload never used), under the row lock.
+
+    `referenced`: a manifest names it, nothing changed; `recent`: a writer used it within the
+    reuse fuse, so it is left to a later GC; `unknown`: not present.
+    """
+    d = str(parse_digest(digest))
+    released = Released()
+    ts = now()
+    outcome: BlobDeletion
+    with store.catalog.write() as conn:
+        store.retire_blobs(conn, [d], ts - store.reuse_fuse, released)
+        if released.blobs:
+            outcome = "deleted"
+            conn.execute(
+                t.audit.insert().values(
+                    at=ts,
+                    actor=actor.name,
+                    face=actor.face,
+                    action="delete-blob",
+                    target=d,
+                    dry_run=False,
+                    outcome="ok",
+                    bytes_freed=released.bytes,
+                    detail=json.dumps({"blobs": released.blobs}),
+                )
+            )
+        elif released.deferred:
+            outcome = "recent"
+        else:
+            state = conn.execute(sa.select(t.blobs.c.state).where(t.blobs.c.digest == d)).scalar()
+            outcome = "referenced" if state == PRESENT else "unknown"
+    store.finish_deletions(released.blobs)
+    return outcome

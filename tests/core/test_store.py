@@ -1,0 +1,214 @@
+"""The store: committing blobs, manifests byte for byte, tags, copies and overwrites."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import pytest
+import sqlalchemy as sa
+
+from modelhangar.core.catalog import schema as t
+from modelhangar.core.errors import BlobUnknown, DigestMismatch, NotFound
+from modelhangar.core.gc import fsck
+from modelhangar.core.store import Store
+
+if TYPE_CHECKING:
+    from conftest import Kit
+
+PREFIX = "registry.ollama.ai/library/"
+
+
+def digest_of(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def tmp_files(store: Store) -> list[str]:
+    return sorted(p.name for p in store.blobs.tmp_dir.iterdir())
+
+
+def test_blob_commit_created_then_reused(store: Store, kit: Kit) -> None:
+    first = store.put_blob_bytes(b"layer bytes")
+    assert (first.digest, first.size, first.created) == (digest_of(b"layer bytes"), 11, True)
+    assert kit.blob_path(first.digest).read_bytes() == b"layer bytes"
+    [row] = kit.rows(t.blobs)
+    assert (row.digest, row.size, row.state) == (first.digest, 11, "present")
+
+    again = store.put_blob_bytes(b"layer bytes", expected=first.digest.replace(":", "-"))
+    assert (again.digest, again.size, again.created) == (first.digest, 11, False)
+    [row2] = kit.rows(t.blobs)
+    assert row2.touched_at >= row.touched_at  # reuse counts as a write
+    assert store.blob_size(first.digest) == 11
+    assert store.reuse_blob(first.digest) == 11
+    assert store.read_blob(first.digest) == b"layer bytes"
+    assert tmp_files(store) == []  # the second upload's temp file is gone
+
+
+def test_streamed_blob_commit(store: Store, kit: Kit) -> None:
+    w = store.blob_writer()
+    for chunk in (b"a" * 1000, b"b" * 10, b""):
+        w.write(chunk)
+    c = store.commit_blob(w, digest_of(b"a" * 1000 + b"b" * 10))
+    assert (c.size, c.created) == (1010, True)
+    assert kit.blob_files() == {c.digest: 1010}
+
+
+def test_digest_mismatch_keeps_nothing(store: Store, kit: Kit) -> None:
+    claimed = digest_of(b"what the client said")
+    with pytest.raises(DigestMismatch) as info:
+        store.put_blob_bytes(b"what it sent", expected=claimed)
+    assert (info.value.expected, info.value.actual) == (claimed, digest_of(b"what it sent"))
+    w = store.blob_writer()
+    w.write(b"streamed")
+    with pytest.raises(DigestMismatch):
+        store.commit_blob(w, claimed)
+    assert kit.rows(t.blobs) == []
+    assert list(store.settings.blobs_dir.iterdir()) == []
+    assert tmp_files(store) == []
+    assert store.blob_size(claimed) is None
+    assert store.blob_size(digest_of(b"what it sent")) is None
+    assert store.reuse_blob(digest_of(b"streamed")) is None
+
+
+def test_put_manifest_with_missing_blob_changes_nothing(store: Store, kit: Kit) -> None:
+    kit.create("existing", [b"one"])
+    manifest = kit.manifest([b"two"])
+    absent = digest_of(b"never uploaded")
+    doc = json.loads(manifest)
+    doc["layers"].append({"mediaType": "application/vnd.ollama.image.model", "digest": absent, "size": 3})
+    content = json.dumps(doc).encode()
+    before = kit.snapshot()
+    with pytest.raises(BlobUnknown) as info:
+        store.put_manifest(PREFIX + "new", "latest", content)
+    assert info.value.digests == [absent]
+    with pytest.raises(BlobUnknown):  # also over an existing tag, in an existing repository
+        store.put_manifest(PREFIX + "existing", "latest", content)
+    assert kit.snapshot() == before
+    assert store.get_tag(PREFIX + "new", "latest") is None
+    assert store.get_manifest(digest_of(content)) is None
+
+
+@pytest.mark.parametrize("how", ["deleting", "file-gone", "no-row"])
+def test_a_blob_that_looks_absent_cannot_be_referenced(store: Store, kit: Kit, how: str) -> None:
+    d = kit.blob(b"going away")
+    if how == "deleting":  # a deleter marked it and has not unlinked it yet
+        kit.execute(t.blobs.update().where(t.blobs.c.digest == d).values(state="deleting"))
+    elif how == "file-gone":
+        kit.blob_path(d).unlink()
+    else:
+        kit.execute(t.blobs.delete().where(t.blobs.c.digest == d))
+    content = kit.manifest([]).replace(b'"layers":[]', b'"layers":[{"digest":"%s","size":10}]' % d.encode())
+    with pytest.raises(BlobUnknown) as info:
+        store.put_manifest(PREFIX + "m", "latest", content)
+    assert info.value.digests == [d]
+    assert store.list_tags() == []
+
+
+def test_manifest_bytes_are_stored_byte_for_byte(store: Store, kit: Kit) -> None:
+    cfg, layer = kit.blob(b"{}"), kit.blob(b"weights")
+    content = (
+        b'{ "layers" : [ {"size": 7, "digest": "%s", "mediaType": "application/vnd.ollama.image.model"} ],\n'
+        b'  "config": {"digest": "%s", "size": 2, "mediaType": "application/vnd.oci.image.config.v1+json"},'
+        b'\t"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",'
+        b' "extra": "\\u00e9t\\u00e9"}\r\n'
+    ) % (layer.encode(), cfg.encode())
+    digest, released = store.put_manifest(PREFIX + "verbatim", "v1", content)
+    assert digest == digest_of(content)
+    assert released.blobs == [] and released.manifests == []
+    assert store.get_manifest(digest) == (content, "application/vnd.docker.distribution.manifest.v2+json")
+    rec = store.get_tag(PREFIX + "verbatim", "v1")
+    assert rec is not None
+    assert (rec.manifest_digest, rec.total_size) == (digest, 9)
+    assert store.manifest_in_repository(PREFIX + "VERBATIM", digest)
+
+
+def test_get_tag_is_case_insensitive(store: Store, kit: Kit) -> None:
+    digest = kit.create("MixedCase", [b"w"], tag="Latest")
+    for r, tag in [("MixedCase", "Latest"), ("mixedcase", "latest"), ("MIXEDCASE", "LATEST")]:
+        rec = store.get_tag(PREFIX + r, tag)
+        assert rec is not None
+        assert (rec.repository, rec.tag, rec.manifest_digest) == (PREFIX + "MixedCase", "Latest", digest)
+    assert store.get_tag(PREFIX + "mixedcase", "other") is None
+    assert store.get_tag(PREFIX + "other", "latest") is None
+    # Another spelling of the same name is the same tag: overwriting keeps one tag, one repository.
+    kit.create("mixedcase", [b"w2"], tag="LATEST")
+    assert len(store.list_tags()) == 1
+    assert store.list_repositories() == [PREFIX + "MixedCase"]
+
+
+def test_copy_tag_shares_blobs(store: Store, kit: Kit) -> None:
+    digest = kit.create("src", [b"big weights", b"template"])
+    files = kit.blob_files()
+    rec = store.copy_tag(PREFIX + "src", "latest", PREFIX + "dst", "v2")
+    assert (rec.repository, rec.tag, rec.manifest_digest) == (PREFIX + "dst", "v2", digest)
+    assert kit.blob_files() == files
+    assert len(kit.rows(t.manifests)) == 1
+    with pytest.raises(NotFound):
+        store.copy_tag(PREFIX + "nope", "latest", PREFIX + "dst2", "latest")
+    plan = kit.delete("src")
+    assert plan.executed and plan.blobs == [] and plan.manifests == []
+    assert kit.blob_files() == files
+    assert store.get_tag(PREFIX + "dst", "v2") is not None
+    assert fsck(store, verify=True) == []
+
+
+def test_tag_overwrite_releases_only_unshared_blobs(store: Store, kit: Kit) -> None:
+    old = kit.create("a", [b"shared", b"own old"])
+    kit.create("b", [b"shared", b"b only"])
+    new, released = store.put_manifest(PREFIX + "a", "latest", kit.manifest([b"shared", b"own new"]))
+    assert released.manifests == [old]
+    assert released.blobs == [digest_of(b"own old")]
+    assert released.bytes == len(b"own old")
+    assert store.get_manifest(old) is None
+    files = kit.blob_files()
+    assert digest_of(b"own old") not in files
+    assert {digest_of(b"shared"), digest_of(b"own new"), digest_of(b"b only")} <= set(files)
+    rec = store.get_tag(PREFIX + "a", "latest")
+    assert rec is not None and rec.manifest_digest == new
+    assert fsck(store, verify=True) == []
+
+
+def test_tag_overwrite_keeps_a_manifest_another_tag_holds(store: Store, kit: Kit) -> None:
+    old = kit.create("a", [b"own old"])
+    store.copy_tag(PREFIX + "a", "latest", PREFIX + "a", "pinned")
+    _, released = store.put_manifest(PREFIX + "a", "latest", kit.manifest([b"own new"]))
+    assert (released.manifests, released.blobs) == ([], [])
+    assert store.get_manifest(old) is not None
+    assert digest_of(b"own old") in kit.blob_files()
+    # Re-pointing a tag at the manifest it already has releases nothing either.
+    _, again = store.put_manifest(PREFIX + "a", "pinned", store.get_manifest(old)[0])  # type: ignore[index]
+    assert (again.manifests, again.blobs) == ([], [])
+    assert fsck(store) == []
+
+
+def test_list_tags_newest_first(store: Store, kit: Kit) -> None:
+    for name in ("one", "two", "three"):
+        kit.create(name, [name.encode()])
+    assert [r.repository for r in store.list_tags()] == [PREFIX + n for n in ("three", "two", "one")]
+    kit.create("one", [b"one, updated"])
+    store.copy_tag(PREFIX + "two", "latest", PREFIX + "two", "copy")
+    assert [(r.repository, r.tag) for r in store.list_tags()] == [
+        (PREFIX + "two", "copy"),
+        (PREFIX + "one", "latest"),
+        (PREFIX + "three", "latest"),
+        (PREFIX + "two", "latest"),
+    ]
+    assert [r.tag for r in store.list_tags(PREFIX + "TWO")] == ["copy", "latest"]
+    assert store.list_repositories() == sorted(PREFIX + n for n in ("one", "two", "three"))
+
+
+def test_a_deleted_manifest_can_be_put_again(store: Store, kit: Kit) -> None:
+    content = kit.manifest([b"w"])
+    digest, _ = store.put_manifest(PREFIX + "m", "latest", content)
+    assert kit.delete("m").executed
+    assert kit.blob_files() == {}
+    with pytest.raises(BlobUnknown):
+        store.put_manifest(PREFIX + "m", "latest", content)
+    content = kit.manifest([b"w"])  # uploads the blobs again
+    assert store.put_manifest(PREFIX + "m", "latest", content)[0] == digest
+    with store.catalog.read() as conn:
+        n = conn.execute(sa.select(sa.func.count()).select_from(t.manifest_blobs)).scalar()
+    assert n == 2
+    assert fsck(store, verify=True) == []

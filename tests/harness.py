@@ -1,0 +1,265 @@
+"""Real `hangar serve` processes and `hangar` CLI runs for integration tests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import httpx
+
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+CLI = [sys.executable, "-m", "modelhangar.cli.main"]
+DEFAULT_ENV = {
+    "HANGAR_GC_GRACE": "0",
+    "HANGAR_TRASH_RETENTION": "0",
+    "HANGAR_GC_INTERVAL": "1h",
+}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def hangar_env(
+    home: Path, *, database_url: str | None = None, env: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a child process: inherited HANGAR_* dropped, test defaults applied."""
+    out = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
+    out.update(DEFAULT_ENV)
+    out["HANGAR_HOME"] = str(home)
+    out["HANGAR_DEBUG"] = "1"
+    if database_url is not None:
+        out["HANGAR_DATABASE_URL"] = database_url
+    out.update(env or {})
+    return out
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.05) -> bool:
+    """Poll `predicate` until it is true or `timeout` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+class ServerProcess:
+    """One `hangar serve` child on 127.0.0.1; its output goes to a log file."""
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        port: int | None = None,
+        database_url: str | None = None,
+        env: dict[str, str] | None = None,
+        log_dir: Path | None = None,
+    ) -> None:
+        self.home = home
+        self.port = port or free_port()
+        self.database_url = database_url
+        self.env = hangar_env(home, database_url=database_url, env=env)
+        log_dir = log_dir or home.parent
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"server-{self.port}-{time.monotonic_ns()}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProcess:
+        """Start the server and wait until `GET /api/version` answers 200."""
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()/kill()
+        cmd = [*CLI, "serve", "--host", self.host, "--data-dir", str(self.home)]
+        self.proc = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
+        )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self._close_log()
+                raise RuntimeError(f"server exited with {self.proc.returncode} before it was ready:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/api/version", timeout=2.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"server not ready after {READY_TIMEOUT:.0f}s:\n{self.log()}")
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        """Everything the server printed so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL if it does not exit; returns the exit code."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._close_log()
+        return None if self.proc is None else self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, as far as the data directory can tell."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> ServerProcess:
+        if self.proc is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def hangar(
+    *args: str,
+    home: Path,
+    host: str | None = None,
+    database_url: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run the `hangar` CLI against `home` (and a server at `host`); output captured as text."""
+    child_env = hangar_env(home, database_url=database_url, env=env)
+    if host is not None:
+        child_env["HANGAR_HOST"] = host
+    return subprocess.run(
+        [*CLI, *args], env=child_env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+def hangar_json(*args: str, home: Path, **kw: Any) -> Any:
+    """Run a `--json` CLI command and parse its output (whatever its exit code)."""
+    proc = hangar(*args, "--json", home=home, **kw)
+    try:
+        return json.loads(proc.stdout)
+    except ValueError as e:
+        raise AssertionError(
+            f"hangar {' '.join(args)} --json printed no JSON (exit {proc.returncode}):\n"
+            f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
+        ) from e
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def blobs_dir(home: Path) -> Path:
+    return home / "blobs"
+
+
+def tree_snapshot(home: Path) -> dict[str, str]:
+    """{path relative to the blobs dir: sha256 of its content} of every file there."""
+    root = blobs_dir(home)
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def blob_files(home: Path) -> set[str]:
+    """Names of the files in the blobs dir (`sha256-<hex>`)."""
+    root = blobs_dir(home)
+    return {p.name for p in root.iterdir() if p.is_file()} if root.exists() else set()
+
+
+def blob_file(digest: str) -> str:
+    """The file name of a `sha256:<hex>` digest."""
+    return digest.replace(":", "-", 1)
+
+
+def temp_files(home: Path) -> list[Path]:
+    """Files under the per-process temp dirs (in-flight uploads), lock files excluded."""
+    root = home / "tmp"
+    if not root.exists():
+        return []
+    return [p for p in root.rglob("*") if p.is_file() and not p.name.endswith((".lock", ".locking"))]
+
+
+def model_blobs(home: Path, database_url: str | None = None) -> dict[str, set[str]]:
+    """{"repository:tag": digests its manifest names} read from the catalog (servers may run)."""
+    from modelhangar.core.config import load_settings
+    from modelhangar.core.manifests import parse_manifest
+    from modelhangar.core.store import Store
+
+    env = {"HANGAR_HOME": str(home)}
+    if database_url is not None:
+        env["HANGAR_DATABASE_URL"] = database_url
+    store = Store(load_settings(env))
+    try:
+        out: dict[str, set[str]] = {}
+        for rec in store.list_tags():
+            got = store.get_manifest(rec.manifest_digest)
+            assert got is not None, f"{rec.repository}:{rec.tag} points at a missing manifest"
+            refs = parse_manifest(got[0], got[1])
+            out[f"{rec.repository}:{rec.tag}"] = {d.digest for d in refs.blobs}
+        return out
+    finally:
+        store.close()
+
+
+def assert_store_consistent(home: Path, database_url: str | None = None) -> dict[str, Any]:
+    """`hangar gc`, then `hangar fsck --json` is clean and every model's blob files exist."""
+    gc = hangar("gc", home=home, database_url=database_url)
+    assert gc.returncode == 0, f"hangar gc failed:\n{gc.stdout}\n{gc.stderr}"
+    fsck = hangar("fsck", "--json", home=home, database_url=database_url)
+    report: dict[str, Any] = json.loads(fsck.stdout) if fsck.stdout.strip() else {}
+    assert fsck.returncode == 0 and report.get("ok"), f"fsck found problems:\n{fsck.stdout}\n{fsck.stderr}"
+    on_disk = blob_files(home)
+    for model, digests in model_blobs(home, database_url).items():
+        missing = {d for d in digests if blob_file(d) not in on_disk}
+        assert not missing, f"{model} references blobs missing on disk: {sorted(missing)}"
+    return report
