@@ -48,7 +48,9 @@ def populate(home: Path, n: int) -> None:
     store = Store(load_settings({"HANGAR_HOME": str(home)}))
     try:
         configs = [
-            store.put_blob_bytes(json.dumps({"model_format": "gguf", "model_family": "llama", "i": i}).encode())
+            store.put_blob_bytes(
+                json.dumps({"model_format": "gguf", "model_family": "llama", "i": i}).encode()
+            )
             for i in range(CONFIGS)
         ]
         shared = [store.put_blob_bytes(f"shared layer {i}".encode() * 64) for i in range(SHARED_LAYERS)]
@@ -59,7 +61,13 @@ def populate(home: Path, n: int) -> None:
             own_digest = "sha256:" + hashlib.sha256(own).hexdigest()
             (home / "blobs" / own_digest.replace(":", "-")).write_bytes(own)
             blob_rows.append(
-                {"digest": own_digest, "size": len(own), "state": PRESENT, "created_at": ts, "touched_at": ts - 7200}
+                {
+                    "digest": own_digest,
+                    "size": len(own),
+                    "state": PRESENT,
+                    "created_at": ts,
+                    "touched_at": ts - 7200,
+                }
             )
             cfg, sh = configs[i % CONFIGS], shared[i % SHARED_LAYERS]
             manifest = {
@@ -144,7 +152,7 @@ def serve(home: Path, port: int, trash: str) -> subprocess.Popen[bytes]:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def measure(n: int, deletes: int, trash: str, workdir: Path) -> dict[str, float]:
@@ -161,7 +169,9 @@ def measure(n: int, deletes: int, trash: str, workdir: Path) -> dict[str, float]
             tags_time = time.perf_counter() - t1
             assert len(listing.json()["models"]) == n
             for i in range(min(5, n)):  # warm-up
-                client.request("DELETE", "/api/delete", json={"model": f"model{n - 1 - i}"}).raise_for_status()
+                client.request(
+                    "DELETE", "/api/delete", json={"model": f"model{n - 1 - i}"}
+                ).raise_for_status()
             times = []
             step = max(1, (n - 5) // deletes)
             for i in range(0, n - 5, step)[:deletes]:

@@ -13,10 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import ServerProcess  # noqa: E402
-
-StartServer = Callable[..., ServerProcess]
-MakeGguf = Callable[..., bytes]
+from harness import MakeGguf, ServerProcess, StartServer  # noqa: E402
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ import httpx
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 CLI = [sys.executable, "-m", "modelhangar.cli.main"]
+MakeGguf = Callable[..., bytes]
+"""The `make_gguf` fixture: `make_gguf(seed=...)` -> bytes of a small valid GGUF file."""
 DEFAULT_ENV = {
     "HANGAR_GC_GRACE": "0",
     "HANGAR_TRASH_RETENTION": "0",
@@ -159,6 +161,10 @@ class ServerProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+StartServer = Callable[..., ServerProcess]
+"""The `start_server` fixture: `start_server(home, database_url=..., env=...)` -> a ready server."""
 
 
 def hangar(

@@ -98,7 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="modelhangar",
         version=__version__,
-        description="modelhangar's own API. The Ollama API (`/api/...`) is served beside it, as Ollama documents it.",
+        description="modelhangar's own API. Ollama's API (`/api/...`) is served beside it, as Ollama has it.",
         lifespan=lifespan,
     )
     handlers: dict[Any, Any] = {

@@ -52,8 +52,10 @@ def _error_text(response: httpx.Response) -> str:
                 return value
             if isinstance(value, list) and value:  # request validation errors
                 return "; ".join(str(v.get("msg", v)) if isinstance(v, dict) else str(v) for v in value)
-    text = " ".join(response.text.split())
-    return text[:300] or fallback
+    text = " ".join(response.text.split())[:300]
+    if not text:
+        return fallback
+    return text if text.startswith(str(response.status_code)) else f"HTTP {response.status_code}: {text}"
 
 
 class Client:

@@ -9,6 +9,7 @@ from typing import Any
 from modelhangar.cli.client import Client, response_json
 from modelhangar.cli.errors import CliError
 from modelhangar.cli.output import human_size, human_time, parse_time, print_json, print_table, say
+from modelhangar.core.names import InvalidName, parse_name
 
 
 def _models(doc: Any) -> list[dict[str, Any]]:
@@ -163,7 +164,7 @@ def _kept(plan: dict[str, Any]) -> str:
     if not kept:
         return ""
     size = sum(int(k.get("size") or 0) for k in kept)
-    users = sorted({str(k.get("used_by")) for k in kept})
+    users = sorted({_display(str(k.get("used_by"))) for k in kept})
     noun = "blob" if len(kept) == 1 else "blobs"
     return f"; keeps {len(kept)} shared {noun} ({human_size(size)}) used by {', '.join(users)}"
 
@@ -266,9 +267,18 @@ def cmd_trash_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _display(name: str) -> str:
+    """Ollama's shortest form of a model name (`mine` → `mine:latest`); other text unchanged."""
+    try:
+        return parse_name(name).display_shortest()
+    except InvalidName:
+        return name
+
+
 def cmd_trash_restore(args: argparse.Namespace) -> int:
+    ident = args.model if args.model.isdigit() else _display(args.model)
     with Client(args.host) as client:
-        doc = client.post_json("/api/hangar/trash/restore", {"model": args.model})
+        doc = client.post_json("/api/hangar/trash/restore", {"model": ident})
     restored = doc.get("restored") if isinstance(doc, dict) else None
     say(f"restored {restored or args.model}")
     return 0

@@ -216,8 +216,26 @@ def cmd_export_ollama(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- serve
 
 
+def _check_bindable(host: str, port: int) -> None:
+    """Fail in one line before opening the store if the address cannot be listened on."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise CliError(f"cannot serve on {host}:{port}: {e.strerror}") from e
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise CliError(f"cannot serve on {host}:{port}: {e.strerror or e}") from e
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = with_host(settings_from_env(args.data_dir), args.host)
+    _check_bindable(settings.host, settings.port)
     from modelhangar import server
 
     print(
@@ -227,6 +245,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     try:
         server.run_server(settings)
-    except OSError as e:
-        raise CliError(f"cannot serve at {settings.base_url}: {e.strerror or e}") from e
+    except SystemExit as e:  # uvicorn exits when startup fails, after logging why
+        return 0 if e.code in (0, None) else 1
     return 0

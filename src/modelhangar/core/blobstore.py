@@ -157,7 +157,7 @@ class LocalBlobStore:
 
     def writer(self) -> _FileWriter:
         path = self.tmp_dir / f"upload-{uuid.uuid4().hex}"
-        return _FileWriter(path=path, _file=open(path, "xb"), _hash=hashlib.sha256())  # noqa: SIM115
+        return _FileWriter(path=path, _file=open(path, "xb"), _hash=hashlib.sha256())
 
     def install(self, writer: BlobWriter, digest: str) -> None:
         assert isinstance(writer, _FileWriter)

@@ -40,7 +40,7 @@ def parse_host(text: str) -> tuple[str, int]:
     s = text.strip()
     for prefix in ("http://", "https://"):
         if s.startswith(prefix):
-            s = s[len(prefix):]
+            s = s[len(prefix) :]
     s = s.rstrip("/")
     if s.startswith("["):  # [::1]:port
         host, _, rest = s[1:].partition("]")

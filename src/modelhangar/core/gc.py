@@ -15,13 +15,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from modelhangar.core.catalog import schema as t
+from modelhangar.core import uploads
 from modelhangar.core.blobstore import sha256_file
+from modelhangar.core.catalog import schema as t
 from modelhangar.core.digests import sha256_digest
 from modelhangar.core.manifests import parse_manifest
 from modelhangar.core.planner import Planner, Target
 from modelhangar.core.store import DELETING, PRESENT, Actor, Released, Store, now
-from modelhangar.core import uploads
 
 
 @dataclass
@@ -54,7 +54,9 @@ def collect(store: Store, *, dry_run: bool = False, actor: Actor | None = None) 
     with store.catalog.read() as conn:
         expired = conn.execute(sa.select(t.trash.c.id).where(t.trash.c.expires_at <= ts)).all()
     for row in expired:
-        plan = planner.delete([Target("trash", ref=str(row.id))], actor, dry_run=dry_run, purge=True, action="expire")
+        plan = planner.delete(
+            [Target("trash", ref=str(row.id))], actor, dry_run=dry_run, purge=True, action="expire"
+        )
         if plan.ok:
             report.expired_trash.extend(plan.models)
             report.blobs.extend(plan.blobs)
@@ -118,7 +120,9 @@ def _reclaim_orphan_files(store: Store, cutoff: float) -> list[str]:
             continue
         with store.catalog.write() as conn:
             store._insert_ignore(
-                conn, t.blobs, {"digest": digest, "size": 0, "state": DELETING, "created_at": now(), "touched_at": 0.0}
+                conn,
+                t.blobs,
+                {"digest": digest, "size": 0, "state": DELETING, "created_at": now(), "touched_at": 0.0},
             )
         if store.finish_deletions([digest]):
             orphans.append(digest)
@@ -131,8 +135,12 @@ def fsck(store: Store, *, verify: bool = False) -> list[Problem]:
     ts = now()
     with store.catalog.read() as conn:
         rows = conn.execute(sa.select(t.blobs)).all()
-        referenced = {r.blob_digest for r in conn.execute(sa.select(t.manifest_blobs.c.blob_digest).distinct())}
-        for m in conn.execute(sa.select(t.manifests.c.digest, t.manifests.c.content, t.manifests.c.media_type)):
+        referenced = {
+            r.blob_digest for r in conn.execute(sa.select(t.manifest_blobs.c.blob_digest).distinct())
+        }
+        for m in conn.execute(
+            sa.select(t.manifests.c.digest, t.manifests.c.content, t.manifests.c.media_type)
+        ):
             if str(sha256_digest(bytes(m.content))) != m.digest:
                 problems.append(Problem("manifest-digest", m.digest, "content does not hash to its digest"))
             try:
@@ -142,13 +150,15 @@ def fsck(store: Store, *, verify: bool = False) -> list[Problem]:
                 continue
             for b in refs.blobs:
                 if b.digest not in referenced:
-                    problems.append(Problem("manifest-refs", m.digest, f"reference to {b.digest} not recorded"))
-        live_manifests = {
-            r.digest for r in conn.execute(sa.select(t.manifests.c.digest))
-        }
+                    problems.append(
+                        Problem("manifest-refs", m.digest, f"reference to {b.digest} not recorded")
+                    )
+        live_manifests = {r.digest for r in conn.execute(sa.select(t.manifests.c.digest))}
         for r in conn.execute(sa.select(t.tags.c.manifest_digest, t.tags.c.name)):
             if r.manifest_digest not in live_manifests:
-                problems.append(Problem("tag-dangling", r.name, f"points at missing manifest {r.manifest_digest}"))
+                problems.append(
+                    Problem("tag-dangling", r.name, f"points at missing manifest {r.manifest_digest}")
+                )
         for r in conn.execute(sa.select(t.trash.c.id, t.trash.c.manifest_digest)):
             if r.manifest_digest not in live_manifests:
                 problems.append(Problem("trash-dangling", str(r.id), f"missing manifest {r.manifest_digest}"))
@@ -159,7 +169,9 @@ def fsck(store: Store, *, verify: bool = False) -> list[Problem]:
     for digest in sorted(referenced):
         row = by_digest.get(digest)
         if row is None or row.state != PRESENT:
-            problems.append(Problem("blob-missing", digest, "referenced by a manifest but not present in the catalog"))
+            problems.append(
+                Problem("blob-missing", digest, "referenced by a manifest but not present in the catalog")
+            )
     for row in rows:
         if row.state != PRESENT:
             problems.append(Problem("blob-deleting", row.digest, "deletion not finished (run hangar gc)"))
@@ -169,7 +181,9 @@ def fsck(store: Store, *, verify: bool = False) -> list[Problem]:
             problems.append(Problem("blob-file-missing", row.digest, "catalog says present, file is missing"))
             continue
         if size != row.size:
-            problems.append(Problem("blob-size", row.digest, f"file has {size} bytes, catalog says {row.size}"))
+            problems.append(
+                Problem("blob-size", row.digest, f"file has {size} bytes, catalog says {row.size}")
+            )
         if verify:
             path = store.blobs.local_path(row.digest)
             if path is not None and sha256_file(path) != row.digest:

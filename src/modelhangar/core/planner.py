@@ -80,7 +80,9 @@ class Plan:
 class _Resolved:
     """Rows a plan touches, locked for the rest of the transaction."""
 
-    tag_rows: list[tuple[int, str, str, str, Any]] = field(default_factory=list)  # repo_id, repo, tag, digest, row
+    tag_rows: list[tuple[int, str, str, str, Any]] = field(
+        default_factory=list
+    )  # repo_id, repo, tag, digest, row
     memberships: list[tuple[int, str]] = field(default_factory=list)
     untag: list[tuple[int, str]] = field(default_factory=list)
     trash_rows: list[Any] = field(default_factory=list)
@@ -105,7 +107,11 @@ class Planner:
         """Delete the targets as one unit (or preview it). Refused plans change nothing."""
         use_trash = not purge and self.store.settings.trash_retention > 0
         plan = Plan(
-            targets=[str(x) for x in targets], actor=actor.name, face=actor.face, dry_run=dry_run, trash=use_trash
+            targets=[str(x) for x in targets],
+            actor=actor.name,
+            face=actor.face,
+            dry_run=dry_run,
+            trash=use_trash,
         )
         released = Released()
         with self.store.catalog.transaction() as (conn, trans):
@@ -181,7 +187,9 @@ class Planner:
             else:
                 rows = self._lock_tags(conn, repo_id)
                 for m in conn.execute(
-                    sa.select(t.repo_manifests.c.manifest_digest).where(t.repo_manifests.c.repository_id == repo_id)
+                    sa.select(t.repo_manifests.c.manifest_digest).where(
+                        t.repo_manifests.c.repository_id == repo_id
+                    )
                 ):
                     res.memberships.append((repo_id, m.manifest_digest))
                 if not rows and not res.memberships:
@@ -204,11 +212,15 @@ class Planner:
                 plan.blockers.append(Blocker("permission", name, f"{actor.name} does not own {name}"))
             keys = [("repository", name)]
             keys += [("tag", f"{r[1]}:{r[2]}") for r in res.tag_rows if r[0] == repo_id]
-            digests = {r[3] for r in res.tag_rows if r[0] == repo_id} | {m for i, m in res.memberships if i == repo_id}
+            digests = {r[3] for r in res.tag_rows if r[0] == repo_id} | {
+                m for i, m in res.memberships if i == repo_id
+            }
             keys += [("manifest", d) for d in sorted(digests)]
             for kind, target in keys:
                 for dep in conn.execute(
-                    sa.select(t.dependents).where(t.dependents.c.target_kind == kind, t.dependents.c.target == target)
+                    sa.select(t.dependents).where(
+                        t.dependents.c.target_kind == kind, t.dependents.c.target == target
+                    )
                 ):
                     plan.blockers.append(Blocker(dep.kind, dep.id, dep.reason))
 
@@ -220,7 +232,9 @@ class Planner:
         retention = self.store.settings.trash_retention
         touched: set[str] = set()
         for repo_id, repo_name, tag, digest, row in res.tag_rows:
-            conn.execute(t.tags.delete().where(t.tags.c.repository_id == repo_id, t.tags.c.name_key == row.name_key))
+            conn.execute(
+                t.tags.delete().where(t.tags.c.repository_id == repo_id, t.tags.c.name_key == row.name_key)
+            )
             plan.models.append(f"{repo_name}:{tag}")
             plan.tags.append(f"{repo_name}:{tag}")
             touched.add(digest)
@@ -234,7 +248,11 @@ class Planner:
             for repo_id, repo_name, tag, digest, row in trashed:
                 meta = {}
                 if row is not None:
-                    meta = {"created_at": row.created_at, "modified_at": row.modified_at, "last_used_at": row.last_used_at}
+                    meta = {
+                        "created_at": row.created_at,
+                        "modified_at": row.modified_at,
+                        "last_used_at": row.last_used_at,
+                    }
                 result = conn.execute(
                     t.trash.insert().values(
                         repository=repo_name,
@@ -253,14 +271,18 @@ class Planner:
                 new_trash.append(int(pk[0]))
             plan.trash_ids = new_trash
         for row in res.trash_rows:
-            plan.models.append(f"{row.repository}:{row.tag}" if row.tag else f"{row.repository}@{row.manifest_digest}")
+            plan.models.append(
+                f"{row.repository}:{row.tag}" if row.tag else f"{row.repository}@{row.manifest_digest}"
+            )
             conn.execute(t.trash.delete().where(t.trash.c.id == row.id))
             touched.add(row.manifest_digest)
         touched.update(m for _, m in res.memberships)
         own_blobs = {
             r.blob_digest
             for r in conn.execute(
-                sa.select(t.manifest_blobs.c.blob_digest).where(t.manifest_blobs.c.manifest_digest.in_(sorted(touched)))
+                sa.select(t.manifest_blobs.c.blob_digest).where(
+                    t.manifest_blobs.c.manifest_digest.in_(sorted(touched))
+                )
             )
         }
         released = self.store.release(
@@ -289,15 +311,17 @@ class Planner:
             holder = conn.execute(
                 sa.select(t.repositories.c.name, t.tags.c.name.label("tag"))
                 .select_from(
-                    t.manifest_blobs.join(t.tags, t.tags.c.manifest_digest == t.manifest_blobs.c.manifest_digest).join(
-                        t.repositories, t.repositories.c.id == t.tags.c.repository_id
-                    )
+                    t.manifest_blobs.join(
+                        t.tags, t.tags.c.manifest_digest == t.manifest_blobs.c.manifest_digest
+                    ).join(t.repositories, t.repositories.c.id == t.tags.c.repository_id)
                 )
                 .where(t.manifest_blobs.c.blob_digest == blob)
                 .limit(1)
             ).first()
             size = conn.execute(sa.select(t.blobs.c.size).where(t.blobs.c.digest == blob)).scalar()
-            used_by = f"{holder.name}:{holder.tag}" if holder is not None else "another manifest or trash entry"
+            used_by = (
+                f"{holder.name}:{holder.tag}" if holder is not None else "another manifest or trash entry"
+            )
             plan.kept.append({"digest": blob, "size": int(size or 0), "used_by": used_by})
 
     def _audit(self, conn: sa.Connection, plan: Plan, action: str, ts: float) -> None:

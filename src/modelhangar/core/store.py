@@ -124,7 +124,7 @@ class Store:
         dialect = sqlite_dialect if self.catalog.is_sqlite else pg_dialect
         conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
 
-    def _lock_blob(self, conn: sa.Connection, digest: str) -> sa.Row[Any] | None:
+    def _lock_blob(self, conn: sa.Connection, digest: str) -> Any:
         q = sa.select(t.blobs.c.state, t.blobs.c.size, t.blobs.c.touched_at).where(t.blobs.c.digest == digest)
         return conn.execute(q.with_for_update()).first()
 
@@ -239,7 +239,9 @@ class Store:
 
     # ------------------------------------------------------------------ repositories and tags
 
-    def _repository_id(self, conn: sa.Connection, name: str, *, create: bool, owner: str | None = None) -> int | None:
+    def _repository_id(
+        self, conn: sa.Connection, name: str, *, create: bool, owner: str | None = None
+    ) -> int | None:
         key = name.lower()
         q = sa.select(t.repositories.c.id).where(t.repositories.c.name_key == key)
         if create:  # writers hold the repository row, so an emptied repository is not dropped under them
@@ -322,7 +324,9 @@ class Store:
         """Bytes and media type of a live manifest."""
         with self.catalog.read() as conn:
             row = conn.execute(
-                sa.select(t.manifests.c.content, t.manifests.c.media_type).where(t.manifests.c.digest == digest)
+                sa.select(t.manifests.c.content, t.manifests.c.media_type).where(
+                    t.manifests.c.digest == digest
+                )
             ).first()
         return None if row is None else (bytes(row.content), row.media_type)
 
@@ -330,7 +334,9 @@ class Store:
         q = (
             sa.select(sa.literal(1))
             .select_from(t.repo_manifests.join(t.repositories))
-            .where(t.repositories.c.name_key == repository.lower(), t.repo_manifests.c.manifest_digest == digest)
+            .where(
+                t.repositories.c.name_key == repository.lower(), t.repo_manifests.c.manifest_digest == digest
+            )
         )
         with self.catalog.read() as conn:
             return conn.execute(q).first() is not None
@@ -398,7 +404,9 @@ class Store:
                 "details": json.dumps(details) if details is not None else None,
                 "created_at": ts,
             }
-            lock_manifest = sa.select(t.manifests.c.digest).where(t.manifests.c.digest == digest).with_for_update()
+            lock_manifest = (
+                sa.select(t.manifests.c.digest).where(t.manifests.c.digest == digest).with_for_update()
+            )
             while True:  # a concurrent release may delete the row between our insert and our lock
                 self._insert_ignore(conn, t.manifests, manifest_row)
                 if conn.execute(lock_manifest).first() is not None:
@@ -421,7 +429,9 @@ class Store:
             for c in {c.digest for c in refs.children}:
                 self._insert_ignore(conn, t.manifest_children, {"parent_digest": digest, "child_digest": c})
             self._insert_ignore(
-                conn, t.repo_manifests, {"repository_id": repo_id, "manifest_digest": digest, "created_at": ts}
+                conn,
+                t.repo_manifests,
+                {"repository_id": repo_id, "manifest_digest": digest, "created_at": ts},
             )
             if tag is not None:
                 released = self._point_tag(conn, repo_id, tag, digest, ts)
@@ -472,13 +482,19 @@ class Store:
             if row is None:
                 raise NotFound(f"{src_repository}:{src_tag}")
             digest = row.manifest_digest
-            conn.execute(sa.select(t.manifests.c.digest).where(t.manifests.c.digest == digest).with_for_update())
-            owner = conn.execute(sa.select(t.repositories.c.owner).where(t.repositories.c.id == src_repo)).scalar()
+            conn.execute(
+                sa.select(t.manifests.c.digest).where(t.manifests.c.digest == digest).with_for_update()
+            )
+            owner = conn.execute(
+                sa.select(t.repositories.c.owner).where(t.repositories.c.id == src_repo)
+            ).scalar()
             dst_repo = self._repository_id(conn, dst_repository, create=True, owner=owner)
             assert dst_repo is not None
             ts = now()
             self._insert_ignore(
-                conn, t.repo_manifests, {"repository_id": dst_repo, "manifest_digest": digest, "created_at": ts}
+                conn,
+                t.repo_manifests,
+                {"repository_id": dst_repo, "manifest_digest": digest, "created_at": ts},
             )
             released = self._point_tag(conn, dst_repo, dst_tag, digest, ts)
         self.finish_deletions(released.blobs)
@@ -555,7 +571,9 @@ class Store:
         self.retire_blobs(conn, blob_candidates, ts - self.reuse_fuse, out)
         return out
 
-    def retire_blobs(self, conn: sa.Connection, digests: Iterable[str], touched_before: float, out: Released) -> None:
+    def retire_blobs(
+        self, conn: sa.Connection, digests: Iterable[str], touched_before: float, out: Released
+    ) -> None:
         """Mark unreferenced blobs `deleting` (under their row locks); the caller commits, then
         calls finish_deletions."""
         for d in sorted(set(digests)):
@@ -578,17 +596,23 @@ class Store:
         ).first()
         if has_any is not None:
             return
-        has_tag = conn.execute(sa.select(sa.literal(1)).where(t.tags.c.repository_id == repo_id).limit(1)).first()
+        has_tag = conn.execute(
+            sa.select(sa.literal(1)).where(t.tags.c.repository_id == repo_id).limit(1)
+        ).first()
         if has_tag is None:  # a repository with an owner (e.g. a Replicate model) outlives its versions
             conn.execute(
-                t.repositories.delete().where(t.repositories.c.id == repo_id, t.repositories.c.owner.is_(None))
+                t.repositories.delete().where(
+                    t.repositories.c.id == repo_id, t.repositories.c.owner.is_(None)
+                )
             )
 
     def finish_deletions(self, digests: Sequence[str]) -> int:
-        """Second phase: unlink each blob still marked `deleting` and drop its row."""
+        """Second phase: unlink each blob still marked `deleting` and drop its row (one transaction)."""
         removed = 0
-        for d in digests:
-            with self.catalog.write() as conn:
+        if not digests:
+            return 0
+        with self.catalog.write() as conn:
+            for d in sorted(set(digests)):
                 row = self._lock_blob(conn, d)
                 if row is None or row.state != DELETING:
                     continue
@@ -599,4 +623,6 @@ class Store:
 
     def pending_deletions(self) -> list[str]:
         with self.catalog.read() as conn:
-            return [r.digest for r in conn.execute(sa.select(t.blobs.c.digest).where(t.blobs.c.state == DELETING))]
+            return [
+                r.digest for r in conn.execute(sa.select(t.blobs.c.digest).where(t.blobs.c.state == DELETING))
+            ]

@@ -84,7 +84,9 @@ def restore(store: Store, entry_id: int, actor: Actor) -> TrashEntry:
                 raise Conflict(f"{row.repository}:{row.tag} exists again; delete or rename it first")
         ts = now()
         store._insert_ignore(
-            conn, t.repo_manifests, {"repository_id": repo_id, "manifest_digest": row.manifest_digest, "created_at": ts}
+            conn,
+            t.repo_manifests,
+            {"repository_id": repo_id, "manifest_digest": row.manifest_digest, "created_at": ts},
         )
         meta = json.loads(row.meta or "{}")
         if row.tag:

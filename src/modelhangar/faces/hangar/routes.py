@@ -121,7 +121,9 @@ async def trash_restore(request: Request, body: RestoreRequest) -> dict[str, Any
     store = _store(request)
 
     def run() -> dict[str, Any]:
-        entry = trash.find_entry(store, body.model, matches=lambda e: display(e.repository, e.tag) == body.model)
+        entry = trash.find_entry(
+            store, body.model, matches=lambda e: display(e.repository, e.tag) == body.model
+        )
         restored = trash.restore(store, entry.id, ACTOR)
         return {"restored": display(restored.repository, restored.tag), "id": restored.id}
 

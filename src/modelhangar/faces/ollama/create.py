@@ -113,7 +113,9 @@ def _use_uploaded(store: Store, build: Build, digest: str, media_type: str) -> A
 def build_model(store: Store, req: CreateRequest) -> tuple[list[dict[str, Any]], str]:
     """Create the model; returns the status lines Ollama would stream and the manifest digest."""
     if req.quantize_requested():
-        raise OllamaError(400, "quantization is not supported: modelhangar stores models, it does not convert them")
+        raise OllamaError(
+            400, "quantization is not supported: modelhangar stores models, it does not convert them"
+        )
     build = Build()
     params: dict[str, Any] = {}
     if req.base is not None:
@@ -136,11 +138,17 @@ def build_model(store: Store, req: CreateRequest) -> tuple[list[dict[str, Any]],
                     params = {}
                 continue
             build.layers.append(
-                {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size,
-                 "from": req.base.display_shortest()}
+                {
+                    "mediaType": layer.media_type,
+                    "digest": layer.digest,
+                    "size": layer.size,
+                    "from": req.base.display_shortest(),
+                }
             )
             if store.reuse_blob(layer.digest) is None:
-                raise OllamaError(404, f"model '{req.base.display_shortest()}' is missing layer {layer.digest}")
+                raise OllamaError(
+                    404, f"model '{req.base.display_shortest()}' is missing layer {layer.digest}"
+                )
     elif not req.files:
         raise OllamaError(400, "neither 'from' or 'files' was specified")
     if req.files:
@@ -150,7 +158,9 @@ def build_model(store: Store, req: CreateRequest) -> tuple[list[dict[str, Any]],
         for i, digest in enumerate(req.files.values()):
             got = _use_uploaded(store, build, digest, MODEL if i == 0 else PROJECTOR)
             if got is None:
-                raise OllamaError(400, "supplied file was not in GGUF format (safetensors conversion is not supported)")
+                raise OllamaError(
+                    400, "supplied file was not in GGUF format (safetensors conversion is not supported)"
+                )
             meta = meta or got
         build.config = config_for_model(meta)
     if req.adapters:
@@ -191,6 +201,8 @@ def build_model(store: Store, req: CreateRequest) -> tuple[list[dict[str, Any]],
     try:
         digest, _ = store.put_manifest(req.name.repository, req.name.tag, content, DOCKER_V2)
     except BlobUnknown as e:
-        raise OllamaError(400, f"a layer was deleted while the model was being created, try again: {e}") from e
+        raise OllamaError(
+            400, f"a layer was deleted while the model was being created, try again: {e}"
+        ) from e
     build.statuses.append({"status": "success"})
     return build.statuses, digest

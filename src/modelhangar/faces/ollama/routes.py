@@ -19,7 +19,6 @@ from modelhangar.faces.ollama import create as create_mod
 from modelhangar.faces.ollama.show import show_model
 from modelhangar.faces.ollama.wire import (
     OllamaError,
-    display,
     empty_ok,
     error,
     json_body,
@@ -115,7 +114,9 @@ async def delete(request: Request) -> Response:
     raw = model_field(body, "model", "name")
     dry_run = _truthy(request.query_params.get("dry_run"))
     purge = _truthy(request.query_params.get("purge"))
-    [result] = await run_in_threadpool(delete_models, _store(request), [raw], ACTOR, dry_run=dry_run, purge=purge)
+    [result] = await run_in_threadpool(
+        delete_models, _store(request), [raw], ACTOR, dry_run=dry_run, purge=purge
+    )
     if result.status == "invalid":
         return error(400, f'name "{raw}" is invalid')
     if result.status == "not_found":

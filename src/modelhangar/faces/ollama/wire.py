@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -68,7 +68,7 @@ def display(repository: str, tag: str) -> str:
 
 def timestamp(ts: float) -> str:
     """RFC 3339 with the local offset, as Go prints times."""
-    return datetime.fromtimestamp(ts, tz=timezone.utc).astimezone().isoformat()
+    return datetime.fromtimestamp(ts, tz=UTC).astimezone().isoformat()
 
 
 def ndjson(objects: Iterable[dict[str, Any]]) -> StreamingResponse:

@@ -1,0 +1,1 @@
+"""The registry face: the OCI distribution API (`/v2/`) over the same store as every other face."""

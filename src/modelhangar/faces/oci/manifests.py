@@ -1,0 +1,155 @@
+"""Manifests, tags and the repository catalog of the registry face."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from modelhangar.core.digests import sha256_digest
+from modelhangar.core.errors import BlobUnknown, InvalidManifest
+from modelhangar.core.manifests import MAX_MANIFEST_BYTES
+from modelhangar.core.planner import Planner, Target
+from modelhangar.core.store import Actor, Store
+from modelhangar.faces.oci.errors import OciError
+from modelhangar.faces.oci.wire import absolute, oci_name, page, parse_reference, repository_of
+
+# Nobody signs in to the registry face: it may not delete what another user owns.
+ACTOR = Actor(name="anonymous", face="oci", admin=False)
+
+
+def store_of(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def repository_known(store: Store, repository: str) -> bool:
+    key = repository.lower()
+    return any(r.lower() == key for r in store.list_repositories())
+
+
+async def unknown(store: Store, repository: str, code: str, detail: Any) -> OciError:
+    """`code` (e.g. MANIFEST_UNKNOWN), or NAME_UNKNOWN when the repository itself does not exist."""
+    if not await run_in_threadpool(repository_known, store, repository):
+        return OciError("NAME_UNKNOWN", detail={"name": oci_name(repository)})
+    return OciError(code, detail=detail)
+
+
+def _lookup(store: Store, repository: str, kind: str, ref: str) -> tuple[str, bytes, str] | None:
+    if kind == "tag":
+        record = store.get_tag(repository, ref)
+        if record is None:
+            return None
+        digest = record.manifest_digest
+    elif store.manifest_in_repository(repository, ref):
+        digest = ref
+    else:
+        return None
+    got = store.get_manifest(digest)
+    return None if got is None else (digest, got[0], got[1])
+
+
+async def get_manifest(request: Request, name: str, reference: str) -> Response:
+    repository = repository_of(name)
+    kind, ref = parse_reference(reference)
+    store = store_of(request)
+    found = await run_in_threadpool(_lookup, store, repository, kind, ref)
+    if found is None:
+        raise await unknown(store, repository, "MANIFEST_UNKNOWN", {"reference": reference})
+    digest, content, media_type = found
+    headers = {
+        "Docker-Content-Digest": digest,
+        "Content-Type": media_type,
+        "Content-Length": str(len(content)),
+        "ETag": f'"{digest}"',
+    }
+    if request.method == "HEAD":
+        return Response(status_code=200, headers=headers)
+    if kind == "tag":
+        await run_in_threadpool(store.mark_used, repository, ref)
+    return Response(content, status_code=200, headers=headers)
+
+
+async def _read_manifest(request: Request) -> bytes:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise OciError("SIZE_INVALID", "manifest too large", {"limit": MAX_MANIFEST_BYTES}, status=413)
+    return bytes(body)
+
+
+def _media_type(request: Request) -> str | None:
+    """The pushed Content-Type without parameters, when it names a manifest type at all."""
+    media = request.headers.get("content-type", "").split(";")[0].strip()
+    return media if media and ("manifest" in media or "index" in media) else None
+
+
+async def put_manifest(request: Request, name: str, reference: str) -> Response:
+    repository = repository_of(name)
+    kind, ref = parse_reference(reference)
+    content = await _read_manifest(request)
+    digest = str(sha256_digest(content))
+    if kind == "digest" and ref != digest:
+        raise OciError("DIGEST_INVALID", f"manifest digest is {digest}", {"reference": ref, "digest": digest})
+    store = store_of(request)
+    try:
+        await run_in_threadpool(
+            lambda: store.put_manifest(
+                repository, ref if kind == "tag" else None, content, _media_type(request), actor=ACTOR
+            )
+        )
+    except BlobUnknown as e:
+        raise OciError(
+            "MANIFEST_BLOB_UNKNOWN",
+            f"manifest references unknown blobs or manifests: {', '.join(e.digests)}",
+            details=[{"digest": d} for d in e.digests],
+        ) from None
+    except InvalidManifest as e:
+        raise OciError("MANIFEST_INVALID", str(e), {"reason": str(e)}) from None
+    location = absolute(request, f"/v2/{name}/manifests/{digest}")
+    return Response(
+        status_code=201, headers={"Location": location, "Docker-Content-Digest": digest, "Content-Length": "0"}
+    )
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes")
+
+
+async def delete_manifest(request: Request, name: str, reference: str) -> Response:
+    """Untag (by tag) or remove from the repository (by digest) through the one deletion planner."""
+    repository = repository_of(name)
+    kind, ref = parse_reference(reference)
+    target = Target("tag" if kind == "tag" else "manifest", repository, ref)
+    dry_run = _truthy(request.query_params.get("dry_run"))
+    store = store_of(request)
+    plan = await run_in_threadpool(lambda: Planner(store).delete([target], ACTOR, dry_run=dry_run))
+    if plan.not_found:
+        raise await unknown(store, repository, "MANIFEST_UNKNOWN", {"reference": reference})
+    if plan.blockers:
+        reasons = "; ".join(f"{b.kind} {b.id}: {b.reason}" for b in plan.blockers)
+        status = 403 if all(b.kind == "permission" for b in plan.blockers) else 409
+        raise OciError("DENIED", f"refused: {reasons}", {"plan": plan.to_dict()}, status=status)
+    if dry_run:
+        return JSONResponse(plan.to_dict())
+    return Response(status_code=202, headers={"Content-Length": "0"})
+
+
+async def list_tags(request: Request, name: str) -> Response:
+    repository = repository_of(name)
+    store = store_of(request)
+    tags = sorted(r.tag for r in await run_in_threadpool(store.list_tags, repository))
+    if not tags and not await run_in_threadpool(repository_known, store, repository):
+        raise OciError("NAME_UNKNOWN", detail={"name": name})
+    out, headers = page(request, tags, f"/v2/{name}/tags/list")
+    return JSONResponse({"name": name, "tags": out}, headers=headers)
+
+
+async def catalog(request: Request) -> Response:
+    repositories = await run_in_threadpool(store_of(request).list_repositories)
+    names = sorted({n for n in map(oci_name, repositories) if n is not None})
+    out, headers = page(request, names, "/v2/_catalog")
+    return JSONResponse({"repositories": out}, headers=headers)

@@ -1,0 +1,169 @@
+"""Registry wire conventions: names, references, digests, ranges, pagination, URLs, blob bodies."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import BinaryIO, Literal
+from urllib.parse import quote
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from modelhangar.core.digests import InvalidDigest, parse_digest
+from modelhangar.core.names import DEFAULT_HOST
+from modelhangar.faces.oci.errors import OciError
+
+MAX_NAME = 255
+CHUNK = 1 << 20
+NAME_RE = re.compile(r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*")
+TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d{1,19})-(\d{1,19})(?:/(?:\d{1,19}|\*))?")
+_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+_PREFIX = DEFAULT_HOST + "/"
+
+
+def repository_of(name: str) -> str:
+    """The catalog repository of an OCI repository name: `library/tiny` is `registry.ollama.ai/library/tiny`,
+    so what the Ollama face calls `tiny` is pulled as `/v2/library/tiny/...`. Raises NAME_INVALID."""
+    if len(name) > MAX_NAME or not NAME_RE.fullmatch(name):
+        raise OciError("NAME_INVALID", detail={"name": name[:MAX_NAME]})
+    return _PREFIX + name
+
+
+def oci_name(repository: str) -> str | None:
+    """The OCI name of a catalog repository, if it has one (the inverse of `repository_of`)."""
+    if not repository.lower().startswith(_PREFIX):
+        return None
+    name = repository[len(_PREFIX) :].lower()
+    return name if len(name) <= MAX_NAME and NAME_RE.fullmatch(name) else None
+
+
+def blob_digest(raw: str) -> str:
+    """A `sha256:<hex>` digest from a URL or query; raises DIGEST_INVALID."""
+    if not raw.startswith("sha256:"):
+        message = "unsupported digest algorithm" if ":" in raw else "invalid digest"
+        raise OciError("DIGEST_INVALID", message, {"digest": raw[:200]})
+    try:
+        return str(parse_digest(raw))
+    except InvalidDigest:
+        raise OciError("DIGEST_INVALID", "invalid digest", {"digest": raw[:200]}) from None
+
+
+def parse_reference(raw: str) -> tuple[Literal["tag", "digest"], str]:
+    """A manifest reference: a digest (it has a `:`) or a tag; raises DIGEST_INVALID or MANIFEST_INVALID."""
+    if ":" in raw:
+        return "digest", blob_digest(raw)
+    if not TAG_RE.fullmatch(raw):
+        raise OciError("MANIFEST_INVALID", "invalid tag", {"reference": raw[:200]})
+    return "tag", raw
+
+
+def content_range(raw: str) -> tuple[int, int]:
+    """An upload chunk's inclusive `start-end` (with or without a `bytes=` prefix); else RANGE_INVALID."""
+    m = _CONTENT_RANGE.fullmatch(raw.strip())
+    if not m or int(m.group(2)) < int(m.group(1)):
+        raise OciError("RANGE_INVALID", "invalid Content-Range", {"content_range": raw[:100]})
+    return int(m.group(1)), int(m.group(2))
+
+
+def byte_range(raw: str, size: int) -> tuple[int, int]:
+    """The inclusive (start, end) of a single `Range: bytes=...` over `size` bytes; else RANGE_INVALID."""
+    m = _RANGE.fullmatch(raw.strip())
+    first, last = (m.group(1), m.group(2)) if m else ("", "")
+    if first:
+        start, end = int(first), min(int(last), size - 1) if last else size - 1
+        ok = start < size and (not last or int(last) >= start)
+    elif last:  # a suffix: the last N bytes
+        start, end = max(size - int(last), 0), size - 1
+        ok = int(last) > 0 and size > 0
+    else:
+        ok, start, end = False, 0, 0
+    if not ok:
+        raise OciError("RANGE_INVALID", "range not satisfiable", {"range": raw[:100], "size": size},
+                       headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+def upload_range(size: int) -> str:
+    """The `Range` header of an upload session: `0-<last byte received>` (`0-0` when empty)."""
+    return f"0-{max(size - 1, 0)}"
+
+
+def absolute(request: Request, path: str) -> str:
+    """An absolute URL on this server (Ollama uses an upload Location without resolving it)."""
+    return str(request.base_url).rstrip("/") + path
+
+
+def page(request: Request, items: list[str], path: str) -> tuple[list[str], dict[str, str]]:
+    """Apply `n` and `last` to a sorted list; returns the page and a `Link` header if more follow."""
+    last = request.query_params.get("last")
+    if last:
+        items = [i for i in items if i > last]
+    raw_n = request.query_params.get("n")
+    if raw_n is None or raw_n == "":
+        return items, {}
+    if not raw_n.isdigit():
+        raise OciError("UNSUPPORTED", "n must be a non-negative integer", {"n": raw_n[:50]}, status=400)
+    n = int(raw_n)
+    if n == 0:
+        return [], {}
+    out = items[:n]
+    if len(items) <= n:
+        return out, {}
+    return out, {"Link": f'<{path}?n={n}&last={quote(out[-1], safe="")}>; rel="next"'}
+
+
+async def pump(request: Request, write: Callable[[bytes], None]) -> None:
+    """Feed the request body to a blocking `write` in 1 MiB pieces, off the event loop."""
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) >= CHUNK:
+            data, buf = bytes(buf), bytearray()
+            await run_in_threadpool(write, data)
+    if buf:
+        await run_in_threadpool(write, bytes(buf))
+
+
+async def guarded(work: Awaitable[None], undo: Callable[[], None]) -> None:
+    """Await `work`; on any failure (a disconnect included) run the blocking `undo`, then re-raise."""
+    try:
+        await work
+    except BaseException:
+        await run_in_threadpool(undo)
+        raise
+
+
+class BlobBody(StreamingResponse):
+    """`length` bytes of an open blob from `start`, read 1 MiB at a time off the event loop.
+
+    The file is opened before the response, so a blob deleted meanwhile still streams whole
+    (its inode lives while open); it is closed when the response ends, however it ends.
+    """
+
+    def __init__(self, f: BinaryIO, start: int, length: int, status_code: int, headers: dict[str, str]) -> None:
+        self._file = f
+        super().__init__(self._chunks(start, length), status_code=status_code, headers=headers)
+
+    def _read(self, offset: int, n: int) -> bytes:
+        self._file.seek(offset)
+        return self._file.read(n)
+
+    async def _chunks(self, start: int, length: int) -> AsyncIterator[bytes]:
+        offset, left = start, length
+        while left > 0:
+            data = await run_in_threadpool(self._read, offset, min(CHUNK, left))
+            if not data:
+                raise OSError("blob shorter than its recorded size")
+            offset += len(data)
+            left -= len(data)
+            yield data
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._file.close()
