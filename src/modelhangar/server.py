@@ -21,8 +21,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from modelhangar import __version__
 from modelhangar.core import gc
 from modelhangar.core.config import Settings
-from modelhangar.core.store import Store
+from modelhangar.core.retention import policy_from_config, prune
+from modelhangar.core.store import Actor, Store
 from modelhangar.faces.hangar.routes import router as hangar_router
+from modelhangar.faces.oci import routes as oci
 from modelhangar.faces.ollama import routes as ollama
 
 log = logging.getLogger("modelhangar")
@@ -81,6 +83,9 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: Settings) -> FastAPI:
+    for doc in settings.policies:  # fail at start-up, not in the background, on a bad policy
+        policy_from_config(doc)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = await run_in_threadpool(Store, settings)
@@ -110,16 +115,27 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_exception_handler(exc, handler)
     app.include_router(hangar_router)
     app.router.routes.extend(ollama.routes())
+    app.router.routes.extend(oci.routes())
     return app
+
+
+def _scheduled_round(store: Store) -> None:
+    """Retention policies from the config file, then GC (which expires the trash)."""
+    actor = Actor(name="retention", face="schedule")
+    for doc in store.settings.policies:
+        results = prune(store, policy_from_config(doc), actor)
+        if results:
+            log.info("retention %s: %d models", doc, sum(r.ok for r in results))
+    report = gc.collect(store)
+    if report.blobs or report.orphan_files:
+        log.info("gc reclaimed %d blobs, %d bytes", len(report.blobs), report.bytes_freed)
 
 
 async def _gc_loop(store: Store, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            report = await run_in_threadpool(gc.collect, store)
-            if report.blobs or report.orphan_files:
-                log.info("gc reclaimed %d blobs, %d bytes", len(report.blobs), report.bytes_freed)
+            await run_in_threadpool(_scheduled_round, store)
         except Exception:  # keep serving; the next round retries
             log.exception("background gc failed")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -62,6 +63,9 @@ class Settings:
     gc_grace: float = 3600.0
     trash_retention: float = 86400.0
     gc_interval: float = 600.0
+    upload_expiry: float = 86400.0
+    # Retention policies from the config file's [[retention]] tables, run by the server's schedule.
+    policies: tuple[dict[str, object], ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -89,17 +93,68 @@ def default_database_url(home: Path) -> str:
     return f"sqlite:///{home / 'catalog.db'}"
 
 
+class ConfigError(ValueError):
+    """The config file or an environment variable has a value we cannot use."""
+
+
+def read_config_file(path: Path) -> dict[str, object]:
+    """The config file as a dict ({} when there is none)."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (tomllib.TOMLDecodeError, OSError) as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def _section(doc: dict[str, object], name: str) -> dict[str, object]:
+    value = doc.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
 def load_settings(env: dict[str, str] | None = None) -> Settings:
-    """Settings from HANGAR_* environment variables, with documented defaults."""
+    """Settings from HANGAR_* environment variables over the config file, with defaults.
+
+    The config file is `$HANGAR_CONFIG`, else `$HANGAR_HOME/config.toml`:
+
+        [trash]
+        retention = "24h"
+        [gc]
+        interval = "10m"
+        grace = "1h"
+        [[retention]]            # run by the server after each GC round
+        match = "scratch-*"
+        older_than = "30d"
+        keep_last = 3
+    """
     e = dict(os.environ if env is None else env)
     home = Path(e.get("HANGAR_HOME") or Path.home() / ".hangar").expanduser().absolute()
-    host, port = parse_host(e.get("HANGAR_HOST", f"127.0.0.1:{DEFAULT_PORT}"))
+    doc = read_config_file(Path(e.get("HANGAR_CONFIG") or home / "config.toml"))
+    trash, gcs, server = _section(doc, "trash"), _section(doc, "gc"), _section(doc, "server")
+
+    def duration(var: str, section: dict[str, object], key: str, default: str) -> float:
+        raw = e.get(var) or section.get(key) or default
+        try:
+            return parse_duration(str(raw))
+        except ValueError as err:
+            raise ConfigError(f"{var}: {err}") from err
+
+    policies = doc.get("retention", [])
+    if not isinstance(policies, list) or not all(isinstance(p, dict) for p in policies):
+        raise ConfigError("[[retention]] entries must be tables")
+    host, port = parse_host(e.get("HANGAR_HOST") or str(server.get("host") or f"127.0.0.1:{DEFAULT_PORT}"))
     return Settings(
         home=home,
-        database_url=e.get("HANGAR_DATABASE_URL") or default_database_url(home),
+        database_url=e.get("HANGAR_DATABASE_URL")
+        or str(doc.get("database_url") or default_database_url(home)),
         host=host,
         port=port,
-        gc_grace=parse_duration(e.get("HANGAR_GC_GRACE", "1h")),
-        trash_retention=parse_duration(e.get("HANGAR_TRASH_RETENTION", "24h")),
-        gc_interval=parse_duration(e.get("HANGAR_GC_INTERVAL", "10m")),
+        gc_grace=duration("HANGAR_GC_GRACE", gcs, "grace", "1h"),
+        trash_retention=duration("HANGAR_TRASH_RETENTION", trash, "retention", "24h"),
+        gc_interval=duration("HANGAR_GC_INTERVAL", gcs, "interval", "10m"),
+        upload_expiry=duration("HANGAR_UPLOAD_EXPIRY", gcs, "upload_expiry", "24h"),
+        policies=tuple(policies),
     )

@@ -39,7 +39,13 @@ def model_target(raw: str) -> Target:
 
 
 def delete_models(
-    store: Store, names: list[str], actor: Actor, *, dry_run: bool = False, purge: bool = False
+    store: Store,
+    names: list[str],
+    actor: Actor,
+    *,
+    dry_run: bool = False,
+    purge: bool = False,
+    action: str = "delete",
 ) -> list[ModelDeletion]:
     planner = Planner(store)
     results = []
@@ -49,7 +55,7 @@ def delete_models(
         except InvalidName:
             results.append(ModelDeletion(raw, "invalid", None, f'name "{raw}" is invalid'))
             continue
-        plan = planner.delete([target], actor, dry_run=dry_run, purge=purge)
+        plan = planner.delete([target], actor, dry_run=dry_run, purge=purge, action=action)
         if plan.not_found:
             results.append(ModelDeletion(raw, "not_found", plan, f"model '{raw}' not found"))
         elif plan.blockers:

@@ -101,7 +101,9 @@ def start(store: Store, repository: str) -> Upload:
     upload = Upload(upload_id, repository, ts, ts, 0)
     with store.catalog.write() as conn:
         conn.execute(
-            t.uploads.insert().values(id=upload_id, repository=repository, created_at=ts, updated_at=ts, size=0)
+            t.uploads.insert().values(
+                id=upload_id, repository=repository, created_at=ts, updated_at=ts, size=0
+            )
         )
     return upload
 
@@ -180,7 +182,9 @@ class UploadHandle:
             ts = now()
             with self.store.catalog.write() as conn:
                 result = conn.execute(
-                    t.uploads.update().where(t.uploads.c.id == self.upload.id).values(size=self.offset, updated_at=ts)
+                    t.uploads.update()
+                    .where(t.uploads.c.id == self.upload.id)
+                    .values(size=self.offset, updated_at=ts)
                 )
                 if result.rowcount != 1:
                     raise UploadUnknown(f"upload {self.upload.id} was cancelled")
@@ -270,7 +274,9 @@ def expire(store: Store, older_than: float | None = None) -> list[str]:
     directory = uploads_dir(store)
     removed: list[str] = []
     with store.catalog.read() as conn:
-        stale = [r.id for r in conn.execute(sa.select(t.uploads.c.id).where(t.uploads.c.updated_at <= cutoff))]
+        stale = [
+            r.id for r in conn.execute(sa.select(t.uploads.c.id).where(t.uploads.c.updated_at <= cutoff))
+        ]
     for upload_id in stale:
         fd = None
         with contextlib.suppress(FileNotFoundError):

@@ -66,10 +66,10 @@ def disk_usage(store: Store, *, with_sharers: bool = True) -> Usage:
                 holders_of_blob.setdefault(d, []).extend(tags_per_manifest.get(m, ["(trash)"]))
     models = []
     for mr in tag_rows:
-        own = f"{r.name}:{r.tag}"
+        own = f"{mr.name}:{mr.tag}"
         blist = blobs_of.get(mr.manifest_digest, [])
         size = sum(sizes.get(d, 0) for d in blist)
-        alone = len(tags_per_manifest[r.manifest_digest]) == 1 and mr.manifest_digest not in trash_digests
+        alone = len(tags_per_manifest[mr.manifest_digest]) == 1 and mr.manifest_digest not in trash_digests
         unique = sum(sizes.get(d, 0) for d in blist if alone and holders.get(d, 0) == 1)
         sharers: set[str] = set()
         if with_sharers:

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from modelhangar.core import gc, trash
 from modelhangar.core.deletion import delete_models
 from modelhangar.core.errors import Conflict, NotFound
+from modelhangar.core.names import InvalidName, parse_name
 from modelhangar.core.store import Actor, Store
 from modelhangar.core.usage import disk_usage
 from modelhangar.faces.ollama.wire import display, timestamp
@@ -31,6 +32,10 @@ def _display_plan(plan: dict[str, Any] | None) -> dict[str, Any] | None:
     out = dict(plan)
     for key in ("models", "tags"):
         out[key] = [display(*m.rsplit(":", 1)) if "@" not in m else m for m in plan[key]]
+    out["kept"] = [
+        {**k, "used_by": display(*k["used_by"].rsplit(":", 1)) if ":" in k["used_by"] else k["used_by"]}
+        for k in plan["kept"]
+    ]
     return out
 
 

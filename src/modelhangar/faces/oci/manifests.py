@@ -111,7 +111,8 @@ async def put_manifest(request: Request, name: str, reference: str) -> Response:
         raise OciError("MANIFEST_INVALID", str(e), {"reason": str(e)}) from None
     location = absolute(request, f"/v2/{name}/manifests/{digest}")
     return Response(
-        status_code=201, headers={"Location": location, "Docker-Content-Digest": digest, "Content-Length": "0"}
+        status_code=201,
+        headers={"Location": location, "Docker-Content-Digest": digest, "Content-Length": "0"},
     )
 
 

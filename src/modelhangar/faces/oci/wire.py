@@ -82,8 +82,12 @@ def byte_range(raw: str, size: int) -> tuple[int, int]:
     else:
         ok, start, end = False, 0, 0
     if not ok:
-        raise OciError("RANGE_INVALID", "range not satisfiable", {"range": raw[:100], "size": size},
-                       headers={"Content-Range": f"bytes */{size}"})
+        raise OciError(
+            "RANGE_INVALID",
+            "range not satisfiable",
+            {"range": raw[:100], "size": size},
+            headers={"Content-Range": f"bytes */{size}"},
+        )
     return start, end
 
 
@@ -144,7 +148,9 @@ class BlobBody(StreamingResponse):
     (its inode lives while open); it is closed when the response ends, however it ends.
     """
 
-    def __init__(self, f: BinaryIO, start: int, length: int, status_code: int, headers: dict[str, str]) -> None:
+    def __init__(
+        self, f: BinaryIO, start: int, length: int, status_code: int, headers: dict[str, str]
+    ) -> None:
         self._file = f
         super().__init__(self._chunks(start, length), status_code=status_code, headers=headers)
 

@@ -1,0 +1,255 @@
+"""Blobs and resumable blob uploads of the registry face."""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from modelhangar.core import uploads
+from modelhangar.core.errors import DigestMismatch, NotFound, SizeMismatch
+from modelhangar.core.store import BlobCommit
+from modelhangar.faces.oci.errors import OciError
+from modelhangar.faces.oci.manifests import ACTOR, store_of
+from modelhangar.faces.oci.wire import (
+    BlobBody,
+    absolute,
+    blob_digest,
+    byte_range,
+    content_range,
+    guarded,
+    pump,
+    repository_of,
+    upload_range,
+)
+
+
+def _blob_headers(request: Request, name: str, digest: str, size: int) -> dict[str, str]:
+    return {
+        "Content-Length": str(size),
+        "Content-Type": "application/octet-stream",
+        "Docker-Content-Digest": digest,
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{digest}"',
+        # Ollama's puller reads the blob's URL from Location, even on a plain 200 (ollama#7244).
+        "Location": absolute(request, f"/v2/{name}/blobs/{digest}"),
+    }
+
+
+async def get_blob(request: Request, name: str, digest: str) -> Response:
+    """Any present blob, whichever repository pushed it (the catalog is one content-addressed store)."""
+    repository_of(name)
+    d = blob_digest(digest)
+    store = store_of(request)
+    if request.method == "HEAD":  # a pusher's HEAD is a claim on the blob: it resets the GC fuse
+        size = await run_in_threadpool(store.reuse_blob, d)
+        if size is None:
+            raise OciError("BLOB_UNKNOWN", detail={"digest": d})
+        return Response(status_code=200, headers=_blob_headers(request, name, d, size))
+    size = await run_in_threadpool(store.blob_size, d)
+    if size is None:
+        raise OciError("BLOB_UNKNOWN", detail={"digest": d})
+    try:
+        f = await run_in_threadpool(store.blobs.open, d)
+    except FileNotFoundError:
+        raise OciError("BLOB_UNKNOWN", detail={"digest": d}) from None
+    try:
+        headers = _blob_headers(request, name, d, size)
+        status, start, length = 200, 0, size
+        raw_range = request.headers.get("range")
+        if raw_range is not None:
+            start, end = byte_range(raw_range, size)
+            status, length = 206, end - start + 1
+            headers["Content-Length"] = str(length)
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    except BaseException:
+        f.close()
+        raise
+    return BlobBody(f, start, length, status, headers)
+
+
+async def delete_blob(request: Request, name: str, digest: str) -> Response:
+    """Only a blob no manifest references; a referenced one goes with the last manifest naming it."""
+    repository_of(name)
+    d = blob_digest(digest)
+    store = store_of(request)
+    outcome = await run_in_threadpool(uploads.withdraw_blob, store, d, ACTOR)
+    if outcome == "deleted":
+        return Response(status_code=202, headers={"Content-Length": "0"})
+    if outcome == "unknown":
+        raise OciError("BLOB_UNKNOWN", detail={"digest": d})
+    if outcome == "referenced":
+        raise OciError(
+            "DENIED",
+            "blob is referenced by a manifest (or a trashed one): delete the manifests that name it, "
+            "their unshared blobs go with them",
+            {"digest": d},
+            status=409,
+        )
+    fuse = max(int(store.reuse_fuse), 1)
+    raise OciError(
+        "DENIED",
+        f"blob was uploaded or reused in the last {fuse}s; retry later or let GC reclaim it",
+        {"digest": d},
+        status=409,
+        headers={"Retry-After": str(fuse)},
+    )
+
+
+def _session_headers(request: Request, name: str, upload: uploads.Upload) -> dict[str, str]:
+    return {
+        "Location": absolute(request, f"/v2/{name}/blobs/uploads/{upload.id}"),
+        "Range": upload_range(upload.size),
+        "Docker-Upload-UUID": upload.id,
+        "Content-Length": "0",
+    }
+
+
+def _created(request: Request, name: str, commit: BlobCommit) -> Response:
+    return Response(
+        status_code=201,
+        headers={
+            "Location": absolute(request, f"/v2/{name}/blobs/{commit.digest}"),
+            "Docker-Content-Digest": commit.digest,
+            "Content-Length": "0",
+        },
+    )
+
+
+def _content_length(request: Request) -> int | None:
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise OciError("SIZE_INVALID", "invalid Content-Length", {"content_length": raw[:50]})
+    return int(raw)
+
+
+def _check_size(expected: int | None, got: int) -> None:
+    if expected is not None and expected != got:
+        raise OciError("SIZE_INVALID", f"received {got} bytes, expected {expected}", {"size": got})
+
+
+async def start_upload(request: Request, name: str) -> Response:
+    """A new session (202), a cross-repository mount (201), or a whole blob in one POST (201)."""
+    repository = repository_of(name)
+    store = store_of(request)
+    query = request.query_params
+    algorithm = query.get("digest-algorithm")
+    if algorithm not in (None, "", "sha256"):
+        raise OciError("DIGEST_INVALID", "unsupported digest algorithm", {"digest-algorithm": algorithm[:50]})
+    mount = query.get("mount")
+    if mount and mount.startswith("sha256:"):
+        d = blob_digest(mount)
+        size = await run_in_threadpool(store.reuse_blob, d)
+        if size is not None:
+            return _created(request, name, BlobCommit(digest=d, size=size, created=False))
+    digest = query.get("digest")
+    if digest is not None:
+        return await _monolithic(request, name, blob_digest(digest))
+    upload = await run_in_threadpool(uploads.start, store, repository)
+    return Response(status_code=202, headers=_session_headers(request, name, upload))
+
+
+async def _monolithic(request: Request, name: str, digest: str) -> Response:
+    store = store_of(request)
+    expected = _content_length(request)
+    writer = store.blob_writer()
+    await guarded(pump(request, writer.write), writer.discard)
+    try:
+        _check_size(expected, writer.size)
+    except OciError:
+        writer.discard()
+        raise
+    try:
+        commit = await run_in_threadpool(store.commit_blob, writer, digest)
+    except DigestMismatch as e:
+        raise OciError("DIGEST_INVALID", str(e), {"expected": e.expected, "actual": e.actual}) from None
+    return _created(request, name, commit)
+
+
+def _chunk_bounds(request: Request) -> tuple[int | None, int | None]:
+    """(first byte, length) of the request's chunk, from Content-Range and Content-Length."""
+    length = _content_length(request)
+    raw = request.headers.get("content-range")
+    if raw is None:
+        return None, length
+    start, end = content_range(raw)
+    _check_size(end - start + 1 if length is None else length, end - start + 1)
+    return start, end - start + 1
+
+
+def _upload_errors(request: Request, name: str, upload_id: str, exc: Exception) -> OciError:
+    location = absolute(request, f"/v2/{name}/blobs/uploads/{upload_id}")
+    if isinstance(exc, uploads.RangeInvalid):
+        headers = {"Location": location, "Range": upload_range(exc.offset)}
+        return OciError("RANGE_INVALID", str(exc), {"offset": exc.offset}, headers=headers)
+    if isinstance(exc, uploads.UploadBusy):
+        return OciError("RANGE_INVALID", str(exc), {"upload": upload_id}, headers={"Location": location})
+    if isinstance(exc, SizeMismatch):
+        return OciError("SIZE_INVALID", str(exc), {"upload": upload_id})
+    if isinstance(exc, NotFound):
+        return OciError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id[:64]})
+    raise exc
+
+
+async def _acquire(request: Request, name: str, repository: str, upload_id: str) -> uploads.UploadHandle:
+    start, _ = _chunk_bounds(request)
+    try:
+        return await run_in_threadpool(
+            lambda: uploads.acquire(store_of(request), upload_id, repository, start_at=start)
+        )
+    except (uploads.RangeInvalid, uploads.UploadBusy, NotFound) as e:
+        raise _upload_errors(request, name, upload_id, e) from None
+
+
+async def patch_upload(request: Request, name: str, upload_id: str) -> Response:
+    """Append one chunk: it must start at the session's offset (Content-Range, if given)."""
+    repository = repository_of(name)
+    _, length = _chunk_bounds(request)
+    handle = await _acquire(request, name, repository, upload_id)
+    await guarded(pump(request, handle.write), handle.abort)
+    try:
+        upload = await run_in_threadpool(handle.save, length)
+    except (SizeMismatch, NotFound) as e:
+        raise _upload_errors(request, name, upload_id, e) from None
+    return Response(status_code=202, headers=_session_headers(request, name, upload))
+
+
+async def finish_upload(request: Request, name: str, upload_id: str) -> Response:
+    """Close the session with `?digest=` (and maybe a last chunk); the content must hash to it."""
+    repository = repository_of(name)
+    raw_digest = request.query_params.get("digest")
+    if not raw_digest:
+        raise OciError("DIGEST_INVALID", "the digest query parameter is required", {"upload": upload_id[:64]})
+    digest = blob_digest(raw_digest)
+    _, length = _chunk_bounds(request)
+    handle = await _acquire(request, name, repository, upload_id)
+    await guarded(pump(request, handle.write), handle.abort)
+    try:
+        commit = await run_in_threadpool(handle.complete, digest, length)
+    except DigestMismatch as e:
+        raise OciError("DIGEST_INVALID", str(e), {"expected": e.expected, "actual": e.actual}) from None
+    except (SizeMismatch, NotFound) as e:
+        raise _upload_errors(request, name, upload_id, e) from None
+    return _created(request, name, commit)
+
+
+async def upload_status(request: Request, name: str, upload_id: str) -> Response:
+    repository = repository_of(name)
+    try:
+        upload = await run_in_threadpool(uploads.get, store_of(request), upload_id, repository)
+    except NotFound as e:
+        raise _upload_errors(request, name, upload_id, e) from None
+    headers = _session_headers(request, name, upload)
+    del headers["Content-Length"]
+    return Response(status_code=204, headers=headers)
+
+
+async def cancel_upload(request: Request, name: str, upload_id: str) -> Response:
+    repository = repository_of(name)
+    try:
+        await run_in_threadpool(uploads.cancel, store_of(request), upload_id, repository)
+    except NotFound as e:
+        raise _upload_errors(request, name, upload_id, e) from None
+    return Response(status_code=204)

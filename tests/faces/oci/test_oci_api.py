@@ -1,0 +1,526 @@
+"""The registry face (`/v2/`) through httpx against a real `hangar serve`: the spec's flows and errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from harness import ServerProcess, assert_store_consistent, blob_file, blob_files
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def error_codes(r: httpx.Response) -> list[str]:
+    """The codes of a spec error envelope (asserting it is one)."""
+    body = r.json()
+    assert isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"], body
+    for e in body["errors"]:
+        assert set(e) == {"code", "message", "detail"}, e
+        assert isinstance(e["message"], str) and e["message"]
+    return [e["code"] for e in body["errors"]]
+
+
+def assert_error(r: httpx.Response, status: int, code: str) -> None:
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers["docker-distribution-api-version"] == "registry/2.0"
+    assert set(error_codes(r)) == {code}, r.text
+
+
+def uploads_left(home: Path) -> list[str]:
+    root = home / "uploads"
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def tmp_files(home: Path) -> list[Path]:
+    root = home / "tmp"
+    return [p for p in root.rglob("*") if p.is_file() and not p.name.endswith((".lock", ".locking"))]
+
+
+@pytest.fixture
+def oci(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30.0) as c:
+        yield c
+
+
+def push_blob(c: httpx.Client, name: str, data: bytes, *, chunk: int | None = None) -> str:
+    """POST a session, PATCH it in `chunk`-byte pieces (Ollama-style `start-end`), PUT the digest."""
+    d = digest_of(data)
+    if chunk is None:
+        r = c.post(f"/v2/{name}/blobs/uploads/", params={"digest": d}, content=data)
+        assert r.status_code == 201, r.text
+        return d
+    r = c.post(f"/v2/{name}/blobs/uploads/")
+    assert r.status_code == 202, r.text
+    location = r.headers["location"]
+    for start in range(0, len(data), chunk):
+        piece = data[start : start + chunk]
+        r = c.patch(location, content=piece, headers={"Content-Range": f"{start}-{start + len(piece) - 1}"})
+        assert r.status_code == 202, r.text
+        assert r.headers["range"] == f"0-{start + len(piece) - 1}"
+        location = r.headers["location"]
+    r = c.put(location, params={"digest": d, "etag": "ignored-3"})
+    assert r.status_code == 201, r.text
+    assert r.headers["docker-content-digest"] == d
+    return d
+
+
+def image_manifest(config: bytes, layers: list[bytes], media_type: str = OCI_MANIFEST) -> bytes:
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": digest_of(config),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest_of(b), "size": len(b)}
+                for b in layers
+            ],
+        }
+    ).encode()
+
+
+def push_image(c: httpx.Client, name: str, tag: str, config: bytes, layers: list[bytes]) -> str:
+    for blob in [config, *layers]:
+        push_blob(c, name, blob)
+    body = image_manifest(config, layers)
+    r = c.put(f"/v2/{name}/manifests/{tag}", content=body, headers={"Content-Type": OCI_MANIFEST})
+    assert r.status_code == 201, r.text
+    assert r.headers["docker-content-digest"] == digest_of(body)
+    assert r.headers["location"].startswith("http://")
+    return digest_of(body)
+
+
+# ---------------------------------------------------------------------------------------------- basics
+
+
+def test_version_check(oci: httpx.Client) -> None:
+    r = oci.get("/v2/")
+    assert r.status_code == 200 and r.json() == {}
+    assert r.headers["docker-distribution-api-version"] == "registry/2.0"
+
+
+def test_push_pull_roundtrip_byte_exact(oci: httpx.Client, home: Path) -> None:
+    config, layer = b'{"architecture":"amd64"}', b"layer bytes\n" * 1000
+    digest = push_image(oci, "lib/hello", "v1", config, [layer])
+    for method in ("GET", "HEAD"):
+        r = oci.request(method, "/v2/lib/hello/manifests/v1", headers={"Accept": "application/json"})
+        assert r.status_code == 200
+        assert r.headers["docker-content-digest"] == digest
+        assert r.headers["content-type"] == OCI_MANIFEST
+        assert int(r.headers["content-length"]) == len(image_manifest(config, [layer]))
+    body = oci.get("/v2/lib/hello/manifests/v1").content  # no Accept header at all is fine too
+    assert body == image_manifest(config, [layer])
+    assert oci.get(f"/v2/lib/hello/manifests/{digest}").content == body
+    got = oci.get(f"/v2/lib/hello/blobs/{digest_of(layer)}")
+    assert got.status_code == 200 and got.content == layer
+    assert got.headers["docker-content-digest"] == digest_of(layer)
+    assert {blob_file(digest_of(config)), blob_file(digest_of(layer))} <= blob_files(home)
+    assert oci.get("/v2/lib/hello/tags/list").json() == {"name": "lib/hello", "tags": ["v1"]}
+    assert oci.get("/v2/_catalog").json() == {"repositories": ["lib/hello"]}
+    assert_store_consistent(home)
+
+
+def test_docker_media_type_is_kept(oci: httpx.Client) -> None:
+    config, layer = b"{}", b"x"
+    push_blob(oci, "lib/dock", config)
+    push_blob(oci, "lib/dock", layer)
+    body = image_manifest(config, [layer], DOCKER_MANIFEST)
+    r = oci.put("/v2/lib/dock/manifests/1.0", content=body, headers={"Content-Type": DOCKER_MANIFEST})
+    assert r.status_code == 201
+    r = oci.head("/v2/lib/dock/manifests/1.0", headers={"Accept": OCI_MANIFEST})
+    assert r.status_code == 200 and r.headers["content-type"] == DOCKER_MANIFEST
+
+
+def test_put_manifest_by_digest(oci: httpx.Client) -> None:
+    config = b"{}"
+    push_blob(oci, "lib/bydigest", config)
+    body = image_manifest(config, [])
+    r = oci.put(f"/v2/lib/bydigest/manifests/{digest_of(body)}", content=body, headers={"Content-Type": OCI_MANIFEST})
+    assert r.status_code == 201 and r.headers["docker-content-digest"] == digest_of(body)
+    assert oci.get(f"/v2/lib/bydigest/manifests/{digest_of(body)}").content == body
+    assert oci.get("/v2/lib/bydigest/tags/list").json() == {"name": "lib/bydigest", "tags": []}
+    wrong = digest_of(b"something else")
+    r = oci.put(f"/v2/lib/bydigest/manifests/{wrong}", content=body, headers={"Content-Type": OCI_MANIFEST})
+    assert_error(r, 400, "DIGEST_INVALID")
+    assert_error(oci.get(f"/v2/lib/bydigest/manifests/{wrong}"), 404, "MANIFEST_UNKNOWN")
+
+
+# ---------------------------------------------------------------------------------------------- uploads
+
+
+def test_chunked_upload_as_ollama_sends_it(oci: httpx.Client, home: Path) -> None:
+    data = bytes(range(256)) * 400
+    d = push_blob(oci, "ns/model", data, chunk=10_000)
+    assert oci.get(f"/v2/ns/model/blobs/{d}").content == data
+    assert uploads_left(home) == [] and tmp_files(home) == []
+
+
+def test_chunk_with_bytes_prefix_and_streamed_chunks(oci: httpx.Client, home: Path) -> None:
+    data = b"0123456789" * 100
+    r = oci.post("/v2/lib/s/blobs/uploads/")
+    location = r.headers["location"]
+    assert r.headers["docker-upload-uuid"] in location and r.headers["range"] == "0-0"
+    r = oci.patch(location, content=data[:300], headers={"Content-Range": "bytes=0-299"})
+    assert r.status_code == 202 and r.headers["range"] == "0-299"
+
+    def stream() -> Iterator[bytes]:  # chunked transfer, no Content-Range, no Content-Length
+        yield data[300:500]
+        yield data[500:700]
+
+    r = oci.patch(r.headers["location"], content=stream())
+    assert r.status_code == 202 and r.headers["range"] == "0-699"
+    status = oci.get(location)
+    assert status.status_code == 204 and status.headers["range"] == "0-699"
+    assert status.headers["location"] == location
+    r = oci.put(location, params={"digest": digest_of(data)}, content=data[700:])  # final chunk in the PUT
+    assert r.status_code == 201, r.text
+    assert r.headers["location"].endswith(f"/v2/lib/s/blobs/{digest_of(data)}")
+    assert oci.get(f"/v2/lib/s/blobs/{digest_of(data)}").content == data
+    assert_error(oci.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert uploads_left(home) == []
+
+
+def test_cancel_upload(oci: httpx.Client, home: Path) -> None:
+    location = oci.post("/v2/lib/c/blobs/uploads/").headers["location"]
+    oci.patch(location, content=b"abc", headers={"Content-Range": "0-2"})
+    assert len(uploads_left(home)) == 1
+    assert oci.delete(location).status_code == 204
+    assert uploads_left(home) == []
+    assert_error(oci.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_error(oci.delete(location), 404, "BLOB_UPLOAD_UNKNOWN")
+
+
+def test_wrong_digest_keeps_nothing(oci: httpx.Client, home: Path) -> None:
+    before = blob_files(home)
+    data, wrong = b"payload", digest_of(b"other")
+    r = oci.post("/v2/lib/w/blobs/uploads/", params={"digest": wrong}, content=data)
+    assert_error(r, 400, "DIGEST_INVALID")
+    location = oci.post("/v2/lib/w/blobs/uploads/").headers["location"]
+    oci.patch(location, content=data, headers={"Content-Range": f"0-{len(data) - 1}"})
+    assert_error(oci.put(location, params={"digest": wrong}), 400, "DIGEST_INVALID")
+    assert_error(oci.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert_error(oci.head(f"/v2/lib/w/blobs/{digest_of(data)}"), 404, "BLOB_UNKNOWN")
+    assert blob_files(home) == before
+    assert uploads_left(home) == [] and tmp_files(home) == []
+
+
+def test_finish_needs_a_valid_digest_and_keeps_the_session(oci: httpx.Client) -> None:
+    location = oci.post("/v2/lib/d/blobs/uploads/").headers["location"]
+    oci.patch(location, content=b"abc", headers={"Content-Range": "0-2"})
+    assert_error(oci.put(location), 400, "DIGEST_INVALID")
+    assert_error(oci.put(location, params={"digest": "sha256:nothex"}), 400, "DIGEST_INVALID")
+    assert_error(oci.put(location, params={"digest": "sha512:" + "a" * 128}), 400, "DIGEST_INVALID")
+    assert oci.get(location).headers["range"] == "0-2"
+    assert oci.put(location, params={"digest": digest_of(b"abc")}).status_code == 201
+
+
+def test_unknown_upload_sessions(oci: httpx.Client, home: Path) -> None:
+    for upload_id in (uuid.uuid4().hex, "not-a-uuid", "..", "%2e%2e%2f%2e%2e%2fcatalog.db", "A" * 32):
+        base = f"/v2/lib/u/blobs/uploads/{upload_id}"
+        assert_error(oci.get(base), 404, "BLOB_UPLOAD_UNKNOWN")
+        assert_error(oci.patch(base, content=b"x", headers={"Content-Range": "0-0"}), 404, "BLOB_UPLOAD_UNKNOWN")
+        assert_error(oci.put(base, params={"digest": digest_of(b"x")}, content=b"x"), 404, "BLOB_UPLOAD_UNKNOWN")
+        assert_error(oci.delete(base), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert uploads_left(home) == []
+    assert (home / "catalog.db").exists()
+
+
+def test_session_belongs_to_its_repository(oci: httpx.Client) -> None:
+    location = oci.post("/v2/lib/one/blobs/uploads/").headers["location"]
+    other = location.replace("/lib/one/", "/lib/two/")
+    assert_error(oci.patch(other, content=b"x", headers={"Content-Range": "0-0"}), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert oci.get(location).status_code == 204
+
+
+def test_bad_content_range(oci: httpx.Client, home: Path) -> None:
+    location = oci.post("/v2/lib/r/blobs/uploads/").headers["location"]
+    assert oci.patch(location, content=b"abcd", headers={"Content-Range": "0-3"}).status_code == 202
+    r = oci.patch(location, content=b"efgh", headers={"Content-Range": "0-3"})  # out of order
+    assert_error(r, 416, "RANGE_INVALID")
+    assert r.headers["range"] == "0-3" and r.headers["location"] == location
+    r = oci.patch(location, content=b"efgh", headers={"Content-Range": "8-11"})  # a gap
+    assert_error(r, 416, "RANGE_INVALID")
+    for bad in ("abc", "4-", "7-4", "-4", "bytes=x-y"):
+        assert_error(oci.patch(location, content=b"efgh", headers={"Content-Range": bad}), 416, "RANGE_INVALID")
+    r = oci.patch(location, content=b"efgh", headers={"Content-Range": "4-9"})  # 6 announced, 4 sent
+    assert_error(r, 400, "SIZE_INVALID")
+    assert oci.get(location).headers["range"] == "0-3"
+    assert (home / "uploads" / location.rsplit("/", 1)[1]).stat().st_size == 4
+    assert oci.patch(location, content=b"efgh", headers={"Content-Range": "4-7"}).status_code == 202
+    assert oci.put(location, params={"digest": digest_of(b"abcdefgh")}).status_code == 201
+
+
+def test_busy_session_is_refused_not_corrupted(oci: httpx.Client, server: ServerProcess) -> None:
+    location = oci.post("/v2/lib/busy/blobs/uploads/").headers["location"]
+    started, release = threading.Event(), threading.Event()
+    result: dict[str, Any] = {}
+
+    def slow_body() -> Iterator[bytes]:
+        yield b"a" * 1000
+        started.set()
+        release.wait(30)
+        yield b"b" * 1000
+
+    def first() -> None:
+        with httpx.Client(timeout=60) as c:
+            result["r"] = c.patch(location, content=slow_body())
+
+    t = threading.Thread(target=first)
+    t.start()
+    try:
+        assert started.wait(30)
+        got = None
+        for _ in range(200):  # until the first request holds the session
+            got = oci.patch(location, content=b"c" * 10, headers={"Content-Range": "0-9"})
+            if got.status_code == 416:
+                break
+        assert got is not None
+        assert_error(got, 416, "RANGE_INVALID")
+    finally:
+        release.set()
+        t.join(60)
+    assert result["r"].status_code == 202 and result["r"].headers["range"] == "0-1999"
+    data = b"a" * 1000 + b"b" * 1000
+    assert oci.put(location, params={"digest": digest_of(data)}).status_code == 201
+
+
+def test_mount_and_monolithic(oci: httpx.Client) -> None:
+    d = push_blob(oci, "lib/src", b"shared layer")
+    r = oci.post("/v2/lib/dst/blobs/uploads/", params={"mount": d, "from": "lib/src"})
+    assert r.status_code == 201 and r.headers["docker-content-digest"] == d
+    assert r.headers["location"].endswith(f"/v2/lib/dst/blobs/{d}")
+    r = oci.post("/v2/lib/dst/blobs/uploads/", params={"mount": digest_of(b"absent"), "from": "lib/src"})
+    assert r.status_code == 202 and "/v2/lib/dst/blobs/uploads/" in r.headers["location"]
+    r = oci.post("/v2/lib/dst/blobs/uploads/", params={"digest": digest_of(b"")}, content=b"")
+    assert r.status_code == 201
+
+
+def test_expired_sessions_are_collected(start_server: Any, home: Path) -> None:
+    server = start_server(home, env={"HANGAR_UPLOAD_EXPIRY": "0"})
+    with httpx.Client(base_url=server.url) as c:
+        location = c.post("/v2/lib/old/blobs/uploads/").headers["location"]
+        c.patch(location, content=b"abc", headers={"Content-Range": "0-2"})
+        assert len(uploads_left(home)) == 1
+        report = c.post("/api/hangar/gc", json={"dry_run": False}).json()
+        assert any(s.startswith("uploads/") for s in report["strays"])
+        assert uploads_left(home) == []
+        assert_error(c.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
+
+
+# ---------------------------------------------------------------------------------------------- blobs
+
+
+def test_blob_head_get_and_ranges(oci: httpx.Client, server: ServerProcess) -> None:
+    data = bytes(range(256)) * 8
+    d = push_blob(oci, "lib/b", data)
+    own_url = f"{server.url}/v2/lib/b/blobs/{d}"
+    head = oci.head(f"/v2/lib/b/blobs/{d}")
+    assert head.status_code == 200 and int(head.headers["content-length"]) == len(data)
+    assert head.headers["docker-content-digest"] == d and head.headers["accept-ranges"] == "bytes"
+    assert head.headers["location"] == own_url
+    r = oci.get(f"/v2/lib/b/blobs/{d}")
+    assert r.content == data and r.headers["location"] == own_url
+    for header, want in (("bytes=10-19", data[10:20]), ("bytes=2040-", data[2040:]), ("bytes=-5", data[-5:])):
+        r = oci.get(f"/v2/lib/b/blobs/{d}", headers={"Range": header})
+        assert r.status_code == 206 and r.content == want, header
+        assert r.headers["location"] == own_url
+    r = oci.get(f"/v2/lib/b/blobs/{d}", headers={"Range": "bytes=0-99999"})
+    assert r.status_code == 206 and r.content == data
+    assert r.headers["content-range"] == f"bytes 0-{len(data) - 1}/{len(data)}"
+    for bad in ("bytes=5000-", "bytes=9-3", "bytes=0-1,4-5", "items=0-1", "bytes=-0"):
+        r = oci.get(f"/v2/lib/b/blobs/{d}", headers={"Range": bad})
+        assert_error(r, 416, "RANGE_INVALID")
+    assert r.headers["content-range"] == f"bytes */{len(data)}"
+
+
+def test_any_present_blob_is_served_in_any_repository(oci: httpx.Client) -> None:
+    d = push_blob(oci, "lib/first", b"lenient")
+    assert oci.get(f"/v2/lib/second/blobs/{d}").content == b"lenient"
+
+
+def test_delete_blob(oci: httpx.Client, home: Path) -> None:
+    loose = push_blob(oci, "lib/del", b"never referenced")
+    assert oci.delete(f"/v2/lib/del/blobs/{loose}").status_code == 202
+    assert blob_file(loose) not in blob_files(home)
+    assert_error(oci.delete(f"/v2/lib/del/blobs/{loose}"), 404, "BLOB_UNKNOWN")
+    push_image(oci, "lib/del", "v1", b"{}", [b"used"])
+    r = oci.delete(f"/v2/lib/del/blobs/{digest_of(b'used')}")
+    assert_error(r, 409, "DENIED")
+    assert blob_file(digest_of(b"used")) in blob_files(home)
+
+
+# ---------------------------------------------------------------------------------------------- manifests
+
+
+def test_manifest_naming_missing_blobs(oci: httpx.Client, home: Path) -> None:
+    push_blob(oci, "lib/m", b"{}")
+    missing = [b"absent layer 1", b"absent layer 2"]
+    body = image_manifest(b"{}", missing)
+    r = oci.put("/v2/lib/m/manifests/v1", content=body, headers={"Content-Type": OCI_MANIFEST})
+    assert_error(r, 400, "MANIFEST_BLOB_UNKNOWN")
+    assert sorted(e["detail"]["digest"] for e in r.json()["errors"]) == sorted(map(digest_of, missing))
+    assert_error(oci.get("/v2/lib/m/manifests/v1"), 404, "NAME_UNKNOWN")
+    assert_error(oci.get("/v2/lib/m/tags/list"), 404, "NAME_UNKNOWN")
+    assert oci.get("/v2/_catalog").json() == {"repositories": []}
+    assert_store_consistent(home)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b"[]", b'{"schemaVersion": 1}', b'{"schemaVersion": 2, "config": {"digest": "sha256:../../x"}}'],
+)
+def test_invalid_manifest(oci: httpx.Client, body: bytes) -> None:
+    r = oci.put("/v2/lib/bad/manifests/v1", content=body, headers={"Content-Type": OCI_MANIFEST})
+    assert_error(r, 400, "MANIFEST_INVALID")
+
+
+def test_oversized_manifest(oci: httpx.Client) -> None:
+    r = oci.put("/v2/lib/big/manifests/v1", content=b" " * (4 << 20) + b"{}", headers={"Content-Type": OCI_MANIFEST})
+    assert r.status_code == 413 and error_codes(r) == ["SIZE_INVALID"]
+
+
+def test_delete_manifest_by_tag_and_by_digest(oci: httpx.Client, home: Path) -> None:
+    d1 = push_image(oci, "lib/x", "v1", b'{"n":1}', [b"layer one", b"shared"])
+    d2 = push_image(oci, "lib/x", "v2", b'{"n":2}', [b"layer two", b"shared"])
+    plan = oci.delete("/v2/lib/x/manifests/v1", params={"dry_run": "true"})
+    assert plan.status_code == 200 and plan.json()["executed"] is False
+    assert sorted(plan.json()["blobs"]) == sorted([digest_of(b'{"n":1}'), digest_of(b"layer one")])
+    assert oci.get("/v2/lib/x/manifests/v1").status_code == 200
+    assert oci.delete("/v2/lib/x/manifests/v1").status_code == 202
+    assert_error(oci.get("/v2/lib/x/manifests/v1"), 404, "MANIFEST_UNKNOWN")
+    assert_error(oci.delete("/v2/lib/x/manifests/v1"), 404, "MANIFEST_UNKNOWN")
+    assert_error(oci.get(f"/v2/lib/x/manifests/{d1}"), 404, "MANIFEST_UNKNOWN")
+    on_disk = blob_files(home)
+    assert blob_file(digest_of(b"layer one")) not in on_disk
+    assert blob_file(digest_of(b"shared")) in on_disk
+    assert oci.delete(f"/v2/lib/x/manifests/{d2}").status_code == 202
+    assert_error(oci.get("/v2/lib/x/manifests/v2"), 404, "NAME_UNKNOWN")
+    assert blob_files(home) == set()
+    assert_store_consistent(home)
+
+
+def test_tags_and_catalog_pagination(oci: httpx.Client) -> None:
+    push_blob(oci, "lib/p", b"{}")
+    body = image_manifest(b"{}", [])
+    for tag in ("v3", "v1", "latest", "v2", "V10"):
+        assert oci.put(f"/v2/lib/p/manifests/{tag}", content=body, headers={"Content-Type": OCI_MANIFEST}).is_success
+    everything = oci.get("/v2/lib/p/tags/list").json()["tags"]
+    assert everything == sorted(everything) and len(everything) == 5
+    seen, url = [], "/v2/lib/p/tags/list?n=2"
+    while url:
+        r = oci.get(url)
+        assert len(r.json()["tags"]) <= 2
+        seen += r.json()["tags"]
+        url = r.links.get("next", {}).get("url", "")
+    assert seen == everything
+    assert oci.get("/v2/lib/p/tags/list", params={"n": "0"}).json()["tags"] == []
+    assert oci.get("/v2/lib/p/tags/list", params={"last": everything[2]}).json()["tags"] == everything[3:]
+    assert_error(oci.get("/v2/lib/p/tags/list", params={"n": "-1"}), 400, "UNSUPPORTED")
+    for repo in ("lib/q", "a", "z/y/x"):
+        assert oci.put(f"/v2/{repo}/manifests/t", content=body, headers={"Content-Type": OCI_MANIFEST}).is_success
+    r = oci.get("/v2/_catalog", params={"n": "2"})
+    assert r.json()["repositories"] == ["a", "lib/p"] and 'rel="next"' in r.headers["link"]
+    assert oci.get(r.links["next"]["url"]).json()["repositories"] == ["lib/q", "z/y/x"]
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/v2/Lib/x/manifests/v1", 400, "NAME_INVALID"),
+        ("/v2/lib/..%2F..%2Fetc/manifests/v1", 400, "NAME_INVALID"),
+        ("/v2/lib/%2E%2E/manifests/v1", 400, "NAME_INVALID"),
+        ("/v2/lib//x/tags/list", 400, "NAME_INVALID"),
+        ("/v2/-lib/x/blobs/uploads/", 400, "NAME_INVALID"),
+        ("/v2/" + "a" * 256 + "/tags/list", 400, "NAME_INVALID"),
+        ("/v2/lib/x/manifests/..", 400, "MANIFEST_INVALID"),
+        ("/v2/lib/x/manifests/sha256:..%2F..%2Fetc", 400, "DIGEST_INVALID"),
+        ("/v2/lib/x/blobs/sha256:abc", 400, "DIGEST_INVALID"),
+        ("/v2/lib/x/blobs/sha256:" + "A" * 64, 400, "DIGEST_INVALID"),
+        ("/v2/lib/x/blobs/sha256-" + "a" * 64, 400, "DIGEST_INVALID"),
+        ("/v2/lib/x/blobs/md5:abc", 400, "DIGEST_INVALID"),
+        ("/v2/lib/x/blobs/sha256:" + "a" * 64, 404, "BLOB_UNKNOWN"),
+        ("/v2/lib/x/manifests/v1", 404, "NAME_UNKNOWN"),
+        ("/v2/lib/x/tags/list", 404, "NAME_UNKNOWN"),
+        ("/v2/lib/x/nothing", 404, "UNSUPPORTED"),
+    ],
+)
+def test_invalid_requests_get_the_envelope(oci: httpx.Client, home: Path, path: str, status: int, code: str) -> None:
+    before = blob_files(home)
+    r = oci.get(path)
+    assert_error(r, status, code)
+    assert blob_files(home) == before and uploads_left(home) == []
+
+
+def test_invalid_names_on_writes_create_nothing(oci: httpx.Client, home: Path) -> None:
+    body = image_manifest(b"{}", [])
+    for name in ("..%2F..%2Fetc", "UPPER/case", "trailing/"):
+        assert_error(oci.post(f"/v2/{name}/blobs/uploads/"), 400, "NAME_INVALID")
+        r = oci.put(f"/v2/{name}/manifests/v1", content=body, headers={"Content-Type": OCI_MANIFEST})
+        assert_error(r, 400, "NAME_INVALID")
+    r = oci.post("/v2/lib/x/blobs/uploads/", params={"digest": "sha256:../../etc/passwd"}, content=b"x")
+    assert_error(r, 400, "DIGEST_INVALID")
+    assert blob_files(home) == set() and uploads_left(home) == [] and tmp_files(home) == []
+
+
+def test_unsupported_method(oci: httpx.Client) -> None:
+    r = oci.post("/v2/lib/x/manifests/v1")
+    assert_error(r, 405, "UNSUPPORTED")
+    assert "PUT" in r.headers["allow"]
+
+
+# ---------------------------------------------------------------------------------------------- other faces
+
+
+def test_ollama_model_is_pullable_through_v2(client: Any, tmp_path: Path, make_gguf: Any, server: ServerProcess) -> None:
+    """What Ollama's own puller does: manifest by tag, HEAD each blob, GET it for Location, ranged GETs."""
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(make_gguf(seed=7))
+    digest = client.create_blob(gguf)
+    client.create(model="tiny", files={"tiny.gguf": digest}, system="You are tiny.")
+    with httpx.Client(base_url=server.url) as c:
+        r = c.get("/v2/library/tiny/manifests/latest", headers={"Accept": DOCKER_MANIFEST})
+        assert r.status_code == 200, r.text
+        assert r.headers["docker-content-digest"] == digest_of(r.content)
+        listed = {m["name"]: m for m in c.get("/api/tags").json()["models"]}
+        assert listed["tiny:latest"]["digest"] == digest_of(r.content).removeprefix("sha256:")
+        manifest = r.json()
+        descriptors = [manifest["config"], *manifest["layers"]]
+        assert digest in {d["digest"] for d in descriptors}
+        for desc in descriptors:
+            url = f"/v2/library/tiny/blobs/{desc['digest']}"
+            head = c.head(url)
+            assert head.status_code == 200 and int(head.headers["content-length"]) == desc["size"]
+            got = c.get(url)
+            assert got.headers["location"] == f"{server.url}{url}"
+            assert digest_of(got.content) == desc["digest"]
+            half = desc["size"] // 2
+            part = httpx.get(got.headers["location"], headers={"Range": f"bytes={half}-{desc['size'] - 1}"})
+            assert part.status_code == 206 and part.content == got.content[half:]
+        assert "library/tiny" in c.get("/v2/_catalog").json()["repositories"]
+        assert c.get("/v2/library/tiny/tags/list").json() == {"name": "library/tiny", "tags": ["latest"]}
+
+
+def test_manifest_pushed_through_v2_is_an_ollama_model(oci: httpx.Client, client: Any, home: Path) -> None:
+    push_image(oci, "lib/hello", "v1", b'{"architecture":"amd64"}', [b"hello layer"])
+    assert "lib/hello:v1" in {m.model for m in client.list().models}
+    client.delete("lib/hello:v1")
+    assert_error(oci.get("/v2/lib/hello/manifests/v1"), 404, "NAME_UNKNOWN")
+    assert blob_files(home) == set()
