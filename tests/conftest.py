@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import MakeGguf, ServerProcess, StartServer  # noqa: E402
+from harness import MakeGguf, ServerProcess, StartServer
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def home(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[StartServer]:
-    """Start `hangar serve` processes (`start_server(home, database_url=..., env=...)`); all stop at teardown."""
+    """Start servers: `start_server(home, database_url=..., env=...)`; all stop at teardown."""
     servers: list[ServerProcess] = []
 
     def start(home: Path, **kw: Any) -> ServerProcess:

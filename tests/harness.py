@@ -108,7 +108,9 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self._close_log()
-                raise RuntimeError(f"server exited with {self.proc.returncode} before it was ready:\n{self.log()}")
+                raise RuntimeError(
+                    f"server exited with {self.proc.returncode} before it was ready:\n{self.log()}"
+                )
             try:
                 if httpx.get(f"{self.url}/api/version", timeout=2.0).status_code == 200:
                     return
@@ -180,7 +182,12 @@ def hangar(
     if host is not None:
         child_env["HANGAR_HOST"] = host
     return subprocess.run(
-        [*CLI, *args], env=child_env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        [*CLI, *args],
+        env=child_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 

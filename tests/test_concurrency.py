@@ -13,8 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import ollama
 import pytest
+
 from harness import MakeGguf, ServerProcess, StartServer, assert_store_consistent, hangar
 
 CREATORS, DELETERS = 8, 4
@@ -62,6 +64,9 @@ def run_race(urls: list[str], home: Path, gguf_paths: list[Path], database_url: 
     race = Race()
     clients = [ollama.Client(host=url, timeout=120) for url in urls]
     done = threading.Event()
+    progress = threading.Condition()
+    creates_done = [0]
+    creates_total = CREATORS * CREATES_PER_THREAD
 
     def creator(n: int) -> None:
         rng = random.Random(n)
@@ -69,31 +74,48 @@ def run_race(urls: list[str], home: Path, gguf_paths: list[Path], database_url: 
         for i in range(CREATES_PER_THREAD):
             name = rng.choice(NAMES)
             if i % 4 == 3:
-                race.call("create-from", client.create, model=name, from_=rng.choice(NAMES), system=rng.choice(SYSTEMS))
-                continue
-            path = rng.choice(gguf_paths)
-            digest = f"sha256:{path.stem}"
-            if not race.call("upload", client.create_blob, path):
-                continue
-            race.call(
-                "create",
-                client.create,
-                model=name,
-                files={"model.gguf": digest},
-                template=rng.choice(TEMPLATES),
-                system=rng.choice(SYSTEMS),
-            )
+                race.call(
+                    "create-from",
+                    client.create,
+                    model=name,
+                    from_=rng.choice(NAMES),
+                    system=rng.choice(SYSTEMS),
+                )
+            else:
+                path = rng.choice(gguf_paths)
+                if race.call("upload", client.create_blob, path):
+                    race.call(
+                        "create",
+                        client.create,
+                        model=name,
+                        files={"model.gguf": f"sha256:{path.stem}"},
+                        template=rng.choice(TEMPLATES),
+                        system=rng.choice(SYSTEMS),
+                    )
+            with progress:
+                creates_done[0] += 1
+                progress.notify_all()
 
     def deleter(n: int) -> None:
+        """Keeps pace with the creators (its i-th step waits for a share of the creates), so they overlap."""
         rng = random.Random(1000 + n)
         client = clients[n % len(clients)]
+
+        def reached(share: int) -> Callable[[], bool]:
+            return lambda: creates_done[0] >= share
+
         for i in range(DELETES_PER_THREAD):
+            with progress:
+                progress.wait_for(reached(i * creates_total // DELETES_PER_THREAD), 120)
+            listed = [m.model for m in client.list().models if m.model]
+            victim = rng.choice(listed) if listed and rng.random() < 0.8 else rng.choice(NAMES)
             if i % 4 == 2:
-                race.call("copy", client.copy, rng.choice(NAMES), rng.choice(NAMES))
+                race.call("copy", client.copy, victim, rng.choice(NAMES))
             else:
-                race.call("delete", client.delete, rng.choice(NAMES))
+                race.call("delete", client.delete, victim)
 
     def collector() -> None:
+        """`hangar gc` in its own process, again and again while the others run."""
         for _ in range(MAX_GC_ROUNDS):
             if done.is_set():
                 return
@@ -102,30 +124,49 @@ def run_race(urls: list[str], home: Path, gguf_paths: list[Path], database_url: 
                 race.fail(f"hangar gc exited {proc.returncode}: {proc.stderr.strip()}")
             race.note("gc")
 
+    def online_collector() -> None:
+        """The server's own GC endpoint, more often than a process can start."""
+        with httpx.Client(timeout=120) as http:
+            for i in range(MAX_GC_ROUNDS):
+                if done.is_set():
+                    return
+                r = http.post(f"{urls[i % len(urls)]}/api/hangar/gc", json={"dry_run": False})
+                if r.status_code != 200:
+                    race.fail(f"POST /api/hangar/gc: {r.status_code} {r.text}")
+                race.note("online gc")
+                with progress:
+                    progress.wait(0.5)
+
     workers = [threading.Thread(target=creator, args=(n,)) for n in range(CREATORS)]
     workers += [threading.Thread(target=deleter, args=(n,)) for n in range(DELETERS)]
-    gc_thread = threading.Thread(target=collector)
-    for w in [*workers, gc_thread]:
+    collectors = [threading.Thread(target=collector), threading.Thread(target=online_collector)]
+    for w in [*workers, *collectors]:
         w.start()
     for w in workers:
         w.join(240)
     done.set()
-    gc_thread.join(240)
-    assert not any(w.is_alive() for w in [*workers, gc_thread]), "a worker hung"
+    for w in collectors:
+        w.join(240)
+    assert not any(w.is_alive() for w in [*workers, *collectors]), "a worker hung"
     return race
 
 
-def check_outcome(race: Race, servers: list[ServerProcess], home: Path, database_url: str | None = None) -> None:
+def check_outcome(
+    race: Race, servers: list[ServerProcess], home: Path, database_url: str | None = None
+) -> None:
+    print(f"race outcome: {sorted(race.counts.items())}")
     assert not race.failures, "\n".join(race.failures) + f"\ncounts: {race.counts}"
     assert race.counts.get("create ok", 0) > 0, race.counts
     assert race.counts.get("delete ok", 0) > 0, race.counts
     listings = []
     for srv in servers:
         client = ollama.Client(host=srv.url, timeout=60)
-        listed = sorted(m.model for m in client.list().models)
+        listed = sorted(m.model for m in client.list().models if m.model)
         for name in listed:
             shown = client.show(name)
-            assert shown.modelinfo is not None and shown.modelinfo.get("general.architecture") == "llama", name
+            assert shown.modelinfo is not None and shown.modelinfo.get("general.architecture") == "llama", (
+                name
+            )
         listings.append(listed)
     assert all(x == listings[0] for x in listings), listings
     assert_store_consistent(home, database_url)

@@ -37,6 +37,7 @@ QUICK = {"HANGAR_GC_GRACE": "0", "HANGAR_TRASH_RETENTION": "0"}
 
 MakeStore = Callable[..., Store]
 MakeKit = Callable[..., "Kit"]
+FreshStore = Callable[..., contextlib.AbstractContextManager[Store]]
 
 
 def digest_of(data: bytes) -> str:
@@ -128,6 +129,28 @@ def make_store(tmp_path: Path, db_url: str | None) -> Iterator[MakeStore]:
 
 
 @pytest.fixture
+def fresh_store(tmp_path: Path, db_url: str | None) -> FreshStore:
+    """Open a Store over a new, empty data directory and catalog each time (for property tests)."""
+    backend = "sqlite" if db_url is None else "postgres"
+
+    @contextlib.contextmanager
+    def make(**env: str) -> Iterator[Store]:
+        base = scratch_dir(tmp_path)
+        home = base / f"home-{uuid.uuid4().hex}"
+        with database_for(backend) as url:
+            s = Store(load_settings(settings_env(home, url, **env)))
+            try:
+                yield s
+            finally:
+                s.close()
+                shutil.rmtree(home, ignore_errors=True)
+                if base != tmp_path:
+                    shutil.rmtree(base, ignore_errors=True)
+
+    return make
+
+
+@pytest.fixture
 def store(make_store: MakeStore) -> Store:
     return make_store()
 
@@ -135,6 +158,12 @@ def store(make_store: MakeStore) -> Store:
 @pytest.fixture
 def kit(store: Store) -> Kit:
     return Kit(store)
+
+
+@pytest.fixture
+def kit_of() -> Callable[[Store], Kit]:
+    """The Kit constructor, for tests that open their own stores."""
+    return Kit
 
 
 @pytest.fixture

@@ -299,3 +299,25 @@ def test_delete_cost_does_not_grow_with_the_store(make_kit: MakeKit, fast_home: 
     assert max(small_purge, small_trash) < 80
     assert len(kit.store.list_tags()) == 298
     assert len(list_trash(kit.store)) == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_find_blockers matches dependents' tag/repository targets case-sensitively against the "
+    "stored spelling, though model names are case-insensitive everywhere else",
+)
+def test_a_dependent_blocks_whatever_the_spelling_of_the_name(kit: Kit) -> None:
+    kit.create("MixedCase", [b"w"], tag="Latest")
+    kit.execute(
+        t.dependents.insert().values(
+            kind="deployment",
+            id="prod",
+            target_kind="tag",
+            target=PREFIX + "mixedcase:latest",
+            reason="serves traffic",
+            created_at=0.0,
+        )
+    )
+    plan = kit.delete("mixedcase", "latest")
+    assert [b.id for b in plan.blockers] == ["prod"]
+    assert not plan.executed

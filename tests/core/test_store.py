@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import TYPE_CHECKING
 
@@ -11,17 +12,17 @@ import sqlalchemy as sa
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.errors import BlobUnknown, DigestMismatch, NotFound
 from modelhangar.core.gc import fsck
-from modelhangar.core.store import Store
+from modelhangar.core.planner import Target
+from modelhangar.core.store import Actor, Store
 
 if TYPE_CHECKING:
     from conftest import Kit
 
 PREFIX = "registry.ollama.ai/library/"
+CONFIG = b'{"model_format":"gguf","model_family":"test"}'
 
 
 def digest_of(data: bytes) -> str:
-    import hashlib
-
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -211,4 +212,52 @@ def test_a_deleted_manifest_can_be_put_again(store: Store, kit: Kit) -> None:
     with store.catalog.read() as conn:
         n = conn.execute(sa.select(sa.func.count()).select_from(t.manifest_blobs)).scalar()
     assert n == 2
+    assert fsck(store, verify=True) == []
+
+
+def index_of(children: list[bytes]) -> bytes:
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest_of(c), "size": len(c)}
+            for c in children
+        ],
+    }
+    return json.dumps(doc).encode()
+
+
+def test_an_index_holds_its_child_manifests(store: Store, kit: Kit) -> None:
+    repository = PREFIX + "multiarch"
+    amd, arm = kit.manifest([b"amd64 weights"]), kit.manifest([b"arm64 weights"])
+    missing_child = index_of([amd])
+    with pytest.raises(BlobUnknown) as info:
+        store.put_manifest(repository, "latest", missing_child)
+    assert info.value.digests == [digest_of(amd)]
+    for child in (amd, arm):
+        store.put_manifest(repository, None, child)  # untagged members of the repository
+    index, _ = store.put_manifest(repository, "latest", index_of([amd, arm]))
+    assert fsck(store, verify=True) == []
+    plan = kit.delete("multiarch")  # the tag goes, and the index; the children stay members
+    assert plan.manifests == [index] and plan.blobs == []
+    assert store.get_manifest(digest_of(amd)) is not None
+    plan = kit.planner.delete([Target("repository", repository)], Actor())
+    assert plan.executed
+    assert sorted(plan.manifests) == sorted([digest_of(amd), digest_of(arm)])
+    assert kit.blob_files() == {}
+    assert kit.rows(t.manifests) == [] and kit.rows(t.manifest_children) == []
+    assert fsck(store) == []
+
+
+def test_deleting_a_repository_releases_children_through_its_index(store: Store, kit: Kit) -> None:
+    repository = PREFIX + "multiarch"
+    amd, arm = kit.manifest([b"amd64 weights", b"shared"]), kit.manifest([b"arm64 weights", b"shared"])
+    for child in (amd, arm):
+        store.put_manifest(repository, None, child)
+    store.put_manifest(repository, "v1", index_of([amd, arm]))
+    kit.create("other", [b"shared"])
+    plan = kit.planner.delete([Target("repository", repository)], Actor())
+    assert len(plan.manifests) == 3
+    assert sorted(plan.blobs) == sorted([digest_of(b"amd64 weights"), digest_of(b"arm64 weights")])
+    assert set(kit.blob_files()) == {digest_of(b"shared"), digest_of(CONFIG)}
     assert fsck(store, verify=True) == []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import quote, unquote
 
 from starlette.requests import ClientDisconnect, Request
@@ -21,6 +20,7 @@ from modelhangar.core.digests import InvalidDigest
 from modelhangar.core.errors import DigestMismatch, InvalidManifest, SizeMismatch
 from modelhangar.faces.oci import blobs, manifests
 from modelhangar.faces.oci.errors import OciError
+from modelhangar.faces.oci.wire import repository_of
 
 log = logging.getLogger("modelhangar.oci")
 
@@ -64,18 +64,22 @@ async def base(request: Request) -> Response:
     return JSONResponse({}, headers=API_VERSION)
 
 
-def _resolve(path: str, method: str) -> tuple[Handler, dict[str, Any]]:
+def _resolve(path: str, method: str) -> tuple[Handler, dict[str, str]]:
+    """The handler and its (decoded) parameters; a bad name is refused before a bad method."""
     for pattern, handlers in _ENDPOINTS:
         m = pattern.fullmatch(path)
         if m is None:
             continue
+        params = {k: unquote(v) for k, v in m.groupdict().items()}
+        if "name" in params:
+            repository_of(params["name"])
         handler = handlers.get(method)
         if handler is None:
             allow = ", ".join(sorted(handlers))
             raise OciError(
                 "UNSUPPORTED", f"method {method} not allowed here", {"allow": allow}, headers={"Allow": allow}
             )
-        return handler, m.groupdict()
+        return handler, params
     raise OciError("UNSUPPORTED", "no such registry endpoint", {"path": path[:300]}, status=404)
 
 
@@ -104,8 +108,7 @@ def _raw_path(request: Request) -> str:
 async def dispatch(request: Request) -> Response:
     path = _raw_path(request)
     try:
-        handler, raw_params = _resolve(path, request.method)
-        params = {k: unquote(v) for k, v in raw_params.items()}
+        handler, params = _resolve(path, request.method)
         response = await handler(request, **params)
     except OciError as e:
         response = e.response()

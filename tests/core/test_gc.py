@@ -1,0 +1,220 @@
+"""Garbage collection and fsck: what GC reclaims, what it must leave, and what fsck reports."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from modelhangar.core import gc
+from modelhangar.core.catalog import schema as t
+
+if TYPE_CHECKING:
+    from conftest import Kit, MakeKit
+
+HOUR = 3600.0
+CONFIG = b'{"model_format":"gguf","model_family":"test"}'
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def age(path: Path, seconds: float = 2 * HOUR) -> None:
+    """Pretend a file was last written `seconds` ago."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def kinds(kit: Kit, *, verify: bool = False) -> list[tuple[str, str]]:
+    return sorted((p.kind, p.subject) for p in gc.fsck(kit.store, verify=verify))
+
+
+def test_unreferenced_blob_is_reclaimed(kit: Kit) -> None:
+    kit.create("keep", [b"kept"])
+    d = kit.blob(b"uploaded, never used")
+    assert kinds(kit) == [("blob-unreferenced", d)]
+    preview = gc.collect(kit.store, dry_run=True)
+    assert preview.blobs == [d] and preview.bytes_freed == len(b"uploaded, never used")
+    assert d in kit.blob_files()
+    report = gc.collect(kit.store)
+    assert report.blobs == [d] and report.bytes_freed == len(b"uploaded, never used")
+    assert report.finished == [d]
+    assert d not in kit.blob_files()
+    assert kit.rows(t.blobs, t.blobs.c.digest == d) == []
+    assert kit.store.blob_size(digest_of(b"kept")) == 4
+    assert kinds(kit, verify=True) == []
+    assert gc.collect(kit.store).blobs == []
+
+
+def test_file_without_catalog_row_is_reclaimed(kit: Kit) -> None:
+    data = b"left behind by a crash between rename and commit"
+    path = kit.store.settings.blobs_dir / ("sha256-" + hashlib.sha256(data).hexdigest())
+    path.write_bytes(data)
+    age(path)
+    assert kinds(kit) == [("file-unknown", digest_of(data))]
+    report = gc.collect(kit.store)
+    assert report.orphan_files == [digest_of(data)]
+    assert not path.exists()
+    assert kit.rows(t.blobs) == []
+    assert kinds(kit) == []
+
+
+def test_interrupted_deletion_is_finished(kit: Kit) -> None:
+    kit.create("keep", [b"kept"])
+    d = kit.blob(b"half deleted")
+    # A deleter marked the row and crashed before unlinking the file.
+    kit.execute(t.blobs.update().where(t.blobs.c.digest == d).values(state="deleting"))
+    assert kit.store.blob_size(d) is None  # a blob being deleted looks absent
+    assert kinds(kit) == [("blob-deleting", d)]
+    report = gc.collect(kit.store)
+    assert report.finished == [d]
+    assert d not in kit.blob_files()
+    assert kit.rows(t.blobs, t.blobs.c.digest == d) == []
+    assert kinds(kit) == []
+
+
+def test_deleting_row_without_a_file_is_dropped(kit: Kit) -> None:
+    d = kit.blob(b"already unlinked")
+    kit.execute(t.blobs.update().where(t.blobs.c.digest == d).values(state="deleting"))
+    kit.blob_path(d).unlink()  # crashed after the unlink, before dropping the row
+    assert gc.collect(kit.store).finished == [d]
+    assert kit.rows(t.blobs) == []
+    assert kinds(kit) == []
+
+
+def test_stray_files_and_dead_temp_dirs_are_reclaimed(kit: Kit) -> None:
+    blobs = kit.store.settings.blobs_dir
+    kit.create("keep", [b"kept"])
+    strays = ["partial-upload.tmp", "sha256-" + "A" * 64, "sha256-short"]
+    for name in strays:
+        (blobs / name).write_bytes(b"junk")
+        age(blobs / name)
+    dead = kit.store.settings.tmp_dir / "0123456789abcdef"  # a temp dir whose process is gone
+    dead.mkdir()
+    (dead / "upload-x").write_bytes(b"half an upload")
+    report = gc.collect(kit.store)
+    assert sorted(report.strays) == sorted([*strays, "tmp/0123456789abcdef"])
+    assert sorted(p.name for p in blobs.iterdir()) == sorted(d.replace(":", "-") for d in kit.blob_files())
+    assert not dead.exists()
+    assert kit.store.blobs.tmp_dir.is_dir()  # our own temp dir stays
+    assert kinds(kit) == []
+
+
+def test_gc_respects_the_grace_period(make_kit: MakeKit) -> None:
+    kit = make_kit(HANGAR_GC_GRACE="1h")
+    d = kit.blob(b"uploaded a moment ago, its manifest is on the way")
+    orphan = kit.store.settings.blobs_dir / ("sha256-" + hashlib.sha256(b"fresh orphan").hexdigest())
+    orphan.write_bytes(b"fresh orphan")
+    stray = kit.store.settings.blobs_dir / "fresh.partial"
+    stray.write_bytes(b"x")
+    report = gc.collect(kit.store)
+    assert (report.blobs, report.orphan_files, report.strays) == ([], [], [])
+    assert d in kit.blob_files() and orphan.exists() and stray.exists()
+    assert kinds(kit) == []  # within the grace period nothing is a problem yet
+    # An hour later it is all garbage.
+    kit.execute(t.blobs.update().values(touched_at=time.time() - 2 * HOUR))
+    age(orphan)
+    age(stray)
+    assert {p.kind for p in gc.fsck(kit.store)} == {"blob-unreferenced", "file-unknown"}
+    report = gc.collect(kit.store)
+    assert report.blobs == [d]
+    assert report.orphan_files == [digest_of(b"fresh orphan")]
+    assert report.strays == ["fresh.partial"]
+    assert kit.blob_files() == {}
+    assert kinds(kit) == []
+
+
+def test_a_delete_leaves_recently_uploaded_blobs_to_gc(make_kit: MakeKit) -> None:
+    """With a grace period, a delete defers blobs a writer touched within the reuse fuse."""
+    kit = make_kit(HANGAR_GC_GRACE="1h")
+    kit.create("m", [b"fresh layer"])
+    plan = kit.delete("m")
+    assert plan.executed
+    assert sorted(plan.deferred) == sorted([digest_of(b"fresh layer"), digest_of(CONFIG)])
+    assert plan.blobs == [] and plan.bytes_freed == 0
+    assert digest_of(b"fresh layer") in kit.blob_files()
+    assert kinds(kit) == []
+    assert gc.collect(kit.store).blobs == []
+    kit.execute(t.blobs.update().values(touched_at=time.time() - 2 * HOUR))
+    report = gc.collect(kit.store)
+    assert sorted(report.blobs) == sorted(plan.deferred)
+    assert kit.blob_files() == {}
+    assert kinds(kit) == []
+
+
+def test_fsck_reports_damaged_blobs(kit: Kit) -> None:
+    kit.create("m", [b"will vanish", b"will grow", b"will rot!"])
+    kit.blob_path(digest_of(b"will vanish")).unlink()
+    with open(kit.blob_path(digest_of(b"will grow")), "ab") as f:
+        f.write(b" and grow")
+    kit.blob_path(digest_of(b"will rot!")).write_bytes(b"has  rot!")  # same size, other bytes
+    assert kinds(kit) == sorted(
+        [("blob-file-missing", digest_of(b"will vanish")), ("blob-size", digest_of(b"will grow"))]
+    )
+    assert kinds(kit, verify=True) == sorted(
+        [
+            ("blob-file-missing", digest_of(b"will vanish")),
+            ("blob-size", digest_of(b"will grow")),
+            ("blob-digest", digest_of(b"will grow")),
+            ("blob-digest", digest_of(b"will rot!")),
+        ]
+    )
+
+
+def test_fsck_reports_dangling_references(kit: Kit) -> None:
+    kit.create("m", [b"w"])
+    kit.execute(t.blobs.update().where(t.blobs.c.digest == digest_of(b"w")).values(state="deleting"))
+    problems = kinds(kit)
+    assert ("blob-missing", digest_of(b"w")) in problems
+    assert ("blob-deleting", digest_of(b"w")) in problems
+    kit.execute(t.blobs.update().values(state="present"))
+    assert kinds(kit) == []
+
+
+def test_fsck_is_clean_after_gc(kit: Kit) -> None:
+    kit.create("a", [b"shared", b"a"])
+    kit.create("b", [b"shared", b"b"])
+    kit.blob(b"abandoned upload")
+    kit.execute(t.blobs.update().where(t.blobs.c.digest == digest_of(b"a")).values(state="deleting"))
+    orphan = kit.store.settings.blobs_dir / ("sha256-" + hashlib.sha256(b"orphan").hexdigest())
+    orphan.write_bytes(b"orphan")
+    age(orphan)
+    (kit.store.settings.blobs_dir / "junk").write_bytes(b"")
+    age(kit.store.settings.blobs_dir / "junk")
+    assert gc.fsck(kit.store) != []
+    kit.delete("a")  # releases a's manifest; its own blob's row is already 'deleting'
+    gc.collect(kit.store)
+    assert kinds(kit, verify=True) == []
+    assert set(kit.blob_files()) == {
+        digest_of(b"shared"),
+        digest_of(b"b"),
+        digest_of(CONFIG),
+    }
+
+
+def test_dry_run_changes_nothing_and_matches_the_real_collection(make_kit: MakeKit) -> None:
+    kit = make_kit(HANGAR_TRASH_RETENTION="1h")
+    kit.create("keep", [b"shared", b"keep"])
+    kit.create("trashed", [b"shared", b"trashed"])
+    kit.delete("trashed")
+    kit.execute(t.trash.update().values(expires_at=0.0))
+    kit.blob(b"abandoned")
+    orphan = kit.store.settings.blobs_dir / ("sha256-" + hashlib.sha256(b"orphan").hexdigest())
+    orphan.write_bytes(b"orphan")
+    age(orphan)
+    before = kit.snapshot()
+    preview = gc.collect(kit.store, dry_run=True)
+    assert kit.snapshot() == before
+    assert preview.dry_run
+    real = gc.collect(kit.store)
+    assert (sorted(preview.blobs), preview.bytes_freed, preview.expired_trash) == (
+        sorted(real.blobs),
+        real.bytes_freed,
+        real.expired_trash,
+    )
+    assert sorted(real.blobs) == sorted([digest_of(b"trashed"), digest_of(b"abandoned")])
+    assert real.orphan_files == [digest_of(b"orphan")]
+    assert kinds(kit, verify=True) == []

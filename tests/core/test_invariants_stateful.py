@@ -1,0 +1,201 @@
+"""A state machine over the store: random creates, copies, deletes, restores, expiries and GCs.
+
+After every step the store must hold exactly the models the machine expects, every reference
+must resolve, nothing may leak (the blob files are exactly those live manifests, trash entries
+and abandoned uploads need), and fsck must find nothing but the abandoned uploads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
+from modelhangar.core import gc
+from modelhangar.core.catalog import schema as t
+from modelhangar.core.errors import Conflict
+from modelhangar.core.manifests import parse_manifest
+from modelhangar.core.store import Actor, Store
+from modelhangar.core.trash import list_trash, restore
+
+if TYPE_CHECKING:
+    from conftest import FreshStore, Kit
+
+PREFIX = "registry.ollama.ai/library/"
+POOL = [b"layer %d:" % i + b"x" * (7 * i) for i in range(6)]  # distinct sizes, so byte counts tell them apart
+NAMES = ["alpha", "beta", "gamma"]
+TAGS = ["latest", "v1"]
+
+Key = tuple[str, str]
+
+
+class StoreMachine(RuleBasedStateMachine):
+    def __init__(self, fresh_store: FreshStore, kit_of: Callable[[Store], Kit]) -> None:
+        super().__init__()
+        self._stack = contextlib.ExitStack()
+        self.store = self._stack.enter_context(fresh_store(HANGAR_TRASH_RETENTION="1h"))
+        self.kit = kit_of(self.store)
+        self.models: dict[Key, str] = {}  # (repository, tag) -> manifest digest
+        self.trash: dict[int, tuple[Key, str]] = {}
+        self.abandoned: set[str] = set()
+        self.blobs_of: dict[str, set[str]] = {}  # manifest digest -> blob digests
+
+    def teardown(self) -> None:
+        self._stack.close()
+
+    # ------------------------------------------------------------------ helpers
+
+    def needed_blobs(self) -> set[str]:
+        manifests = set(self.models.values()) | {d for _, d in self.trash.values()}
+        return {b for m in manifests for b in self.blobs_of[m]} | self.abandoned
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.kit.snapshot()
+
+    # ------------------------------------------------------------------ rules
+
+    @rule(
+        name=st.sampled_from(NAMES),
+        tag=st.sampled_from(TAGS),
+        layers=st.sets(st.integers(0, len(POOL) - 1), min_size=1, max_size=4),
+    )
+    def create(self, name: str, tag: str, layers: set[int]) -> None:
+        content = self.kit.manifest([POOL[i] for i in sorted(layers)])
+        digest, _ = self.store.put_manifest(PREFIX + name, tag, content)
+        self.blobs_of[digest] = {b.digest for b in parse_manifest(content).blobs}
+        self.models[(PREFIX + name, tag)] = digest
+
+    @rule(data=st.data(), name=st.sampled_from(NAMES), tag=st.sampled_from(TAGS))
+    def copy(self, data: st.DataObject, name: str, tag: str) -> None:
+        if not self.models:
+            return
+        src = data.draw(st.sampled_from(sorted(self.models)))
+        self.store.copy_tag(src[0], src[1], PREFIX + name, tag)
+        self.models[(PREFIX + name, tag)] = self.models[src]
+
+    @rule(name=st.sampled_from(NAMES), tag=st.sampled_from(TAGS), purge=st.booleans())
+    def delete(self, name: str, tag: str, purge: bool) -> None:
+        key = (PREFIX + name, tag)
+        before = self.kit.blob_files()
+        plan = self.kit.delete(name, tag, purge=purge)
+        after = self.kit.blob_files()
+        if key not in self.models:
+            assert plan.not_found == [f"{key[0]}:{key[1]}"] and not plan.executed
+            assert after == before
+            return
+        assert plan.ok and plan.executed and plan.models == [f"{key[0]}:{key[1]}"]
+        digest = self.models.pop(key)
+        if purge:
+            assert set(before) - set(after) == set(plan.blobs)
+            assert sum(before.values()) - sum(after.values()) == plan.bytes_freed
+        else:
+            assert after == before
+            [entry_id] = plan.trash_ids
+            self.trash[entry_id] = (key, digest)
+
+    @rule(name=st.sampled_from(NAMES), tag=st.sampled_from(TAGS), purge=st.booleans())
+    def dry_run_delete(self, name: str, tag: str, purge: bool) -> None:
+        before = self.snapshot()
+        plan = self.kit.delete(name, tag, purge=purge, dry_run=True)
+        assert not plan.executed
+        assert plan.ok == ((PREFIX + name, tag) in self.models)
+        assert self.snapshot() == before
+
+    @rule(data=st.data())
+    def restore(self, data: st.DataObject) -> None:
+        if not self.trash:
+            return
+        entry_id = data.draw(st.sampled_from(sorted(self.trash)))
+        key, digest = self.trash[entry_id]
+        if key in self.models:
+            with pytest.raises(Conflict):
+                restore(self.store, entry_id, Actor())
+            return
+        restore(self.store, entry_id, Actor())
+        del self.trash[entry_id]
+        self.models[key] = digest
+
+    @rule()
+    def expire_trash(self) -> None:
+        self.kit.execute(t.trash.update().values(expires_at=time.time() - 1))
+        report = gc.collect(self.store)
+        assert sorted(report.expired_trash) == sorted(f"{k[0]}:{k[1]}" for k, _ in self.trash.values())
+        self.trash.clear()
+        self.abandoned.clear()
+
+    @rule()
+    def collect(self) -> None:
+        report = gc.collect(self.store)
+        assert set(report.blobs) == self.abandoned
+        self.abandoned.clear()
+
+    @rule(data=st.binary(min_size=1, max_size=16))
+    def abandon_upload(self, data: bytes) -> None:
+        """An upload whose manifest never comes (GC reclaims it)."""
+        commit = self.store.put_blob_bytes(b"abandoned:" + data)
+        self.abandoned.add(commit.digest)
+
+    # ------------------------------------------------------------------ invariants
+
+    @invariant()
+    def references_resolve(self) -> None:
+        with self.store.catalog.read() as conn:
+            manifests = {r.digest for r in conn.execute(sa.select(t.manifests.c.digest))}
+            held = {r.manifest_digest for r in conn.execute(sa.select(t.tags.c.manifest_digest))}
+            held |= {r.manifest_digest for r in conn.execute(sa.select(t.trash.c.manifest_digest))}
+            refs = conn.execute(
+                sa.select(t.manifest_blobs.c.blob_digest, t.blobs.c.state, t.blobs.c.size).join(
+                    t.blobs, t.blobs.c.digest == t.manifest_blobs.c.blob_digest, isouter=True
+                )
+            ).all()
+        assert held <= manifests
+        for r in refs:
+            assert r.state == "present", r.blob_digest
+            assert self.store.blobs.size(r.blob_digest) == r.size, r.blob_digest
+
+    @invariant()
+    def fsck_finds_only_abandoned_uploads(self) -> None:
+        problems = {(p.kind, p.subject) for p in gc.fsck(self.store)}
+        assert problems == {("blob-unreferenced", d) for d in self.abandoned}
+
+    @invariant()
+    def models_and_trash_are_as_expected(self) -> None:
+        listed = {(r.repository, r.tag): r.manifest_digest for r in self.store.list_tags()}
+        assert listed == self.models
+        trashed = {e.id: ((e.repository, e.tag), e.manifest_digest) for e in list_trash(self.store)}
+        assert trashed == self.trash
+
+    @invariant()
+    def nothing_leaks(self) -> None:
+        assert set(self.kit.blob_files()) == self.needed_blobs()
+
+
+def run_machine(fresh_store: FreshStore, kit_of: Callable[[Store], Kit], examples: int) -> None:
+    run_state_machine_as_test(
+        lambda: StoreMachine(fresh_store, kit_of),
+        settings=settings(
+            max_examples=examples,
+            stateful_step_count=30,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        ),
+    )
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_store_state_machine_sqlite(fresh_store: FreshStore, kit_of: Callable[[Store], Kit]) -> None:
+    run_machine(fresh_store, kit_of, examples=25)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_store_state_machine_postgres(fresh_store: FreshStore, kit_of: Callable[[Store], Kit]) -> None:
+    run_machine(fresh_store, kit_of, examples=6)

@@ -1,0 +1,285 @@
+"""Concurrent writers on one store: OS processes racing each other, and pinned interleavings.
+
+In the process test, a create that loses a race against GC (its fresh blob reclaimed before its
+manifest commits) gets BlobUnknown and retries, as a client would; a restore that loses one gets
+Conflict or NotFound. Any other exception fails the test. At the end the store must be consistent.
+
+The thread tests pin one interleaving of two writers with statement hooks (SQLAlchemy events,
+nothing of modelhangar is replaced) to show lock-order deadlocks on PostgreSQL deterministically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import random
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from modelhangar.core import gc
+from modelhangar.core.catalog import schema as t
+from modelhangar.core.config import load_settings
+from modelhangar.core.errors import BlobUnknown, Conflict, NotFound
+from modelhangar.core.planner import Planner, Target
+from modelhangar.core.store import Actor, Store
+from modelhangar.core.trash import list_trash, restore
+
+PREFIX = "registry.ollama.ai/library/"
+POOL = [b"pooled layer %d " % i + b"." * (50 * i) for i in range(8)]
+CONFIG = b'{"model_format":"gguf"}'
+NAMES = [f"m{i}" for i in range(6)]
+OPS = 60
+
+
+def open_store(home: str, url: str | None) -> Store:
+    env = {"HANGAR_HOME": home, "HANGAR_GC_GRACE": "0", "HANGAR_TRASH_RETENTION": "1h"}
+    if url:
+        env["HANGAR_DATABASE_URL"] = url
+    return Store(load_settings(env))
+
+
+def create_model(store: Store, name: str, layers: list[bytes]) -> None:
+    """Upload the blobs, then commit a manifest naming them (both as an Ollama client does)."""
+
+    def desc(data: bytes, media_type: str) -> dict[str, object]:
+        return {"mediaType": media_type, "digest": store.put_blob_bytes(data).digest, "size": len(data)}
+
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": desc(CONFIG, "application/vnd.oci.image.config.v1+json"),
+        "layers": [desc(x, "application/vnd.ollama.image.model") for x in layers],
+    }
+    store.put_manifest(PREFIX + name, "latest", json.dumps(doc).encode())
+
+
+def creator(store: Store, rng: random.Random, counts: Counter[str]) -> None:
+    name = rng.choice(NAMES)
+    layers = rng.sample(POOL, rng.randint(1, 3))
+    for _ in range(5):
+        try:
+            create_model(store, name, layers)
+        except BlobUnknown:  # GC reclaimed a blob we had just uploaded: upload again
+            counts["blob_unknown"] += 1
+            continue
+        counts["created"] += 1
+        return
+    counts["gave_up"] += 1
+
+
+def deleter(store: Store, rng: random.Random, counts: Counter[str]) -> None:
+    roll = rng.random()
+    if roll < 0.5:
+        plan = Planner(store).delete(
+            [Target("tag", PREFIX + rng.choice(NAMES), "latest")], Actor(), purge=rng.random() < 0.5
+        )
+        counts["deleted" if plan.executed else "not_found"] += 1
+    elif roll < 0.65:
+        entries = list_trash(store)
+        if entries:
+            try:
+                restore(store, rng.choice(entries).id, Actor())
+                counts["restored"] += 1
+            except (Conflict, NotFound):  # the name was taken again, or the entry expired meanwhile
+                counts["restore_refused"] += 1
+    elif roll < 0.8:
+        with store.catalog.write() as conn:
+            conn.execute(t.trash.update().values(expires_at=0.0))
+        gc.collect(store)
+        counts["expired"] += 1
+    else:
+        gc.collect(store)
+        counts["gc"] += 1
+
+
+def worker(role: str, home: str, url: str | None, seed: int) -> dict[str, int] | str:
+    """Run OPS operations of one role; return their counts, or the traceback of a surprise."""
+    counts: Counter[str] = Counter()
+    rng = random.Random(seed)
+    store = open_store(home, url)
+    try:
+        for _ in range(OPS):
+            try:
+                (creator if role == "creator" else deleter)(store, rng, counts)
+            except sa.exc.DBAPIError as e:
+                if not isinstance(e.orig, psycopg.errors.DeadlockDetected):
+                    raise
+                counts["deadlock"] += 1  # a known core bug (see the xfail tests below): counted, not hidden
+    except Exception:
+        return traceback.format_exc()
+    finally:
+        store.close()
+    return dict(counts)
+
+
+def check_consistent(store: Store) -> None:
+    gc.collect(store)
+    assert gc.fsck(store, verify=True) == []
+    assert store.pending_deletions() == []
+    with store.catalog.read() as conn:
+        refs = conn.execute(
+            sa.select(t.tags.c.manifest_digest, t.manifest_blobs.c.blob_digest).join(
+                t.manifest_blobs, t.manifest_blobs.c.manifest_digest == t.tags.c.manifest_digest
+            )
+        ).all()
+        needed = {r.blob_digest for r in conn.execute(sa.select(t.manifest_blobs.c.blob_digest))}
+    for r in refs:
+        assert store.blob_size(r.blob_digest) == store.blobs.size(r.blob_digest) is not None
+    for rec in store.list_tags():
+        content = store.get_manifest(rec.manifest_digest)
+        assert content is not None
+        assert json.loads(content[0])["config"]["digest"] in needed
+    assert {d for d, _ in store.blobs.iter_blobs()} == needed
+
+
+@pytest.mark.timeout(240)
+def test_processes_share_one_store(fast_home: Path, db_url: str | None) -> None:
+    home = str(fast_home)
+    open_store(home, db_url).close()  # migrate once, before the crowd arrives
+    roles = ["creator", "creator", "deleter", "deleter"]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(roles), mp_context=ctx) as pool:
+        futures = [pool.submit(worker, role, home, db_url, seed) for seed, role in enumerate(roles)]
+        results = [f.result(timeout=200) for f in futures]
+    surprises = [r for r in results if isinstance(r, str)]
+    assert surprises == [], "\n".join(surprises)
+    totals: Counter[str] = Counter()
+    for r in results:
+        assert isinstance(r, dict)
+        totals.update(r)
+    assert totals["created"] > 0 and totals["deleted"] > 0, totals
+    store = open_store(home, db_url)
+    try:
+        check_consistent(store)  # a transaction aborted by a deadlock must leave the store consistent too
+    finally:
+        store.close()
+    if totals["deadlock"]:
+        pytest.xfail(f"{totals['deadlock']} PostgreSQL deadlock(s): {DEADLOCK_1}; {DEADLOCK_2}")
+
+
+# ---------------------------------------------------------------------- pinned interleavings
+
+DEADLOCK_1 = (
+    "lock-order inversion: put_manifest locks the repository row, then the tag row; Planner.delete "
+    "locks the tag row (_lock_tags), then the repository row (release -> _drop_repository_if_empty)"
+)
+DEADLOCK_2 = (
+    "put_manifest over an existing tag locks blob rows in two sorted batches (the new manifest's "
+    "blobs, then in release -> retire_blobs the old manifest's), so not in one global digest order"
+)
+
+
+class Pause:
+    """Holds one store's writer just before the first statement `match` accepts, until released."""
+
+    def __init__(self, store: Store, match: Callable[[str, Any], bool]) -> None:
+        self.match = match
+        self.reached = threading.Event()
+        self.go = threading.Event()
+        event.listen(store.catalog.engine, "before_cursor_execute", self._hook)
+
+    def _hook(self, _conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if not self.reached.is_set() and self.match(statement, parameters):
+            self.reached.set()
+            self.go.wait(60)
+
+
+class Runner(threading.Thread):
+    """Runs one call in a thread and keeps what it raised."""
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        super().__init__(daemon=True)
+        self.call = call
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.call()
+        except BaseException as e:
+            self.error = e
+
+
+def wait_until_blocked_or_done(observer: Store, runner: Runner) -> None:
+    """Until some backend of this database waits for a row lock (or `runner` finished)."""
+    query = sa.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    deadline = time.monotonic() + 60
+    while runner.is_alive() and time.monotonic() < deadline:
+        with observer.catalog.read() as conn:
+            if conn.execute(query).scalar():
+                return
+        time.sleep(0.01)
+
+
+def race(observer: Store, first: Runner, pause: Pause, second: Runner) -> list[str]:
+    """Start `first` until its pause, run `second` until it blocks, then let `first` go on."""
+    first.start()
+    assert pause.reached.wait(60)
+    second.start()
+    wait_until_blocked_or_done(observer, second)
+    pause.go.set()
+    first.join(120)
+    second.join(120)
+    return [f"{type(r.error).__name__}: {str(r.error).splitlines()[0]}" for r in (first, second) if r.error]
+
+
+def manifest_for(store: Store, config: bytes, layers: list[bytes]) -> bytes:
+    def desc(data: bytes) -> dict[str, object]:
+        return {"mediaType": "application/octet-stream", "digest": store.put_blob_bytes(data).digest, "size": len(data)}
+
+    doc = {"schemaVersion": 2, "config": desc(config), "layers": [desc(x) for x in layers]}
+    return json.dumps(doc).encode()
+
+
+def is_lock_of(table: str) -> Callable[[str, Any], bool]:
+    return lambda stmt, _params: stmt.startswith(f"SELECT {table}.") and "FOR UPDATE" in stmt
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+@pytest.mark.xfail(strict=True, reason=DEADLOCK_1)
+def test_put_manifest_racing_a_delete_of_the_same_tag(make_store: Callable[..., Store]) -> None:
+    creator_store, deleter_store, observer = make_store(), make_store(), make_store()
+    repository = PREFIX + "contested"
+    creator_store.put_manifest(repository, "latest", manifest_for(creator_store, b"cfg", [b"old"]))
+    new = manifest_for(creator_store, b"cfg", [b"new"])
+    # The creator holds the repository row and is about to lock the tag row ...
+    pause = Pause(creator_store, lambda stmt, p: is_lock_of("tags")(stmt, p))
+    creator = Runner(lambda: creator_store.put_manifest(repository, "latest", new))
+    # ... while the deleter locks the tag row, then waits for the repository row.
+    deleter = Runner(lambda: Planner(deleter_store).delete([Target("tag", repository, "latest")], Actor()))
+    assert race(observer, creator, pause, deleter) == []
+    assert gc.fsck(observer) == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+@pytest.mark.xfail(strict=True, reason=DEADLOCK_2)
+def test_tag_overwrite_racing_a_delete_that_shares_its_blobs(make_store: Callable[..., Store]) -> None:
+    creator_store, deleter_store, observer = make_store(), make_store(), make_store()
+    x, y = sorted([b"layer one", b"layer two"], key=lambda b: hashlib.sha256(b).hexdigest())
+    dx = "sha256:" + hashlib.sha256(x).hexdigest()
+    # R:latest names (c1, x) and is overwritten to name (c1, y); S:latest names (c2, x, y).
+    creator_store.put_manifest(PREFIX + "r", "latest", manifest_for(creator_store, b"c1", [x]))
+    creator_store.put_manifest(PREFIX + "s", "latest", manifest_for(creator_store, b"c2", [x, y]))
+    new = manifest_for(creator_store, b"c1", [y])
+    # The creator has locked y (the new manifest's blob) and is about to lock x (the old one's) ...
+    pause = Pause(creator_store, lambda stmt, p: is_lock_of("blobs")(stmt, p) and dx in dict(p).values())
+    creator = Runner(lambda: creator_store.put_manifest(PREFIX + "r", "latest", new))
+    # ... while deleting S locks x, then waits for y: sorted order, but the creator's is not.
+    deleter = Runner(lambda: Planner(deleter_store).delete([Target("tag", PREFIX + "s", "latest")], Actor()))
+    assert race(observer, creator, pause, deleter) == []
+    assert gc.fsck(observer) == []
