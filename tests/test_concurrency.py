@@ -107,7 +107,11 @@ def run_race(urls: list[str], home: Path, gguf_paths: list[Path], database_url: 
         for i in range(DELETES_PER_THREAD):
             with progress:
                 progress.wait_for(reached(i * creates_total // DELETES_PER_THREAD), 120)
-            listed = [m.model for m in client.list().models if m.model]
+            try:
+                listed = [m.model for m in client.list().models if m.model]
+            except Exception as e:  # a 5xx or a dropped connection: recorded, and the race goes on
+                race.fail(f"list: {type(e).__name__}: {e}")
+                listed = []
             victim = rng.choice(listed) if listed and rng.random() < 0.8 else rng.choice(NAMES)
             if i % 4 == 2:
                 race.call("copy", client.copy, victim, rng.choice(NAMES))

@@ -158,9 +158,8 @@ def test_sigkill_with_requests_in_flight_then_restart(
     for t in threads:
         t.join(120)
     assert not any(t.is_alive() for t in threads), "a client thread hung"
-    print(
-        f"killed after {flight.started} requests: {len(flight.created)} creates, {len(flight.deleted)} deletes answered"
-    )
+    answered = f"{len(flight.created)} creates, {len(flight.deleted)} deletes answered"
+    print(f"killed after {flight.started} requests: {answered}")
     assert not flight.failures, flight.failures
 
     restarted = start_server(home)

@@ -77,6 +77,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error_body(request, exc.status_code, message)
 
 
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error_body(request, 500, f"internal error: {type(exc).__name__}")
+
+
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     return JSONResponse({"detail": exc.errors()}, status_code=400)
@@ -110,6 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
         **ollama.EXCEPTION_HANDLERS,
         StarletteHTTPException: _http_error,
         RequestValidationError: _validation_error,
+        Exception: _unexpected_error,
     }
     for exc, handler in handlers.items():
         app.add_exception_handler(exc, handler)

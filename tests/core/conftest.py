@@ -29,7 +29,8 @@ from modelhangar.core.store import Actor, Store
 
 PG_ENV = "HANGAR_TEST_DATABASE_URL"
 MANIFEST_MT = "application/vnd.docker.distribution.manifest.v2+json"
-CONFIG_MT = "application/vnd.oci.image.config.v1+json"  # not Ollama's: keeps details (gguf) out of these tests
+# Not Ollama's config media type: keeps GGUF details (read from the config blob) out of these tests.
+CONFIG_MT = "application/vnd.oci.image.config.v1+json"
 MODEL_MT = "application/vnd.ollama.image.model"
 CONFIG = b'{"model_format":"gguf","model_family":"test"}'
 PREFIX = "registry.ollama.ai/library/"
@@ -38,10 +39,6 @@ QUICK = {"HANGAR_GC_GRACE": "0", "HANGAR_TRASH_RETENTION": "0"}
 MakeStore = Callable[..., Store]
 MakeKit = Callable[..., "Kit"]
 FreshStore = Callable[..., contextlib.AbstractContextManager[Store]]
-
-
-def digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def repo(name: str) -> str:
@@ -61,8 +58,10 @@ def fresh_postgres_database(admin_url: str) -> Iterator[str]:
     libpq = url.set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(libpq, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        # Tests never survive a server crash anyway: commits need not wait for the WAL flush.
-        conn.execute(sql.SQL("ALTER DATABASE {} SET synchronous_commit = off").format(sql.Identifier(name)))
+        # Tests never survive a server crash anyway: commits need not wait for the WAL flush;
+        # and a deadlock (a bug the concurrency tests look for) is reported sooner.
+        for setting in ("synchronous_commit = off", "deadlock_timeout = '100ms'"):
+            conn.execute(sql.SQL(f"ALTER DATABASE {{}} SET {setting}").format(sql.Identifier(name)))
     try:
         yield url.set(database=name).render_as_string(hide_password=False)
     finally:
@@ -196,7 +195,9 @@ class Kit:
         }
         return (json.dumps(doc, separators=(",", ":")) + "\n").encode()
 
-    def create(self, name: str, layers: Sequence[bytes], tag: str = "latest", *, owner: str | None = None) -> str:
+    def create(
+        self, name: str, layers: Sequence[bytes], tag: str = "latest", *, owner: str | None = None
+    ) -> str:
         digest, _ = self.store.put_manifest(repo(name), tag, self.manifest(layers), owner=owner)
         return digest
 

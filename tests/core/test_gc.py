@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 from modelhangar.core import gc
 from modelhangar.core.catalog import schema as t
 
@@ -218,3 +220,12 @@ def test_dry_run_changes_nothing_and_matches_the_real_collection(make_kit: MakeK
     assert sorted(real.blobs) == sorted([digest_of(b"trashed"), digest_of(b"abandoned")])
     assert real.orphan_files == [digest_of(b"orphan")]
     assert kinds(kit, verify=True) == []
+
+
+def test_a_scan_tolerates_blobs_unlinked_under_it(kit: Kit) -> None:
+    digests = {kit.blob(b"one"), kit.blob(b"two"), kit.blob(b"three")}
+    scan = kit.store.blobs.iter_blobs()
+    first, _ = next(scan)  # the directory is listed; the scan is on its way through it
+    for d in digests - {first}:
+        kit.blob_path(d).unlink()  # another process's delete, second phase
+    assert list(scan) == []

@@ -178,7 +178,7 @@ class StoreMachine(RuleBasedStateMachine):
 
 
 def run_machine(fresh_store: FreshStore, kit_of: Callable[[Store], Kit], examples: int) -> None:
-    run_state_machine_as_test(
+    run_state_machine_as_test(  # type: ignore[no-untyped-call]
         lambda: StoreMachine(fresh_store, kit_of),
         settings=settings(
             max_examples=examples,

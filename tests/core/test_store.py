@@ -179,7 +179,9 @@ def test_tag_overwrite_keeps_a_manifest_another_tag_holds(store: Store, kit: Kit
     assert store.get_manifest(old) is not None
     assert digest_of(b"own old") in kit.blob_files()
     # Re-pointing a tag at the manifest it already has releases nothing either.
-    _, again = store.put_manifest(PREFIX + "a", "pinned", store.get_manifest(old)[0])  # type: ignore[index]
+    stored = store.get_manifest(old)
+    assert stored is not None
+    _, again = store.put_manifest(PREFIX + "a", "pinned", stored[0])
     assert (again.manifests, again.blobs) == ([], [])
     assert fsck(store) == []
 
@@ -220,7 +222,11 @@ def index_of(children: list[bytes]) -> bytes:
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": [
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest_of(c), "size": len(c)}
+            {
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest_of(c),
+                "size": len(c),
+            }
             for c in children
         ],
     }

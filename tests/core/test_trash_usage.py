@@ -158,4 +158,3 @@ def test_usage_totals_match_the_disk(tkit: Kit) -> None:
     assert {m.repository for m in disk_usage(kit.store, with_sharers=False).models} == {
         PREFIX + n for n in ("a", "a-copy", "b", "d")
     }
-

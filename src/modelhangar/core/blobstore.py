@@ -196,7 +196,11 @@ class LocalBlobStore:
                         parse_digest(digest)
                     except ValueError:
                         continue
-                    yield digest, entry.stat().st_mtime
+                    try:
+                        mtime = entry.stat().st_mtime
+                    except FileNotFoundError:  # deleted by another process since the listing
+                        continue
+                    yield digest, mtime
 
     def sweep_strays(self, older_than: float) -> list[str]:
         removed: list[str] = []
@@ -208,8 +212,8 @@ class LocalBlobStore:
                         continue
                     except ValueError:
                         pass
-                if entry.is_file() and entry.stat().st_mtime < older_than:
-                    with contextlib.suppress(FileNotFoundError):
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.is_file() and entry.stat().st_mtime < older_than:
                         os.unlink(entry.path)
                         removed.append(entry.name)
         for lock in self.tmp_root.glob("*.lock"):

@@ -73,8 +73,22 @@ def collect(store: Store, *, dry_run: bool = False, actor: Actor | None = None) 
                 )
             )
         ]
+    with store.catalog.read() as conn:
+        m = t.manifests.c.digest
+        unheld = [
+            r.digest
+            for r in conn.execute(
+                sa.select(m).where(
+                    ~sa.exists().where(t.repo_manifests.c.manifest_digest == m),
+                    ~sa.exists().where(t.trash.c.manifest_digest == m),
+                    ~sa.exists().where(t.manifest_children.c.child_digest == m),
+                )
+            )
+        ]
     released = Released()
     with store.catalog.transaction() as (conn, trans):
+        if unheld:  # left by two releases that skipped each other's locks
+            released = store.release(conn, manifests=unheld, ts=ts)
         store.retire_blobs(conn, unreferenced, cutoff, released)
         if dry_run:
             trans.rollback()

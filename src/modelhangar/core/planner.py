@@ -16,6 +16,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from modelhangar.core.catalog import schema as t
+from modelhangar.core.catalog.db import retrying
 from modelhangar.core.store import Actor, Released, Store, now
 
 TargetKind = Literal["tag", "manifest", "repository", "trash"]
@@ -95,6 +96,7 @@ class Planner:
     def __init__(self, store: Store) -> None:
         self.store = store
 
+    @retrying
     def delete(
         self,
         targets: list[Target],
@@ -137,9 +139,9 @@ class Planner:
 
     def _repo(self, conn: sa.Connection, name: str, res: _Resolved) -> int | None:
         row = conn.execute(
-            sa.select(t.repositories.c.id, t.repositories.c.name, t.repositories.c.owner).where(
-                t.repositories.c.name_key == name.lower()
-            )
+            sa.select(t.repositories.c.id, t.repositories.c.name, t.repositories.c.owner)
+            .where(t.repositories.c.name_key == name.lower())
+            .with_for_update()  # repository, then tags, then manifests, then blobs: as every writer
         ).first()
         if row is None:
             return None
@@ -219,7 +221,8 @@ class Planner:
             for kind, target in keys:
                 for dep in conn.execute(
                     sa.select(t.dependents).where(
-                        t.dependents.c.target_kind == kind, t.dependents.c.target == target
+                        t.dependents.c.target_kind == kind,
+                        sa.func.lower(t.dependents.c.target) == target.lower(),
                     )
                 ):
                     plan.blockers.append(Blocker(dep.kind, dep.id, dep.reason))
@@ -269,7 +272,7 @@ class Planner:
                 pk = result.inserted_primary_key
                 assert pk is not None
                 new_trash.append(int(pk[0]))
-            plan.trash_ids = new_trash
+            plan.trash_ids = [] if plan.dry_run else new_trash
         for row in res.trash_rows:
             plan.models.append(
                 f"{row.repository}:{row.tag}" if row.tag else f"{row.repository}@{row.manifest_digest}"

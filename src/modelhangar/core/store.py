@@ -40,7 +40,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from modelhangar.core.blobstore import COPY_CHUNK, BlobWriter, LocalBlobStore, sha256_file
 from modelhangar.core.catalog import schema as t
-from modelhangar.core.catalog.db import Catalog
+from modelhangar.core.catalog.db import Catalog, retrying
 from modelhangar.core.config import Settings
 from modelhangar.core.digests import parse_digest, sha256_digest
 from modelhangar.core.errors import BlobUnknown, DigestMismatch, NotFound
@@ -124,9 +124,9 @@ class Store:
         dialect = sqlite_dialect if self.catalog.is_sqlite else pg_dialect
         conn.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
 
-    def _lock_blob(self, conn: sa.Connection, digest: str) -> Any:
+    def _lock_blob(self, conn: sa.Connection, digest: str, *, skip_locked: bool = False) -> Any:
         q = sa.select(t.blobs.c.state, t.blobs.c.size, t.blobs.c.touched_at).where(t.blobs.c.digest == digest)
-        return conn.execute(q.with_for_update()).first()
+        return conn.execute(q.with_for_update(skip_locked=skip_locked)).first()
 
     def _blob_referenced(self, conn: sa.Connection, digest: str) -> bool:
         q = sa.select(sa.literal(1)).where(t.manifest_blobs.c.blob_digest == digest).limit(1)
@@ -366,6 +366,7 @@ class Store:
 
         return details_from_config(doc)
 
+    @retrying
     def put_manifest(
         self,
         repository: str,
@@ -468,9 +469,15 @@ class Store:
             return Released()
         return self.release(conn, untag_memberships=[(repo_id, old.manifest_digest)])
 
+    @retrying
     def copy_tag(self, src_repository: str, src_tag: str, dst_repository: str, dst_tag: str) -> TagRecord:
         """Point dst at src's manifest (blobs are shared, nothing is copied); overwrites dst."""
         with self.catalog.write() as conn:
+            # Repositories first (sorted), then tags, then the manifest: the order every writer uses.
+            for name in sorted({src_repository.lower(), dst_repository.lower()}):
+                conn.execute(
+                    sa.select(t.repositories.c.id).where(t.repositories.c.name_key == name).with_for_update()
+                )
             src_repo = self._repository_id(conn, src_repository, create=False)
             row = None
             if src_repo is not None:
@@ -551,8 +558,12 @@ class Store:
         queue = sorted(candidates)
         while queue:
             m = queue.pop()
+            # A manifest another writer holds is being reused or released by it; GC sweeps
+            # whatever is left unheld. Skipping instead of waiting keeps lock order acyclic.
             locked = conn.execute(
-                sa.select(t.manifests.c.digest).where(t.manifests.c.digest == m).with_for_update()
+                sa.select(t.manifests.c.digest)
+                .where(t.manifests.c.digest == m)
+                .with_for_update(skip_locked=True)
             ).first()
             if locked is None or self.manifest_live(conn, m):
                 continue
@@ -577,7 +588,7 @@ class Store:
         """Mark unreferenced blobs `deleting` (under their row locks); the caller commits, then
         calls finish_deletions."""
         for d in sorted(set(digests)):
-            row = self._lock_blob(conn, d)
+            row = self._lock_blob(conn, d, skip_locked=True)  # held by a writer: leave it to GC
             if row is None or row.state != PRESENT:
                 continue
             if self._blob_referenced(conn, d):

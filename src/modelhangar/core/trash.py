@@ -9,7 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from modelhangar.core.catalog import schema as t
-from modelhangar.core.errors import Conflict, NotFound
+from modelhangar.core.catalog.db import retrying
+from modelhangar.core.errors import Conflict, NotFound, Refused
 from modelhangar.core.store import Actor, Store, now
 
 
@@ -66,12 +67,15 @@ def find_entry(store: Store, ident: str, matches: Any = None) -> TrashEntry:
     raise NotFound(f"no trash entry {ident!r}")
 
 
+@retrying
 def restore(store: Store, entry_id: int, actor: Actor) -> TrashEntry:
     """Put a trashed model back under its name, with the same digest and times."""
     with store.catalog.write() as conn:
         row = conn.execute(sa.select(t.trash).where(t.trash.c.id == entry_id).with_for_update()).first()
         if row is None:
             raise NotFound(f"no trash entry {entry_id}")
+        if row.owner is not None and row.owner != actor.name and not actor.admin:
+            raise Refused(None, f"{actor.name} does not own {row.repository}")
         repo_id = store._repository_id(conn, row.repository, create=True, owner=row.owner)
         assert repo_id is not None
         if row.tag:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-from collections.abc import Iterator
+import functools
+import random
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -19,6 +22,38 @@ from alembic.config import Config
 from sqlalchemy import event
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """A transaction the database aborted only because of a concurrent one (safe to run again)."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
+        return True
+    return "database is locked" in str(orig)
+
+
+def retrying(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run a whole catalog operation again (a few times, with jitter) when the database
+    aborted its transaction for a deadlock or a serialization failure; the operation must
+    have no effect outside the catalog before its commit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        for attempt in range(8):
+            try:
+                return fn(*args, **kwargs)
+            except sa.exc.DBAPIError as e:
+                if not is_retryable(e) or attempt == 7:
+                    raise
+                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    return wrapper
 
 
 class Catalog:
