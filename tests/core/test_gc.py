@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pytest
-
 from modelhangar.core import gc
 from modelhangar.core.catalog import schema as t
 

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import retrying
 from modelhangar.core.errors import Conflict, NotFound, Refused
+from modelhangar.core.names import InvalidName, parse_name
 from modelhangar.core.store import Actor, Store, now
 
 
@@ -54,15 +55,26 @@ def list_trash(store: Store) -> list[TrashEntry]:
 
 
 def find_entry(store: Store, ident: str, matches: Any = None) -> TrashEntry:
-    """A trash entry by id, or the newest one whose `repository:tag` equals `ident` (any case)."""
+    """A trash entry by id, or the newest one deleted under the model name `ident`.
+
+    Names match as everywhere else: `tiny` is `registry.ollama.ai/library/tiny:latest`, any case.
+    """
     entries = list_trash(store)
     if ident.isdigit():
         for e in entries:
             if e.id == int(ident):
                 return e
-    key = ident.lower()
+    try:
+        name = parse_name(ident)
+        wanted = (name.repository.lower(), name.tag.lower())
+    except InvalidName:
+        wanted = None
     for e in entries:
-        if f"{e.repository}:{e.tag}".lower() == key or (matches is not None and matches(e)):
+        if (
+            (e.repository.lower(), e.tag.lower()) == wanted
+            or f"{e.repository}:{e.tag}".lower() == ident.lower()
+            or (matches is not None and matches(e))
+        ):
             return e
     raise NotFound(f"no trash entry {ident!r}")
 
