@@ -10,9 +10,9 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from modelhangar import __version__
-from modelhangar.cli import create_command, model_commands, store_commands
+from modelhangar.cli import create_command, model_commands, policy_commands, store_commands
 from modelhangar.cli.errors import CliError, UsageError
-from modelhangar.cli.settings import duration, host_port
+from modelhangar.cli.settings import duration, duration_text, host_port
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -133,6 +133,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tp.add_argument("model", metavar="NAME|ID", help="the model name it was deleted under, or its trash id")
     tp.set_defaults(func=model_commands.cmd_trash_restore)
+    tp = trash.add_parser(
+        "empty",
+        help="purge the trash now (frees its space)",
+        description="purge the trash now (frees its space)",
+        parents=[client_inner, js_inner],
+    )
+    tp.add_argument(
+        "--older-than", metavar="DURATION", type=duration_text, help="only entries deleted before"
+    )
+    tp.add_argument("--dry-run", action="store_true", help="say what would be purged; change nothing")
+    tp.set_defaults(func=policy_commands.cmd_trash_empty)
+
+    p = add("prune", policy_commands.cmd_prune, "delete models a retention rule selects", [client, js])
+    p.add_argument(
+        "--older-than", metavar="DURATION", type=duration_text, help="modified longer ago than this"
+    )
+    p.add_argument(
+        "--unused-for", metavar="DURATION", type=duration_text, help="not pulled/shown/used for this"
+    )
+    p.add_argument("--keep-last", metavar="N", type=int, help="keep the N newest tags of each repository")
+    p.add_argument("--match", metavar="PATTERN", default="*", help="only models whose name matches this glob")
+    p.add_argument("--dry-run", action="store_true", help="say what would be deleted; change nothing")
+    p.add_argument("--purge", action="store_true", help="skip the trash")
+
+    p = add(
+        "audit",
+        policy_commands.cmd_audit,
+        "the audit log of deletions, restores, prunes and GC",
+        [client, js],
+    )
+    p.add_argument("--since", metavar="DURATION", type=duration_text, help="only entries newer than this")
 
     p = add("gc", store_commands.cmd_gc, "reclaim space nothing references (expired trash too)", [store, js])
     p.add_argument("--dry-run", action="store_true", help="say what would be reclaimed; change nothing")

@@ -58,3 +58,9 @@ def settings_from_env(data_dir: str | None = None) -> Settings:
 
 def with_host(settings: Settings, host: tuple[str, int] | None) -> Settings:
     return settings if host is None else replace(settings, host=host[0], port=host[1])
+
+
+def duration_text(text: str) -> str:
+    """A duration argument checked here but sent to the server as the user wrote it."""
+    duration(text)
+    return text

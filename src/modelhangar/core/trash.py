@@ -142,3 +142,24 @@ def restore(store: Store, entry_id: int, actor: Actor) -> TrashEntry:
         face=row.face,
         size=0,
     )
+
+
+def empty_trash(
+    store: Store, actor: Actor, *, older_than: float | None = None, dry_run: bool = False
+) -> list[Any]:
+    """Purge trash entries deleted more than `older_than` seconds ago (all when None), each
+    through the planner (audited as `purge`); returns one plan per entry."""
+    from modelhangar.core.planner import Planner, Target
+
+    cutoff = None if older_than is None else now() - older_than
+    planner = Planner(store)
+    plans = []
+    for entry in list_trash(store):
+        if cutoff is not None and entry.deleted_at > cutoff:
+            continue
+        plans.append(
+            planner.delete(
+                [Target("trash", ref=str(entry.id))], actor, dry_run=dry_run, purge=True, action="purge"
+            )
+        )
+    return plans

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -9,9 +10,11 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from modelhangar.core import gc, trash
-from modelhangar.core.deletion import delete_models
+from modelhangar.core.audit import list_audit
+from modelhangar.core.config import parse_duration
+from modelhangar.core.deletion import ModelDeletion, delete_models
 from modelhangar.core.errors import Conflict, NotFound
-from modelhangar.core.names import InvalidName, parse_name
+from modelhangar.core.retention import RetentionPolicy, prune
 from modelhangar.core.store import Actor, Store
 from modelhangar.core.usage import disk_usage
 from modelhangar.faces.ollama.wire import display, timestamp
@@ -45,17 +48,91 @@ class DeleteRequest(BaseModel):
     purge: bool = Field(False, description="Skip the trash: delete at once.")
 
 
-@router.post("/delete", summary="Delete (or preview deleting) several models, one result per model")
-async def delete(request: Request, body: DeleteRequest) -> dict[str, Any]:
-    results = await run_in_threadpool(
-        delete_models, _store(request), body.models, ACTOR, dry_run=body.dry_run, purge=body.purge
-    )
+def _results(results: list[ModelDeletion]) -> dict[str, Any]:
     out = []
     for r in results:
         d = r.to_dict()
         d["plan"] = _display_plan(d["plan"])
         out.append(d)
     return {"ok": all(r.ok for r in results), "results": out}
+
+
+@router.post("/delete", summary="Delete (or preview deleting) several models, one result per model")
+async def delete(request: Request, body: DeleteRequest) -> dict[str, Any]:
+    results = await run_in_threadpool(
+        delete_models, _store(request), body.models, ACTOR, dry_run=body.dry_run, purge=body.purge
+    )
+    return _results(results)
+
+
+def _duration(text: str | None, field: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise HTTPException(400, f"{field}: {e}") from e
+
+
+class PruneRequest(BaseModel):
+    older_than: str | None = Field(None, description="Only models modified longer ago than this, e.g. `30d`.")
+    unused_for: str | None = Field(None, description="Only models not pulled, shown or used for this long.")
+    keep_last: int | None = Field(
+        None, ge=0, description="Keep the N most recently modified tags per repository."
+    )
+    match: str = Field("*", description="A glob over model names, e.g. `scratch-*`.")
+    dry_run: bool = False
+    purge: bool = Field(False, description="Skip the trash.")
+
+
+@router.post("/prune", summary="Delete the models a retention policy selects, one result per model")
+async def prune_models(request: Request, body: PruneRequest) -> dict[str, Any]:
+    try:
+        policy = RetentionPolicy(
+            match=body.match,
+            older_than=_duration(body.older_than, "older_than"),
+            unused_for=_duration(body.unused_for, "unused_for"),
+            keep_last=body.keep_last,
+        )
+    except ValueError as e:
+        raise HTTPException(400, str(e)) from e
+    results = await run_in_threadpool(
+        prune, _store(request), policy, ACTOR, dry_run=body.dry_run, purge=body.purge
+    )
+    return _results(results)
+
+
+class EmptyTrashRequest(BaseModel):
+    older_than: str | None = Field(
+        None, description="Only entries deleted longer ago than this; all when null."
+    )
+    dry_run: bool = False
+
+
+@router.post("/trash/empty", summary="Purge trash entries now (or preview it)")
+async def trash_empty(request: Request, body: EmptyTrashRequest) -> dict[str, Any]:
+    plans = await run_in_threadpool(
+        trash.empty_trash,
+        _store(request),
+        ACTOR,
+        older_than=_duration(body.older_than, "older_than"),
+        dry_run=body.dry_run,
+    )
+    shown = [_display_plan(p.to_dict()) for p in plans]
+    return {
+        "purged": [m for p in shown if p for m in p["models"]],
+        "bytes_freed": sum(p.bytes_freed for p in plans),
+        "plans": shown,
+    }
+
+
+@router.get("/audit", summary="The audit log, newest first")
+async def audit_log(request: Request, since: str | None = None, limit: int = 1000) -> dict[str, Any]:
+    seconds = _duration(since, "since")
+    entries = await run_in_threadpool(
+        list_audit, _store(request), since=None if seconds is None else time.time() - seconds, limit=limit
+    )
+    return {"entries": [e.to_dict() for e in entries]}
 
 
 @router.get("/models", summary="Models with their total and unique (freed-by-delete) sizes")
