@@ -211,3 +211,22 @@ def test_bulk_rm_and_audit(
     assert {("delete", "ok", False), ("delete", "not_found", False), ("restore", "ok", False)} <= seen
     assert ("purge", "ok", False) in seen and ("gc", "ok", False) in seen
     assert json.loads(json.dumps(hangar_json("audit", "--since", "1h", home=home, host=trash_server.host)))
+
+
+def test_the_server_applies_retention_policies_from_the_config_file(
+    home: Path, tmp_path: Path, start_server: StartServer, make_gguf: MakeGguf
+) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text('[[retention]]\nmatch = "scratch-*"\nolder_than = "30d"\n')
+    server = start_server(home, env={"HANGAR_GC_INTERVAL": "1s"})
+    client = ollama.Client(host=server.url)
+    for i, name in enumerate(("scratch-old", "scratch-new", "precious")):
+        create(client, tmp_path, name, make_gguf(seed=40 + i), name)
+    set_times(home, "scratch-old", time.time() - 40 * DAY, time.time())
+    set_times(home, "precious", time.time() - 40 * DAY, time.time())
+    deadline = time.monotonic() + 30
+    while "scratch-old:latest" in tags(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert sorted(tags(server)) == ["precious:latest", "scratch-new:latest"]
+    entries = httpx.get(server.url + "/api/hangar/audit").json()["entries"]
+    assert any(e["action"] == "prune" and e["actor"] == "retention" for e in entries)
