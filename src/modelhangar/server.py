@@ -26,6 +26,7 @@ from modelhangar.core.store import Actor, Store
 from modelhangar.faces.hangar.routes import router as hangar_router
 from modelhangar.faces.oci import routes as oci
 from modelhangar.faces.ollama import routes as ollama
+from modelhangar.faces.ollama import transfer_routes
 
 log = logging.getLogger("modelhangar")
 
@@ -121,6 +122,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_exception_handler(exc, handler)
     app.include_router(hangar_router)
     app.router.routes.extend(ollama.routes())
+    app.router.routes.extend(transfer_routes.routes())
     app.router.routes.extend(oci.routes())
     return app
 

@@ -1,0 +1,61 @@
+"""Pull and push between two real modelhangar servers with the real `ollama` client."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import httpx
+import ollama
+import pytest
+
+from harness import MakeGguf, ServerProcess, StartServer, blob_file, blob_files
+
+
+def listing(server: ServerProcess) -> dict[str, str]:
+    return {m["name"]: m["digest"] for m in httpx.get(server.url + "/api/tags").json()["models"]}
+
+
+@pytest.fixture
+def pair(tmp_path: Path, start_server: StartServer) -> tuple[ServerProcess, ServerProcess]:
+    return start_server(tmp_path / "a"), start_server(tmp_path / "b")
+
+
+def test_pull_then_push_back(
+    pair: tuple[ServerProcess, ServerProcess], tmp_path: Path, make_gguf: MakeGguf
+) -> None:
+    a, b = pair
+    gguf = make_gguf(seed=21)
+    (tmp_path / "m.gguf").write_bytes(gguf)
+    ca, cb = ollama.Client(host=a.url), ollama.Client(host=b.url)
+    ca.create(model="tiny", files={"m.gguf": ca.create_blob(tmp_path / "m.gguf")}, system="pulled")
+    remote = f"127.0.0.1:{a.port}/library/tiny:latest"
+
+    events = list(cb.pull(remote, insecure=True, stream=True))
+    assert events[0].status == "pulling manifest" and events[-1].status == "success"
+    assert any((e.status or "").startswith("pulling ") and e.digest for e in events)
+    assert listing(b)[remote] == listing(a)["tiny:latest"]  # same manifest bytes, same digest
+    assert blob_file("sha256:" + hashlib.sha256(gguf).hexdigest()) in blob_files(b.home)
+    assert "SYSTEM" in (cb.show(remote).modelfile or "")
+    # A second pull finds every blob present and transfers nothing new.
+    assert cb.pull(remote, insecure=True).status == "success"
+
+    cb.copy(remote, f"127.0.0.1:{a.port}/library/copy2:latest")
+    assert cb.push(f"127.0.0.1:{a.port}/library/copy2:latest", insecure=True).status == "success"
+    assert listing(a)["copy2:latest"] == listing(a)["tiny:latest"]
+
+
+def test_pull_errors(pair: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = pair
+    cb = ollama.Client(host=b.url)
+    with pytest.raises(ollama.ResponseError) as err:
+        cb.pull(f"127.0.0.1:{a.port}/library/nope:latest", insecure=True)
+    assert err.value.status_code == 404 and "file does not exist" in err.value.error
+    with pytest.raises(ollama.ResponseError) as err:
+        list(cb.pull(f"127.0.0.1:{a.port}/library/nope:latest", insecure=True, stream=True))
+    assert "file does not exist" in err.value.error
+    bad = httpx.post(b.url + "/api/pull", json={"model": "../../etc/passwd", "stream": False})
+    assert bad.status_code == 400 and bad.json() == {"error": "invalid model name"}
+    with pytest.raises(ollama.ResponseError):
+        cb.push(f"127.0.0.1:{a.port}/library/absent:latest", insecure=True)
+    assert listing(b) == {}
