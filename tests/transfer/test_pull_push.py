@@ -9,7 +9,7 @@ import httpx
 import ollama
 import pytest
 
-from harness import MakeGguf, ServerProcess, StartServer, blob_file, blob_files
+from harness import MakeGguf, ServerProcess, StartServer, blob_file, blob_files, hangar
 
 
 def listing(server: ServerProcess) -> dict[str, str]:
@@ -59,3 +59,20 @@ def test_pull_errors(pair: tuple[ServerProcess, ServerProcess]) -> None:
     with pytest.raises(ollama.ResponseError):
         cb.push(f"127.0.0.1:{a.port}/library/absent:latest", insecure=True)
     assert listing(b) == {}
+
+
+def test_hangar_pull_and_push(
+    pair: tuple[ServerProcess, ServerProcess], tmp_path: Path, make_gguf: MakeGguf
+) -> None:
+    a, b = pair
+    (tmp_path / "m.gguf").write_bytes(make_gguf(seed=22))
+    ca = ollama.Client(host=a.url)
+    ca.create(model="cli", files={"m.gguf": ca.create_blob(tmp_path / "m.gguf")})
+    remote = f"127.0.0.1:{a.port}/library/cli:latest"
+    pulled = hangar("pull", "--insecure", remote, home=b.home, host=b.host)
+    assert pulled.returncode == 0, pulled.stderr
+    assert f"pulled {remote}" in pulled.stdout and remote in listing(b)
+    pushed = hangar("push", "--insecure", remote, home=b.home, host=b.host)
+    assert pushed.returncode == 0, pushed.stderr
+    failed = hangar("pull", "--insecure", f"127.0.0.1:{a.port}/library/nope:latest", home=b.home, host=b.host)
+    assert failed.returncode == 1 and "file does not exist" in failed.stderr

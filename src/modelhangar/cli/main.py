@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from modelhangar import __version__
-from modelhangar.cli import create_command, model_commands, policy_commands, store_commands
+from modelhangar.cli import create_command, model_commands, policy_commands, store_commands, transfer_commands
 from modelhangar.cli.errors import CliError, UsageError
 from modelhangar.cli.settings import duration, duration_text, host_port
 
@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="NAME")
     p.add_argument("--from", dest="base", metavar="BASE", help="base model (a name, or a local .gguf file)")
     p.add_argument("-f", "--file", metavar="MODELFILE", help="path to a Modelfile (default: ./Modelfile)")
+
+    transfer_commands.register(add, [client, js])
 
     add("du", model_commands.cmd_du, "disk usage per model: total, unique and shared bytes", [client, js])
 
