@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import ollama
 import pytest
 
-from harness import MakeGguf, ServerProcess, StartServer, blob_file, blob_files, hangar
+from harness import (
+    MakeGguf,
+    ServerProcess,
+    StartServer,
+    blob_file,
+    blob_files,
+    free_port,
+    hangar,
+    wait_until,
+)
 
 
 def listing(server: ServerProcess) -> dict[str, str]:
@@ -76,3 +88,47 @@ def test_hangar_pull_and_push(
     assert pushed.returncode == 0, pushed.stderr
     failed = hangar("pull", "--insecure", f"127.0.0.1:{a.port}/library/nope:latest", home=b.home, host=b.host)
     assert failed.returncode == 1 and "file does not exist" in failed.stderr
+
+
+@pytest.fixture
+def docker_registry(tmp_path: Path) -> Iterator[str]:
+    """Debian's docker-registry (distribution 2.8) on a free loopback port."""
+    if shutil.which("docker-registry") is None:
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'reg'}\n"
+        f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n"
+    )
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        assert wait_until(lambda: _up(f"http://127.0.0.1:{port}/v2/"), timeout=30)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_push_to_and_pull_from_docker_registry(
+    pair: tuple[ServerProcess, ServerProcess], docker_registry: str, tmp_path: Path, make_gguf: MakeGguf
+) -> None:
+    a, b = pair
+    (tmp_path / "m.gguf").write_bytes(make_gguf(seed=23))
+    ca, cb = ollama.Client(host=a.url), ollama.Client(host=b.url)
+    ca.create(model="reg", files={"m.gguf": ca.create_blob(tmp_path / "m.gguf")}, system="via registry")
+    remote = f"{docker_registry}/lib/reg:latest"
+    ca.copy("reg", remote)
+    assert ca.push(remote, insecure=True).status == "success"
+    assert cb.pull(remote, insecure=True).status == "success"
+    assert listing(b)[remote] == listing(a)["reg:latest"]
+    assert "via registry" in (cb.show(remote).modelfile or "")
