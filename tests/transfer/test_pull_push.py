@@ -98,7 +98,8 @@ def docker_registry(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     config = tmp_path / "registry.yml"
     config.write_text(
-        f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'reg'}\n"
+        "version: 0.1\nlog:\n  level: error\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'reg'}\n"
         f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n"
     )
     proc = subprocess.Popen(
