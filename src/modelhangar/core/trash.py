@@ -31,6 +31,20 @@ class TrashEntry:
         return asdict(self)
 
 
+def _entry(row: Any, size: int) -> TrashEntry:
+    return TrashEntry(
+        id=row.id,
+        repository=row.repository,
+        tag=row.tag,
+        manifest_digest=row.manifest_digest,
+        deleted_at=row.deleted_at,
+        expires_at=row.expires_at,
+        actor=row.actor,
+        face=row.face,
+        size=size,
+    )
+
+
 def list_trash(store: Store) -> list[TrashEntry]:
     q = (
         sa.select(t.trash, t.manifests.c.total_size)
@@ -38,20 +52,7 @@ def list_trash(store: Store) -> list[TrashEntry]:
         .order_by(t.trash.c.deleted_at.desc(), t.trash.c.id.desc())
     )
     with store.catalog.read() as conn:
-        return [
-            TrashEntry(
-                id=r.id,
-                repository=r.repository,
-                tag=r.tag,
-                manifest_digest=r.manifest_digest,
-                deleted_at=r.deleted_at,
-                expires_at=r.expires_at,
-                actor=r.actor,
-                face=r.face,
-                size=int(r.total_size),
-            )
-            for r in conn.execute(q)
-        ]
+        return [_entry(r, int(r.total_size)) for r in conn.execute(q)]
 
 
 def find_entry(store: Store, ident: str, matches: Any = None) -> TrashEntry:
@@ -131,17 +132,7 @@ def restore(store: Store, entry_id: int, actor: Actor) -> TrashEntry:
                 detail=json.dumps({"trash_id": entry_id, "manifest": row.manifest_digest}),
             )
         )
-    return TrashEntry(
-        id=row.id,
-        repository=row.repository,
-        tag=row.tag,
-        manifest_digest=row.manifest_digest,
-        deleted_at=row.deleted_at,
-        expires_at=row.expires_at,
-        actor=row.actor,
-        face=row.face,
-        size=0,
-    )
+    return _entry(row, 0)
 
 
 def empty_trash(
