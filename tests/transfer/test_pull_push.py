@@ -133,3 +133,35 @@ def test_push_to_and_pull_from_docker_registry(
     assert cb.pull(remote, insecure=True).status == "success"
     assert listing(b)[remote] == listing(a)["reg:latest"]
     assert "via registry" in (cb.show(remote).modelfile or "")
+
+
+def test_a_pull_resumes_a_partial_download_left_by_an_earlier_run(
+    tmp_path: Path, start_server: StartServer, make_gguf: MakeGguf
+) -> None:
+    a = start_server(tmp_path / "a")
+    gguf = make_gguf(seed=24, tensor_elems=500_000)  # about 2 MB
+    (tmp_path / "m.gguf").write_bytes(gguf)
+    ca = ollama.Client(host=a.url)
+    ca.create(model="big", files={"m.gguf": ca.create_blob(tmp_path / "m.gguf")})
+    digest = "sha256:" + hashlib.sha256(gguf).hexdigest()
+    # As if an earlier pull into B had been cut off halfway: the partial survives B's restart.
+    partial = tmp_path / "b" / "partials" / f"{digest.replace(':', '-')}.partial"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(gguf[: len(gguf) // 2])
+    b = start_server(tmp_path / "b")
+    remote = f"127.0.0.1:{a.port}/library/big:latest"
+    cb = ollama.Client(host=b.url)
+    assert cb.pull(remote, insecure=True).status == "success"
+    assert not partial.exists()
+    assert (
+        hashlib.sha256((tmp_path / "b" / "blobs" / blob_file(digest)).read_bytes()).hexdigest() == digest[7:]
+    )
+    # A corrupt partial fails the digest check, is dropped, and the next pull fetches it whole.
+    cb.delete(remote)
+    httpx.post(b.url + "/api/hangar/gc", json={"dry_run": False})
+    partial.write_bytes(b"x" * (len(gguf) // 2))
+    with pytest.raises(ollama.ResponseError):
+        cb.pull(remote, insecure=True)
+    assert not partial.exists()
+    assert cb.pull(remote, insecure=True).status == "success"
+    assert listing(b)[remote] == listing(a)["big:latest"]

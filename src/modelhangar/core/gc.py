@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from modelhangar.core import uploads
+from modelhangar.core import partials, uploads
 from modelhangar.core.blobstore import sha256_file
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.digests import sha256_digest
@@ -104,6 +104,7 @@ def collect(store: Store, *, dry_run: bool = False, actor: Actor | None = None) 
     report.orphan_files = _reclaim_orphan_files(store, cutoff)
     report.strays = store.blobs.sweep_strays(cutoff)
     report.strays += uploads.expire(store)
+    report.strays += partials.sweep(store, now() - store.settings.upload_expiry)
     with store.catalog.write() as conn:
         conn.execute(
             t.audit.insert().values(

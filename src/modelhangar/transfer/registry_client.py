@@ -61,8 +61,10 @@ class RegistryClient:
             return bytes(body), r.headers.get("content-type", DOCKER_V2).split(";")[0]
 
     @contextmanager
-    def blob(self, digest: str) -> Iterator[httpx.Response]:
-        with self.http.stream("GET", self._path("blobs", digest)) as r:
+    def blob(self, digest: str, start: int = 0) -> Iterator[httpx.Response]:
+        """The blob's bytes from `start` on (a 206); a 200 means the registry sent it whole."""
+        headers = {"Range": f"bytes={start}-"} if start else {}
+        with self.http.stream("GET", self._path("blobs", digest), headers=headers) as r:
             if r.status_code >= 400:
                 raise RegistryError(f"pull blob {digest}: {r.status_code}")
             yield r
