@@ -504,10 +504,13 @@ class Store:
                 {"repository_id": dst_repo, "manifest_digest": digest, "created_at": ts},
             )
             released = self._point_tag(conn, dst_repo, dst_tag, digest, ts)
+            row = conn.execute(
+                self._tag_query().where(
+                    t.tags.c.repository_id == dst_repo, t.tags.c.name_key == dst_tag.lower()
+                )
+            ).one()  # read in the same transaction: a delete right after the commit cannot race it
         self.finish_deletions(released.blobs)
-        record = self.get_tag(dst_repository, dst_tag)
-        assert record is not None
-        return record
+        return self._tag_record(row)
 
     # ------------------------------------------------------------------ releasing references
 

@@ -123,7 +123,8 @@ def build_model(store: Store, req: CreateRequest) -> tuple[list[dict[str, Any]],
         if base is None:
             raise OllamaError(404, f"model '{req.base.display_shortest()}' not found")
         raw = store.get_manifest(base.manifest_digest)
-        assert raw is not None
+        if raw is None:  # deleted since we read its tag
+            raise OllamaError(404, f"model '{req.base.display_shortest()}' not found")
         refs = parse_manifest(raw[0], raw[1])
         if refs.config is not None:
             try:

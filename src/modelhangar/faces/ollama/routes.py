@@ -90,7 +90,10 @@ async def show(request: Request) -> Response:
     record = await run_in_threadpool(store.get_tag, name.repository, name.tag)
     if record is None:
         return error(404, f"model '{name.display_shortest()}' not found")
-    result = await run_in_threadpool(show_model, store, record, bool(body.get("verbose")))
+    try:
+        result = await run_in_threadpool(show_model, store, record, bool(body.get("verbose")))
+    except NotFound:  # deleted while we read it
+        return error(404, f"model '{name.display_shortest()}' not found")
     await run_in_threadpool(store.mark_used, record.repository, record.tag)
     return JSONResponse(result)
 
@@ -177,7 +180,10 @@ async def create(request: Request) -> Response:
     req = create_mod.validate(body)
     stream = body.get("stream", True) is not False
     try:
-        statuses, _ = await run_in_threadpool(create_mod.build_model, _store(request), req)
+        try:
+            statuses, _ = await run_in_threadpool(create_mod.build_model, _store(request), req)
+        except NotFound as e:  # the base model (or one of its layers) was deleted meanwhile
+            raise OllamaError(404, f"model not found: {e}") from e
     except OllamaError as e:
         if stream:
             return ndjson([{"error": e.message}])

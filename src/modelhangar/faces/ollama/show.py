@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from modelhangar.core.errors import NotFound
 from modelhangar.core.gguf_info import details_from_config, model_info, read_gguf_metadata
 from modelhangar.core.manifests import parse_manifest
 from modelhangar.core.store import Store, TagRecord
@@ -46,7 +47,8 @@ def format_parameters(params: dict[str, Any]) -> str:
 
 def show_model(store: Store, record: TagRecord, verbose: bool = False) -> dict[str, Any]:
     raw = store.get_manifest(record.manifest_digest)
-    assert raw is not None
+    if raw is None:  # deleted since we read its tag
+        raise NotFound(record.repository)
     refs = parse_manifest(raw[0], raw[1])
     texts: dict[str, str] = {}
     licenses: list[str] = []
