@@ -1,38 +1,63 @@
-"""A small OCI distribution client (anonymous; plain HTTP only when asked to be insecure)."""
+"""A small OCI distribution client: manifests, blobs (with Range), uploads (with cross-repo mount).
+
+Plain HTTP only when asked to be insecure. Anonymous: a registry answering 401 with a Bearer
+challenge gets one token request, to a realm on its own host only (see `auth`). Every response
+body we keep is size-bounded; blob bodies are bounded by their caller.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from urllib.parse import urljoin
+from dataclasses import dataclass
+from urllib.parse import quote
 
 import httpx
 
-from modelhangar.core.manifests import DOCKER_V2, OCI_MANIFEST
+from modelhangar import __version__
+from modelhangar.core.digests import sha256_digest
+from modelhangar.core.manifests import DOCKER_LIST, DOCKER_V2, OCI_INDEX, OCI_MANIFEST
 from modelhangar.core.names import ModelName
+from modelhangar.transfer.auth import fetch_token, parse_challenge, same_host
+from modelhangar.transfer.errors import RegistryError, check, read_bounded
 
 MAX_MANIFEST = 4 << 20
-CHUNK = 1 << 20
-ACCEPT = ", ".join([DOCKER_V2, OCI_MANIFEST])
+MANIFEST_TYPES = (DOCKER_V2, OCI_MANIFEST, DOCKER_LIST, OCI_INDEX)
+ACCEPT = ", ".join(MANIFEST_TYPES)
+Body = bytes | Callable[[], Iterator[bytes]] | None
+"""A request body: bytes, or a factory of chunks (called again if the request is retried)."""
 
 
-class RegistryError(Exception):
-    """The remote registry refused or failed a request; the message is Ollama-style."""
+@dataclass(frozen=True)
+class RemoteManifest:
+    content: bytes
+    media_type: str | None
+    """The Content-Type when it is a manifest type; else None (the body's `mediaType` decides)."""
+    digest: str
 
 
 class RegistryClient:
     """Talks to the registry a model name points at: `host[:port]/namespace/model:tag`."""
 
     def __init__(self, name: ModelName, *, insecure: bool) -> None:
-        scheme = "http" if insecure else "https"
+        if name.scheme not in (None, "http", "https"):
+            raise RegistryError(f"unsupported protocol scheme {name.scheme!r}", status=400)
         if name.scheme == "http" and not insecure:
-            raise RegistryError("insecure protocol http")
-        self.base = f"{scheme}://{name.host}"
+            raise RegistryError("insecure protocol http", status=400)
+        try:
+            self.base = httpx.URL(f"{'http' if insecure else 'https'}://{name.host}/")
+        except httpx.InvalidURL as e:
+            raise RegistryError(f"invalid registry host {name.host!r}", status=400) from e
         self.repository = f"{name.namespace}/{name.model}"
         self.tag = name.tag
+        self._token: str | None = None
+        self._lock = threading.Lock()
         self.http = httpx.Client(
-            base_url=self.base, timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True
+            timeout=httpx.Timeout(60.0, connect=10.0),
+            follow_redirects=True,  # httpx drops Authorization on a redirect to another origin
+            max_redirects=10,
+            headers={"User-Agent": f"modelhangar/{__version__}", "Accept-Encoding": "identity"},
         )
 
     def close(self) -> None:
@@ -44,61 +69,107 @@ class RegistryClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _path(self, kind: str, ref: str) -> str:
-        return f"/v2/{self.repository}/{kind}/{ref}"
+    def url(self, kind: str, reference: str) -> httpx.URL:
+        return self.base.join(f"/v2/{self.repository}/{kind}/{reference}")
 
-    def get_manifest(self) -> tuple[bytes, str]:
-        with self.http.stream("GET", self._path("manifests", self.tag), headers={"Accept": ACCEPT}) as r:
-            if r.status_code == 404:
-                raise RegistryError("pull model manifest: file does not exist")
-            if r.status_code >= 400:
-                raise RegistryError(f"pull model manifest: {r.status_code}: {r.read()[:500]!r}")
-            body = bytearray()
-            for chunk in r.iter_bytes():
-                body += chunk
-                if len(body) > MAX_MANIFEST:
-                    raise RegistryError("pull model manifest: manifest too large")
-            return bytes(body), r.headers.get("content-type", DOCKER_V2).split(";")[0]
+    # ------------------------------------------------------------------ requests and tokens
+
+    def _send(self, method: str, url: httpx.URL, headers: dict[str, str], body: Body) -> httpx.Response:
+        sent = dict(headers)
+        token = self._token
+        if token is not None and same_host(url, self.base):
+            sent["Authorization"] = f"Bearer {token}"
+        content = body() if callable(body) else body
+        request = self.http.build_request(method, url, headers=sent, content=content)
+        return self.http.send(request, stream=True)
+
+    def _refresh_token(self, challenge: dict[str, str], stale: str | None) -> None:
+        with self._lock:
+            if self._token == stale:  # else another thread already fetched a fresh one
+                self._token = fetch_token(self.http, challenge, self.base)
+
+    @contextmanager
+    def request(
+        self, method: str, url: httpx.URL, *, headers: dict[str, str] | None = None, body: Body = None
+    ) -> Iterator[httpx.Response]:
+        """A streamed response; a 401 Bearer challenge is answered once with an anonymous token."""
+        stale = self._token
+        response = self._send(method, url, headers or {}, body)
+        try:
+            if response.status_code == 401:
+                challenge = parse_challenge(response.headers.get("www-authenticate", ""))
+                if challenge is not None:
+                    response.close()
+                    self._refresh_token(challenge, stale)
+                    response = self._send(method, url, headers or {}, body)
+            yield response
+        finally:
+            response.close()
+
+    # ------------------------------------------------------------------ manifests
+
+    def get_manifest(self, reference: str) -> RemoteManifest:
+        """The manifest's exact bytes (at most MAX_MANIFEST), checked against Docker-Content-Digest."""
+        with self.request("GET", self.url("manifests", reference), headers={"Accept": ACCEPT}) as r:
+            check(r, "pull model manifest")
+            content = read_bounded(r, MAX_MANIFEST, "pull model manifest: manifest too large")
+            content_type = r.headers.get("content-type", "").split(";")[0].strip()
+            claimed = r.headers.get("docker-content-digest")
+        digest = str(sha256_digest(content))
+        if claimed and claimed != digest:
+            raise RegistryError(f"pull model manifest: digest mismatch: want {claimed[:80]}, got {digest}")
+        return RemoteManifest(content, content_type if content_type in MANIFEST_TYPES else None, digest)
+
+    def put_manifest(self, content: bytes, media_type: str) -> str | None:
+        """PUT the manifest byte for byte under the tag; the registry's Docker-Content-Digest, if any."""
+        headers = {"Content-Type": media_type}
+        with self.request("PUT", self.url("manifests", self.tag), headers=headers, body=content) as r:
+            check(r, "push manifest")
+            claimed: str | None = r.headers.get("docker-content-digest")
+            return claimed
+
+    # ------------------------------------------------------------------ blobs
 
     @contextmanager
     def blob(self, digest: str, start: int = 0) -> Iterator[httpx.Response]:
-        """The blob's bytes from `start` on (a 206); a 200 means the registry sent it whole."""
+        """GET the blob from `start` on: a 206 if the registry honours the Range, a 200 if not.
+
+        A 416 is handed back too (the caller starts over); other errors raise.
+        """
         headers = {"Range": f"bytes={start}-"} if start else {}
-        with self.http.stream("GET", self._path("blobs", digest), headers=headers) as r:
-            if r.status_code >= 400:
-                raise RegistryError(f"pull blob {digest}: {r.status_code}")
+        with self.request("GET", self.url("blobs", digest), headers=headers) as r:
+            if r.status_code != 416:
+                check(r, f"pull blob {digest}")
             yield r
 
     def has_blob(self, digest: str) -> bool:
-        r = self.http.head(self._path("blobs", digest))
-        return r.status_code == 200
+        with self.request("HEAD", self.url("blobs", digest)) as r:
+            if r.status_code == 404:
+                return False
+            check(r, f"push blob {digest}")
+            return True
 
-    def upload_blob(self, digest: str, path: Path) -> None:
-        r = self.http.post(f"/v2/{self.repository}/blobs/uploads/")
-        if r.status_code not in (201, 202):
-            raise RegistryError(f"push blob {digest}: {r.status_code}")
-        if r.status_code == 201:
-            return
-        location = urljoin(self.base + "/", r.headers["location"])
-        sep = "&" if "?" in location else "?"
+    def start_upload(self, digest: str, mount_from: str | None = None) -> httpx.URL | None:
+        """POST a new upload: None if the registry mounted the blob from `mount_from`, else its URL."""
+        query = f"?mount={digest}&from={quote(mount_from, safe='/')}" if mount_from else ""
+        with self.request("POST", self.base.join(f"/v2/{self.repository}/blobs/uploads/{query}")) as r:
+            check(r, f"push blob {digest}")
+            if r.status_code == 201:
+                return None
+            location = r.headers.get("docker-upload-location") or r.headers.get("location")
+            if r.status_code != 202 or not location:
+                raise RegistryError(f"push blob {digest}: unexpected answer {r.status_code} to an upload")
+            return r.url.join(location)
 
-        def body() -> Iterator[bytes]:
-            with open(path, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    yield chunk
-
-        size = path.stat().st_size
-        r = self.http.put(
-            f"{location}{sep}digest={digest}",
-            content=body(),
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-        )
-        if r.status_code != 201:
-            raise RegistryError(f"push blob {digest}: {r.status_code}: {r.text[:300]}")
-
-    def put_manifest(self, content: bytes, media_type: str) -> None:
-        r = self.http.put(
-            self._path("manifests", self.tag), content=content, headers={"Content-Type": media_type}
-        )
-        if r.status_code not in (200, 201):
-            raise RegistryError(f"push manifest: {r.status_code}: {r.text[:300]}")
+    def finish_upload(self, location: httpx.URL, digest: str, size: int, body: Body) -> None:
+        """PUT the whole blob to the upload's URL (the digest in the query); expects a 201."""
+        sep = "&" if location.query else "?"
+        target = httpx.URL(f"{location}{sep}digest={digest}")
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        with self.request("PUT", target, headers=headers, body=body) as r:
+            check(r, f"push blob {digest}")
+            if r.status_code != 201:
+                raise RegistryError(f"push blob {digest}: unexpected answer {r.status_code} to the upload")
+            claimed = r.headers.get("docker-content-digest")
+            if claimed and claimed != digest:
+                raise RegistryError(f"push blob {digest}: the registry stored {claimed[:80]}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -16,8 +17,12 @@ from starlette.routing import BaseRoute, Route
 from modelhangar.core.names import ModelName
 from modelhangar.core.store import Store
 from modelhangar.faces.ollama.wire import error, json_body, model_field, parse_or
-from modelhangar.transfer.transfers import TRANSFER_ERRORS, Emit, pull, push
+from modelhangar.transfer.errors import TRANSFER_ERRORS
+from modelhangar.transfer.progress import Emit
+from modelhangar.transfer.pull import pull
+from modelhangar.transfer.push import push
 
+log = logging.getLogger("modelhangar")
 Transfer = Callable[..., object]
 _DONE = object()
 
@@ -32,6 +37,7 @@ def _stream(run: Callable[[Emit], object]) -> StreamingResponse:
         except TRANSFER_ERRORS as e:
             events.put({"error": str(e)})
         except Exception as e:  # a last line the client can show, instead of a cut stream
+            log.exception("transfer failed")
             events.put({"error": f"internal error: {type(e).__name__}: {e}"})
         finally:
             events.put(_DONE)
@@ -55,18 +61,16 @@ async def _transfer(request: Request, transfer: Transfer) -> Response:
 
     if body.get("stream", True) is not False:
         return _stream(run)
-    last: dict[str, Any] = {}
+    last: list[dict[str, Any]] = [{"status": "success"}]
 
     def keep(event: dict[str, Any]) -> None:
-        last.clear()
-        last.update(event)
+        last[0] = event
 
     try:
         await run_in_threadpool(run, keep)
     except TRANSFER_ERRORS as e:
-        status = 404 if "does not exist" in str(e) or "not found" in str(e) else 500
-        return error(status, str(e))
-    return JSONResponse(last or {"status": "success"})
+        return error(getattr(e, "status", 500), str(e))
+    return JSONResponse(last[0])
 
 
 async def pull_route(request: Request) -> Response:
