@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from modelhangar.cli.client import Client
 from modelhangar.cli.errors import CliError
@@ -40,14 +41,19 @@ def cmd_trash_empty(args: argparse.Namespace) -> int:
     body = {"older_than": args.older_than, "dry_run": args.dry_run}
     with Client(args.host) as client:
         doc = client.post_json("/api/hangar/trash/empty", body)
+    ok = doc.get("ok", True) is not False
     if args.json:
         print_json(doc)
-        return 0
+        return 0 if ok else 1
+    names = doc.get("purged") or []
+    if not names:
+        say("nothing to purge")
+        return 0 if ok else 1
     verb = "would purge" if args.dry_run else "purged"
-    for name in doc.get("purged") or []:
+    for name in names:
         say(f"{verb} {name}")
     say(f"{'would free' if args.dry_run else 'freed'} {human_size(doc.get('bytes_freed'))}")
-    return 0
+    return 0 if ok else 1
 
 
 def _when(ts: Any) -> str:
@@ -55,7 +61,7 @@ def _when(ts: Any) -> str:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    path = "/api/hangar/audit" + (f"?since={args.since}" if args.since else "")
+    path = "/api/hangar/audit" + (f"?{urlencode({'since': args.since})}" if args.since else "")
     with Client(args.host) as client:
         doc = client.get_json(path)
     entries: list[dict[str, Any]] = [e for e in doc.get("entries") or [] if isinstance(e, dict)]

@@ -12,6 +12,7 @@ from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import retrying
 from modelhangar.core.errors import Conflict, NotFound, Refused
 from modelhangar.core.names import InvalidName, parse_name
+from modelhangar.core.planner import Plan, Planner, Target
 from modelhangar.core.store import Actor, Store, now
 
 
@@ -137,20 +138,21 @@ def restore(store: Store, entry_id: int, actor: Actor) -> TrashEntry:
 
 def empty_trash(
     store: Store, actor: Actor, *, older_than: float | None = None, dry_run: bool = False
-) -> list[Any]:
-    """Purge trash entries deleted more than `older_than` seconds ago (all when None), each
-    through the planner (audited as `purge`); returns one plan per entry."""
-    from modelhangar.core.planner import Planner, Target
+) -> list[Plan]:
+    """Purge the trash entries deleted at least `older_than` seconds ago (all when None), or preview it.
 
+    All of them go through one planner call (audited as `purge`), so a preview counts the blobs only
+    the purged entries share, exactly as the purge frees them. Entries restored or expired meanwhile
+    are left out and the rest retried. Returns that one plan, or no plan when nothing qualifies.
+    """
     cutoff = None if older_than is None else now() - older_than
+    ids = [str(e.id) for e in list_trash(store) if cutoff is None or e.deleted_at <= cutoff]
     planner = Planner(store)
-    plans = []
-    for entry in list_trash(store):
-        if cutoff is not None and entry.deleted_at > cutoff:
-            continue
-        plans.append(
-            planner.delete(
-                [Target("trash", ref=str(entry.id))], actor, dry_run=dry_run, purge=True, action="purge"
-            )
-        )
-    return plans
+    while ids:
+        targets = [Target("trash", ref=i) for i in ids]
+        plan = planner.delete(targets, actor, dry_run=dry_run, purge=True, action="purge")
+        gone = {str(x).removeprefix("trash:") for x in plan.not_found}
+        if not gone or plan.blockers:
+            return [plan]
+        ids = [i for i in ids if i not in gone]
+    return []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -120,14 +120,20 @@ async def trash_empty(request: Request, body: EmptyTrashRequest) -> dict[str, An
     )
     shown = [_display_plan(p.to_dict()) for p in plans]
     return {
+        "ok": all(p.ok for p in plans),
         "purged": [m for p in shown if p for m in p["models"]],
+        "blobs": [b for p in plans for b in p.blobs],
         "bytes_freed": sum(p.bytes_freed for p in plans),
         "plans": shown,
     }
 
 
 @router.get("/audit", summary="The audit log, newest first")
-async def audit_log(request: Request, since: str | None = None, limit: int = 1000) -> dict[str, Any]:
+async def audit_log(
+    request: Request,
+    since: str | None = Query(None, description="Only entries newer than this duration, e.g. `1h`."),
+    limit: int = Query(1000, ge=1, description="At most this many entries."),
+) -> dict[str, Any]:
     seconds = _duration(since, "since")
     entries = await run_in_threadpool(
         list_audit, _store(request), since=None if seconds is None else time.time() - seconds, limit=limit
