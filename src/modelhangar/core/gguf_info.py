@@ -370,7 +370,9 @@ def read_gguf_metadata(
     only `max_array_len=SHOW_MAX_ARRAY`, which makes large vocabularies cheap.
     """
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is then refused as not regular.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode) or st.st_size < 4 or f.read(4) != b"GGUF":
                 return None
