@@ -227,3 +227,18 @@ def test_a_scan_tolerates_blobs_unlinked_under_it(kit: Kit) -> None:
     for d in digests - {first}:
         kit.blob_path(d).unlink()  # another process's delete, second phase
     assert list(scan) == []
+
+
+def test_a_dry_run_counts_blobs_only_expiring_entries_share(make_kit: MakeKit) -> None:
+    kit = make_kit(HANGAR_TRASH_RETENTION="1h", HANGAR_GC_GRACE="0")
+    kit.create("keep", [b"keep"])
+    kit.create("one", [b"pair", b"one"])
+    kit.create("two", [b"pair", b"two"])
+    kit.delete("one")
+    kit.delete("two")
+    kit.execute(t.trash.update().values(expires_at=0.0))
+    preview = gc.collect(kit.store, dry_run=True)
+    real = gc.collect(kit.store)
+    assert digest_of(b"pair") in real.blobs
+    assert (sorted(preview.blobs), preview.bytes_freed) == (sorted(real.blobs), real.bytes_freed)
+    assert [(a.action, a.dry_run) for a in kit.audit() if a.action == "gc"] == [("gc", True), ("gc", False)]

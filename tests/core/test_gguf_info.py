@@ -123,9 +123,7 @@ HOSTILE = {
     "nested huge array": header(0, 1) + kv_string(b"k") + struct.pack("<IIQIQ", 9, 9, 1, 0, 1 << 62),
     "duplicate key": header(0, 2) + (kv_string(b"k") + struct.pack("<II", 4, 1)) * 2,
     "tensor with 9 dims": header(1, 0) + kv_string(b"t") + struct.pack("<I", 9) + bytes(80),
-    "tensor past the end": header(1, 0)
-    + kv_string(b"t")
-    + struct.pack("<IQIQ", 1, 1 << 40, 0, 0),
+    "tensor past the end": header(1, 0) + kv_string(b"t") + struct.pack("<IQIQ", 1, 1 << 40, 0, 0),
 }
 
 

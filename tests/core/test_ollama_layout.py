@@ -257,13 +257,19 @@ def test_import_traversal_attempts_touch_nothing_outside(store: Store, tmp_path:
     passwd_digest = digest_of(passwd.read_bytes() if passwd.is_file() else b"root:x:0:0::/root:/bin/sh\n")
     os.symlink(passwd, models / "blobs" / passwd_digest.replace(":", "-"))
     config = config_blob(models, "p")
-    put_manifest(models, "registry.ollama.ai/library/passwd/latest", config, [
-        {"mediaType": MODEL_MT, "digest": passwd_digest, "size": 1}
-    ])
+    put_manifest(
+        models,
+        "registry.ollama.ai/library/passwd/latest",
+        config,
+        [{"mediaType": MODEL_MT, "digest": passwd_digest, "size": 1}],
+    )
     # A manifest whose digest is a path.
-    put_manifest(models, "registry.ollama.ai/library/dots/latest", config, [
-        {"mediaType": MODEL_MT, "digest": "../../etc/passwd", "size": 1}
-    ])
+    put_manifest(
+        models,
+        "registry.ollama.ai/library/dots/latest",
+        config,
+        [{"mediaType": MODEL_MT, "digest": "../../etc/passwd", "size": 1}],
+    )
 
     report = import_ollama(store, models)
 

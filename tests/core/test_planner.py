@@ -325,3 +325,38 @@ def test_a_dependent_blocks_whatever_the_spelling_of_the_name(kit: Kit) -> None:
     plan = kit.delete("mixedcase", "latest")
     assert [b.id for b in plan.blockers] == ["prod"]
     assert not plan.executed
+
+
+@pytest.mark.parametrize("retention", ["0", "1h"])
+def test_a_preview_of_several_deletes_counts_what_they_free_together(
+    make_kit: MakeKit, retention: str
+) -> None:
+    """Blobs only the selected models share are freed by the last of them, in the preview as for real."""
+    kit = make_kit(HANGAR_TRASH_RETENTION=retention, HANGAR_GC_GRACE="0")
+    kit.create("keep", [b"keep", b"kept-shared"])
+    kit.create("one", [b"pair", b"one", b"kept-shared"])
+    kit.create("two", [b"pair", b"two"])
+    kit.execute(t.blobs.update().values(touched_at=0.0))
+    groups = [[Target("tag", f"registry.ollama.ai/library/{n}", "latest")] for n in ("one", "missing", "two")]
+    before = kit.snapshot()
+    plans = kit.planner.preview(groups, Actor(), purge=False)
+    assert kit.snapshot() == before
+    assert [p.ok for p in plans] == [True, False, True]
+    assert digest_of(b"pair") not in plans[0].blobs and digest_of(b"pair") in plans[2].blobs
+    assert {digest_of(b"kept-shared"), digest_of(b"pair")} <= {k["digest"] for k in plans[0].kept}
+    real = [kit.delete(n, purge=True) for n in ("one", "two")]
+    assert [p.bytes_freed for p in real] == [plans[0].bytes_freed, plans[2].bytes_freed]
+    assert [sorted(p.blobs) for p in real] == [sorted(plans[0].blobs), sorted(plans[2].blobs)]
+
+
+def test_a_refused_group_does_not_count_towards_later_ones(make_kit: MakeKit) -> None:
+    kit = make_kit(HANGAR_TRASH_RETENTION="0", HANGAR_GC_GRACE="0")
+    kit.create("theirs", [b"pair", b"a"], owner="alice")
+    kit.create("mine", [b"pair", b"b"])
+    kit.execute(t.blobs.update().values(touched_at=0.0))
+    groups = [[Target("tag", f"registry.ollama.ai/library/{n}", "latest")] for n in ("theirs", "mine")]
+    refused, allowed = kit.planner.preview(groups, Actor(name="bob", face="test", admin=False))
+    assert [b.kind for b in refused.blockers] == ["permission"]
+    assert refused.blobs == [digest_of(b"a")]  # what it would remove, were it allowed
+    assert digest_of(b"b") in allowed.blobs
+    assert digest_of(b"pair") not in allowed.blobs  # still held: the refused delete does not happen

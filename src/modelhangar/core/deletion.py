@@ -47,16 +47,28 @@ def delete_models(
     purge: bool = False,
     action: str = "delete",
 ) -> list[ModelDeletion]:
+    """Delete (or preview deleting) each model in turn; a bulk preview counts what the bulk delete frees."""
     planner = Planner(store)
-    results = []
-    for raw in names:
+    targets: dict[int, Target] = {}
+    errors: dict[int, str] = {}
+    for i, raw in enumerate(names):
         try:
-            target = model_target(raw)
+            targets[i] = model_target(raw)
         except InvalidName:
-            results.append(ModelDeletion(raw, "invalid", None, f'name "{raw}" is invalid'))
-            continue
-        plan = planner.delete([target], actor, dry_run=dry_run, purge=purge, action=action)
-        if plan.not_found:
+            errors[i] = f'name "{raw}" is invalid'
+    if dry_run:
+        previews = planner.preview([[x] for x in targets.values()], actor, purge=purge, action=action)
+        plans = dict(zip(targets, previews, strict=True))
+    else:
+        plans = {
+            i: planner.delete([x], actor, purge=purge, action=action) for i, x in targets.items()
+        }
+    results = []
+    for i, raw in enumerate(names):
+        plan = plans.get(i)
+        if plan is None:
+            results.append(ModelDeletion(raw, "invalid", None, errors[i]))
+        elif plan.not_found:
             results.append(ModelDeletion(raw, "not_found", plan, f"model '{raw}' not found"))
         elif plan.blockers:
             reasons = "; ".join(f"{b.kind} {b.id}: {b.reason}" for b in plan.blockers)

@@ -18,9 +18,10 @@ import sqlalchemy as sa
 from modelhangar.core import partials, uploads
 from modelhangar.core.blobstore import sha256_file
 from modelhangar.core.catalog import schema as t
+from modelhangar.core.catalog.db import retrying
 from modelhangar.core.digests import sha256_digest
 from modelhangar.core.manifests import parse_manifest
-from modelhangar.core.planner import Planner, Target
+from modelhangar.core.planner import Plan, Planner, Target
 from modelhangar.core.store import DELETING, PRESENT, Actor, Released, Store, now
 
 
@@ -48,56 +49,28 @@ class Problem:
 def collect(store: Store, *, dry_run: bool = False, actor: Actor | None = None) -> GCReport:
     """Reclaim everything nothing references (or, with dry_run, say what that would be)."""
     actor = actor or Actor(name="gc", face="gc")
-    report = GCReport(dry_run=dry_run)
+    if dry_run:
+        report = _preview(store, actor)
+        _audit(store, actor, report)
+        return report
+    report = GCReport(dry_run=False)
     ts = now()
     planner = Planner(store)
     with store.catalog.read() as conn:
-        expired = conn.execute(sa.select(t.trash.c.id).where(t.trash.c.expires_at <= ts)).all()
-    for row in expired:
+        expired = _expired(conn, ts)
+    for trash_id in expired:
         plan = planner.delete(
-            [Target("trash", ref=str(row.id))], actor, dry_run=dry_run, purge=True, action="expire"
+            [Target("trash", ref=str(trash_id))], actor, purge=True, action="expire"
         )
-        if plan.ok:
-            report.expired_trash.extend(plan.models)
-            report.blobs.extend(plan.blobs)
-            report.bytes_freed += plan.bytes_freed
+        _count_expiry(report, plan)
     cutoff = ts - store.settings.gc_grace
     with store.catalog.read() as conn:
-        unreferenced = [
-            r.digest
-            for r in conn.execute(
-                sa.select(t.blobs.c.digest).where(
-                    t.blobs.c.state == PRESENT,
-                    t.blobs.c.touched_at <= cutoff,
-                    ~sa.exists().where(t.manifest_blobs.c.blob_digest == t.blobs.c.digest),
-                )
-            )
-        ]
-    with store.catalog.read() as conn:
-        m = t.manifests.c.digest
-        unheld = [
-            r.digest
-            for r in conn.execute(
-                sa.select(m).where(
-                    ~sa.exists().where(t.repo_manifests.c.manifest_digest == m),
-                    ~sa.exists().where(t.trash.c.manifest_digest == m),
-                    ~sa.exists().where(t.manifest_children.c.child_digest == m),
-                )
-            )
-        ]
-    released = Released()
-    with store.catalog.transaction() as (conn, trans):
-        if unheld:  # left by two releases that skipped each other's locks
-            released = store.release(conn, manifests=unheld, ts=ts)
-        store.retire_blobs(conn, unreferenced, cutoff, released)
-        if dry_run:
-            trans.rollback()
-        else:
-            trans.commit()
+        unreferenced = _unreferenced(conn, cutoff)
+        unheld = _unheld(conn)
+    with store.catalog.write() as conn:
+        released = _sweep(store, conn, unreferenced, unheld, ts, cutoff)
     report.blobs.extend(released.blobs)
     report.bytes_freed += released.bytes
-    if dry_run:
-        return report
     pending = store.pending_deletions()
     store.finish_deletions(pending)
     report.finished = pending
@@ -105,6 +78,78 @@ def collect(store: Store, *, dry_run: bool = False, actor: Actor | None = None) 
     report.strays = store.blobs.sweep_strays(cutoff)
     report.strays += uploads.expire(store)
     report.strays += partials.sweep(store, now() - store.settings.upload_expiry)
+    _audit(store, actor, report)
+    return report
+
+
+@retrying
+def _preview(store: Store, actor: Actor) -> GCReport:
+    """What `collect` would reclaim in the catalog: every step in one transaction, rolled back, so the
+    sweep counts the blobs the expiring trash entries leave unreferenced (files are not scanned)."""
+    report = GCReport(dry_run=True)
+    with store.catalog.transaction() as (conn, trans):
+        ts = now()
+        cutoff = ts - store.settings.gc_grace
+        groups = [[Target("trash", ref=str(i))] for i in _expired(conn, ts)]
+        for plan in Planner(store).preview_in(conn, groups, actor, purge=True, ts=ts):
+            _count_expiry(report, plan)
+        released = _sweep(store, conn, _unreferenced(conn, cutoff), _unheld(conn), ts, cutoff)
+        trans.rollback()
+    report.blobs.extend(released.blobs)
+    report.bytes_freed += released.bytes
+    return report
+
+
+def _count_expiry(report: GCReport, plan: Plan) -> None:
+    if plan.ok:
+        report.expired_trash.extend(plan.models)
+        report.blobs.extend(plan.blobs)
+        report.bytes_freed += plan.bytes_freed
+
+
+def _expired(conn: sa.Connection, ts: float) -> list[int]:
+    return [r.id for r in conn.execute(sa.select(t.trash.c.id).where(t.trash.c.expires_at <= ts))]
+
+
+def _unreferenced(conn: sa.Connection, cutoff: float) -> list[str]:
+    """Present blobs no manifest names, untouched since `cutoff`."""
+    return [
+        r.digest
+        for r in conn.execute(
+            sa.select(t.blobs.c.digest).where(
+                t.blobs.c.state == PRESENT,
+                t.blobs.c.touched_at <= cutoff,
+                ~sa.exists().where(t.manifest_blobs.c.blob_digest == t.blobs.c.digest),
+            )
+        )
+    ]
+
+
+def _unheld(conn: sa.Connection) -> list[str]:
+    """Manifests no repository, trash entry or index holds (left by two releases that skipped each
+    other's locks)."""
+    m = t.manifests.c.digest
+    return [
+        r.digest
+        for r in conn.execute(
+            sa.select(m).where(
+                ~sa.exists().where(t.repo_manifests.c.manifest_digest == m),
+                ~sa.exists().where(t.trash.c.manifest_digest == m),
+                ~sa.exists().where(t.manifest_children.c.child_digest == m),
+            )
+        )
+    ]
+
+
+def _sweep(
+    store: Store, conn: sa.Connection, unreferenced: list[str], unheld: list[str], ts: float, cutoff: float
+) -> Released:
+    released = store.release(conn, manifests=unheld, ts=ts) if unheld else Released()
+    store.retire_blobs(conn, unreferenced, cutoff, released)
+    return released
+
+
+def _audit(store: Store, actor: Actor, report: GCReport) -> None:
     with store.catalog.write() as conn:
         conn.execute(
             t.audit.insert().values(
@@ -113,15 +158,19 @@ def collect(store: Store, *, dry_run: bool = False, actor: Actor | None = None) 
                 face=actor.face,
                 action="gc",
                 target="store",
-                dry_run=False,
+                dry_run=report.dry_run,
                 outcome="ok",
-                bytes_freed=report.bytes_freed,
+                bytes_freed=0 if report.dry_run else report.bytes_freed,
                 detail=json.dumps(
-                    {"blobs": report.blobs, "orphan_files": report.orphan_files, "strays": report.strays}
+                    {
+                        "expired_trash": report.expired_trash,
+                        "blobs": report.blobs,
+                        "orphan_files": report.orphan_files,
+                        "strays": report.strays,
+                    }
                 ),
             )
         )
-    return report
 
 
 def _reclaim_orphan_files(store: Store, cutoff: float) -> list[str]:

@@ -96,6 +96,15 @@ class Planner:
     def __init__(self, store: Store) -> None:
         self.store = store
 
+    def _new_plan(self, targets: list[Target], actor: Actor, *, dry_run: bool, purge: bool) -> Plan:
+        return Plan(
+            targets=[str(x) for x in targets],
+            actor=actor.name,
+            face=actor.face,
+            dry_run=dry_run,
+            trash=not purge and self.store.settings.trash_retention > 0,
+        )
+
     @retrying
     def delete(
         self,
@@ -107,22 +116,16 @@ class Planner:
         action: str = "delete",
     ) -> Plan:
         """Delete the targets as one unit (or preview it). Refused plans change nothing."""
-        use_trash = not purge and self.store.settings.trash_retention > 0
-        plan = Plan(
-            targets=[str(x) for x in targets],
-            actor=actor.name,
-            face=actor.face,
-            dry_run=dry_run,
-            trash=use_trash,
-        )
+        if dry_run:
+            return self.preview([targets], actor, purge=purge, action=action)[0]
+        plan = self._new_plan(targets, actor, dry_run=False, purge=purge)
         released = Released()
         with self.store.catalog.transaction() as (conn, trans):
             ts = now()
             res = self._resolve(conn, targets, plan)
             self._find_blockers(conn, res, actor, plan)
-            if plan.ok or dry_run:
-                released = self._apply(conn, res, actor, plan, use_trash, ts)
-            if plan.ok and not dry_run:
+            if plan.ok:
+                released = self._apply(conn, res, actor, plan, ts)
                 plan.executed = True
                 self._audit(conn, plan, action, ts)
                 trans.commit()
@@ -134,6 +137,43 @@ class Planner:
             with self.store.catalog.write() as conn:
                 self._audit(conn, plan, action, now())
         return plan
+
+    @retrying
+    def preview(
+        self, groups: list[list[Target]], actor: Actor, *, purge: bool = False, action: str = "delete"
+    ) -> list[Plan]:
+        """Preview deleting each group of targets in turn, as successive `delete` calls would.
+
+        All groups run in one transaction that is rolled back, so each plan sees what the ones before it
+        removed: a blob only the selected models share is freed (and counted) by the last of them, exactly
+        as the real deletes free it. A refused group's effects are undone before the next group runs. With
+        the trash on, each group's entries are also expired in the simulation, so that `bytes_freed` is
+        what the trash frees once all of them expire.
+        """
+        with self.store.catalog.transaction() as (conn, trans):
+            ts = now()
+            plans = self.preview_in(conn, groups, actor, purge=purge, ts=ts)
+            trans.rollback()
+        with self.store.catalog.write() as conn:
+            for plan in plans:
+                self._audit(conn, plan, action, ts)
+        return plans
+
+    def preview_in(
+        self, conn: sa.Connection, groups: list[list[Target]], actor: Actor, *, purge: bool, ts: float
+    ) -> list[Plan]:
+        """`preview`'s work inside the caller's transaction, which the caller must roll back."""
+        plans = [self._new_plan(g, actor, dry_run=True, purge=purge) for g in groups]
+        for targets, plan in zip(groups, plans, strict=True):
+            res = self._resolve(conn, targets, plan)
+            self._find_blockers(conn, res, actor, plan)
+            if plan.ok:
+                self._apply(conn, res, actor, plan, ts, keep_expiry=True)
+            else:  # show what it would remove, but let later groups not count on it
+                savepoint = conn.begin_nested()
+                self._apply(conn, res, actor, plan, ts)
+                savepoint.rollback()
+        return plans
 
     # ------------------------------------------------------------------ resolving
 
@@ -230,8 +270,20 @@ class Planner:
     # ------------------------------------------------------------------ applying
 
     def _apply(
-        self, conn: sa.Connection, res: _Resolved, actor: Actor, plan: Plan, use_trash: bool, ts: float
+        self,
+        conn: sa.Connection,
+        res: _Resolved,
+        actor: Actor,
+        plan: Plan,
+        ts: float,
+        *,
+        keep_expiry: bool = False,
     ) -> Released:
+        """Remove what `res` names; with the trash on, report what expiring the new entries frees.
+
+        That expiry is simulated in a savepoint, rolled back unless `keep_expiry` (a preview session).
+        """
+        use_trash = plan.trash
         retention = self.store.settings.trash_retention
         touched: set[str] = set()
         for repo_id, repo_name, tag, digest, row in res.tag_rows:
@@ -297,7 +349,10 @@ class Planner:
             conn.execute(t.trash.delete().where(t.trash.c.id.in_(new_trash)))
             later = self.store.release(conn, manifests=touched, ts=ts + retention)
             self._report(conn, plan, later, own_blobs)
-            savepoint.rollback()
+            if keep_expiry:
+                savepoint.commit()
+            else:
+                savepoint.rollback()
             plan.reclaimed = "on trash expiry" if later.blobs else "nothing"
         else:
             self._report(conn, plan, released, own_blobs)

@@ -17,7 +17,7 @@ from modelhangar.core.errors import Conflict, NotFound
 from modelhangar.core.retention import RetentionPolicy, prune
 from modelhangar.core.store import Actor, Store
 from modelhangar.core.usage import disk_usage
-from modelhangar.faces.ollama.wire import display, timestamp
+from modelhangar.faces.ollama.wire import display, display_plan, timestamp
 
 router = APIRouter(prefix="/api/hangar", tags=["hangar"])
 ACTOR = Actor(name="local", face="hangar", admin=True)
@@ -26,20 +26,6 @@ ACTOR = Actor(name="local", face="hangar", admin=True)
 def _store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
-
-
-def _display_plan(plan: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Plan names in Ollama's display form (`name:tag`), the form users typed."""
-    if plan is None:
-        return None
-    out = dict(plan)
-    for key in ("models", "tags"):
-        out[key] = [display(*m.rsplit(":", 1)) if "@" not in m else m for m in plan[key]]
-    out["kept"] = [
-        {**k, "used_by": display(*k["used_by"].rsplit(":", 1)) if ":" in k["used_by"] else k["used_by"]}
-        for k in plan["kept"]
-    ]
-    return out
 
 
 class DeleteRequest(BaseModel):
@@ -52,7 +38,7 @@ def _results(results: list[ModelDeletion]) -> dict[str, Any]:
     out = []
     for r in results:
         d = r.to_dict()
-        d["plan"] = _display_plan(d["plan"])
+        d["plan"] = display_plan(d["plan"])
         out.append(d)
     return {"ok": all(r.ok for r in results), "results": out}
 
@@ -118,7 +104,7 @@ async def trash_empty(request: Request, body: EmptyTrashRequest) -> dict[str, An
         older_than=_duration(body.older_than, "older_than"),
         dry_run=body.dry_run,
     )
-    shown = [_display_plan(p.to_dict()) for p in plans]
+    shown = [display_plan(p.to_dict()) for p in plans]
     return {
         "ok": all(p.ok for p in plans),
         "purged": [m for p in shown if p for m in p["models"]],

@@ -19,6 +19,7 @@ from modelhangar.faces.ollama import create as create_mod
 from modelhangar.faces.ollama.show import show_model
 from modelhangar.faces.ollama.wire import (
     OllamaError,
+    display_plan,
     empty_ok,
     error,
     json_body,
@@ -127,10 +128,12 @@ async def delete(request: Request) -> Response:
     if result.status == "refused":
         assert result.plan is not None
         status = 403 if all(b.kind == "permission" for b in result.plan.blockers) else 409
-        return JSONResponse({"error": result.error, "plan": result.plan.to_dict()}, status_code=status)
+        return JSONResponse(
+            {"error": result.error, "plan": display_plan(result.plan.to_dict())}, status_code=status
+        )
     if dry_run or _truthy(request.query_params.get("plan")):
         assert result.plan is not None
-        return JSONResponse(result.plan.to_dict())
+        return JSONResponse(display_plan(result.plan.to_dict()))
     return empty_ok()
 
 

@@ -83,3 +83,17 @@ def ndjson(objects: Iterable[dict[str, Any]]) -> StreamingResponse:
 
 def empty_ok() -> Response:
     return Response(status_code=200)
+
+
+def display_plan(plan: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Plan names in Ollama's display form (`name:tag`), the form users typed."""
+    if plan is None:
+        return None
+    out = dict(plan)
+    for key in ("models", "tags"):
+        out[key] = [display(*m.rsplit(":", 1)) if "@" not in m else m for m in plan[key]]
+    out["kept"] = [
+        {**k, "used_by": display(*k["used_by"].rsplit(":", 1)) if ":" in k["used_by"] else k["used_by"]}
+        for k in plan["kept"]
+    ]
+    return out
