@@ -60,9 +60,7 @@ def delete_models(
         previews = planner.preview([[x] for x in targets.values()], actor, purge=purge, action=action)
         plans = dict(zip(targets, previews, strict=True))
     else:
-        plans = {
-            i: planner.delete([x], actor, purge=purge, action=action) for i, x in targets.items()
-        }
+        plans = {i: planner.delete([x], actor, purge=purge, action=action) for i, x in targets.items()}
     results = []
     for i, raw in enumerate(names):
         plan = plans.get(i)

@@ -59,9 +59,7 @@ def collect(store: Store, *, dry_run: bool = False, actor: Actor | None = None) 
     with store.catalog.read() as conn:
         expired = _expired(conn, ts)
     for trash_id in expired:
-        plan = planner.delete(
-            [Target("trash", ref=str(trash_id))], actor, purge=True, action="expire"
-        )
+        plan = planner.delete([Target("trash", ref=str(trash_id))], actor, purge=True, action="expire")
         _count_expiry(report, plan)
     cutoff = ts - store.settings.gc_grace
     with store.catalog.read() as conn:

@@ -1,10 +1,11 @@
-"""Push: a stored model's blobs (those the registry lacks), then its manifest byte for byte."""
+"""Push: a stored model's missing blobs (several at once), then its manifest byte for byte."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from modelhangar.core.digests import parse_digest
@@ -16,6 +17,7 @@ from modelhangar.transfer.progress import Emit, Progress
 from modelhangar.transfer.registry_client import RegistryClient
 
 CHUNK = 1 << 20
+PARALLEL = 4
 
 
 def push(store: Store, name: ModelName, *, insecure: bool, emit: Emit) -> str:
@@ -32,8 +34,15 @@ def push(store: Store, name: ModelName, *, insecure: bool, emit: Emit) -> str:
         raise RegistryError("push: a manifest list is not a model; push its entries by digest over /v2")
     sources = mount_sources(content, name)
     with RegistryClient(name, insecure=insecure) as remote:
-        for blob in {b.digest: b for b in refs.blobs}.values():
-            _push_blob(store, remote, blob, sources.get(blob.digest), emit)
+        blobs = list({b.digest: b for b in refs.blobs}.values())
+        with ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="push") as pool:
+            futures = [pool.submit(_push_blob, store, remote, b, sources.get(b.digest), emit) for b in blobs]
+            try:
+                for future in futures:
+                    future.result()
+            finally:
+                for future in futures:
+                    future.cancel()
         emit({"status": "pushing manifest"})
         claimed = remote.put_manifest(content, media_type)
     if claimed and claimed != record.manifest_digest:
