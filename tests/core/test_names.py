@@ -17,6 +17,7 @@ from modelhangar.core.names import (
     DEFAULT_TAG,
     InvalidName,
     ModelName,
+    display_stored,
     is_valid_name,
     is_valid_part,
     parse_name,
@@ -413,3 +414,20 @@ def test_every_spelling_of_a_valid_name_parses(host: str, namespace: str, model:
     assert parse_name(f"{namespace}/{model}:{tag}") == ModelName(H, namespace, model, tag)
     assert parse_name(f"{model}:{tag}") == ModelName(H, NS, model, tag)
     assert parse_name(model) == ModelName(H, NS, model, T)
+
+
+@given(st.one_of(_names.map(lambda n: (n.repository, n.tag)), st.tuples(_name_like, _name_like)))
+@example(("registry.ollama.ai/library/m", "latest"))
+@example(("REGISTRY.ollama.ai/Library/m", "v1"))
+@example(("host:5000/ns/m", "v1"))
+@example(("library/m", "latest"))
+@example(("a/b/c/d", "t"))
+@example(("h/n/m", ""))
+def test_display_stored_agrees_with_parse_name(stored: tuple[str, str]) -> None:
+    repository, tag = stored
+    try:
+        n = parse_name(f"{repository}:{tag}")
+        want = n.display_shortest() if (n.repository, n.tag) == (repository, tag) else None
+    except InvalidName:
+        want = None
+    assert display_stored(repository, tag) == want

@@ -16,6 +16,7 @@ __all__ = [
     "InvalidName",
     "ModelName",
     "PartKind",
+    "display_stored",
     "is_valid_name",
     "is_valid_part",
     "parse_name",
@@ -183,3 +184,25 @@ def is_valid_name(s: str) -> bool:
     except InvalidName:
         return False
     return True
+
+
+_STORED_RE = re.compile(
+    rf"({_PART_RES['host'].pattern})/({_PART_RES['namespace'].pattern})/({_PART_RES['model'].pattern})"
+)
+
+
+def display_stored(repository: str, tag: str) -> str | None:
+    """`display_shortest()` of a stored `host/namespace/model` and tag, None if they are no valid name.
+
+    The same answer as `parse_name(f"{repository}:{tag}")` gives for them, at a fraction of its cost
+    (listings call it once per model).
+    """
+    m = _STORED_RE.fullmatch(repository)
+    if m is None or _PART_RES["tag"].fullmatch(tag) is None:
+        return None
+    host, namespace, model = m.groups()
+    if host.lower() != DEFAULT_HOST:
+        return f"{repository}:{tag}"
+    if namespace.lower() != DEFAULT_NAMESPACE:
+        return f"{namespace}/{model}:{tag}"
+    return f"{model}:{tag}"

@@ -77,11 +77,16 @@ class TagRecord:
     manifest_digest: str
     media_type: str
     total_size: int
-    details: dict[str, Any] | None
+    details_json: str | None
+    """Ollama-style details as stored (JSON text), None when the manifest has none."""
     created_at: float
     modified_at: float
     last_used_at: float
     owner: str | None
+
+    @property
+    def details(self) -> dict[str, Any] | None:
+        return json.loads(self.details_json) if self.details_json else None
 
 
 @dataclass
@@ -260,17 +265,17 @@ class Store:
 
     def _tag_query(self) -> sa.Select[Any]:
         return (
-            sa.select(
+            sa.select(  # in TagRecord's field order: rows become records positionally
                 t.repositories.c.name.label("repository"),
-                t.repositories.c.owner,
                 t.tags.c.name.label("tag"),
                 t.tags.c.manifest_digest,
-                t.tags.c.created_at,
-                t.tags.c.modified_at,
-                t.tags.c.last_used_at,
                 t.manifests.c.media_type,
                 t.manifests.c.total_size,
                 t.manifests.c.details,
+                t.tags.c.created_at,
+                t.tags.c.modified_at,
+                t.tags.c.last_used_at,
+                t.repositories.c.owner,
             )
             .select_from(t.tags)
             .join(t.repositories, t.repositories.c.id == t.tags.c.repository_id)
@@ -279,18 +284,7 @@ class Store:
 
     @staticmethod
     def _tag_record(row: sa.Row[Any]) -> TagRecord:
-        return TagRecord(
-            repository=row.repository,
-            tag=row.tag,
-            manifest_digest=row.manifest_digest,
-            media_type=row.media_type,
-            total_size=int(row.total_size),
-            details=json.loads(row.details) if row.details else None,
-            created_at=row.created_at,
-            modified_at=row.modified_at,
-            last_used_at=row.last_used_at,
-            owner=row.owner,
-        )
+        return TagRecord(*row)  # type: ignore[call-arg]  # the query selects the fields in order
 
     def get_tag(self, repository: str, tag: str) -> TagRecord | None:
         """A tag by repository and tag name, matched case-insensitively as Ollama does."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -13,8 +14,8 @@ from modelhangar import __version__
 from modelhangar.core.deletion import delete_models
 from modelhangar.core.digests import InvalidDigest, parse_digest
 from modelhangar.core.errors import DigestMismatch, NotFound
-from modelhangar.core.names import InvalidName, parse_name
-from modelhangar.core.store import Actor, Store
+from modelhangar.core.names import display_stored
+from modelhangar.core.store import Actor, Store, TagRecord
 from modelhangar.faces.ollama import create as create_mod
 from modelhangar.faces.ollama.show import show_model
 from modelhangar.faces.ollama.wire import (
@@ -60,23 +61,30 @@ async def version(request: Request) -> Response:
 
 async def tags(request: Request) -> Response:
     records = await run_in_threadpool(_store(request).list_tags)
-    models = []
+    body = await run_in_threadpool(_tags_body, records)
+    return Response(body, media_type="application/json")
+
+
+def _tags_body(records: list[TagRecord]) -> bytes:
+    """`{"models": [...]}`, each model's stored details spliced in as the JSON text they are stored as.
+
+    Built by hand because listings can hold 100,000 models: no per-model name parse, no JSON round trip.
+    Repositories other faces made that have no Ollama name are left out.
+    """
+    empty = json.dumps(EMPTY_DETAILS)
+    parts = []
     for r in records:
-        try:
-            name = parse_name(f"{r.repository}:{r.tag}").display_shortest()
-        except InvalidName:
-            continue  # repositories other faces made that have no Ollama name
-        models.append(
-            {
-                "name": name,
-                "model": name,
-                "modified_at": timestamp(r.modified_at),
-                "size": r.total_size,
-                "digest": r.manifest_digest.removeprefix("sha256:"),
-                "details": r.details or dict(EMPTY_DETAILS),
-            }
+        name = display_stored(r.repository, r.tag)
+        if name is None:
+            continue
+        quoted = json.dumps(name, ensure_ascii=False)
+        details = r.details_json if r.details_json not in (None, "", "{}", "null") else empty
+        parts.append(
+            f'{{"name":{quoted},"model":{quoted},"modified_at":"{timestamp(r.modified_at)}",'
+            f'"size":{r.total_size},"digest":"{r.manifest_digest.removeprefix("sha256:")}",'
+            f'"details":{details}}}'
         )
-    return JSONResponse({"models": models})
+    return ('{"models":[' + ",".join(parts) + "]}").encode()
 
 
 async def ps(request: Request) -> Response:

@@ -10,7 +10,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from modelhangar.core.names import InvalidName, ModelName, parse_name
+from modelhangar.core.names import InvalidName, ModelName, display_stored, parse_name
 
 
 class OllamaError(Exception):
@@ -60,10 +60,7 @@ def parse_or(raw: str, status: int, message: str) -> ModelName:
 
 def display(repository: str, tag: str) -> str:
     """Ollama's shortest display form of a stored repository and tag (falls back to raw)."""
-    try:
-        return parse_name(f"{repository}:{tag}").display_shortest()
-    except InvalidName:
-        return f"{repository}:{tag}"
+    return display_stored(repository, tag) or f"{repository}:{tag}"
 
 
 def timestamp(ts: float) -> str:
