@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from harness import (
     MakeGguf,
     ServerProcess,
     StartServer,
+    assert_store_consistent,
     blob_file,
     blob_files,
     free_port,
@@ -415,3 +417,65 @@ def test_mount_sources_only_name_repositories_on_the_target_host() -> None:
         layer["from"] = source
     got = mount_sources(json.dumps(parsed).encode(), target)
     assert got == {digest_of(b"a"): "ns/base", digest_of(b"b"): "ns/other"}
+
+
+def test_concurrent_pulls_race_deletes_and_gc(
+    tmp_path: Path, start_server: StartServer, make_gguf: MakeGguf
+) -> None:
+    """Eight pulls of two models sharing a layer, while another thread deletes them and runs GC.
+
+    Every pull ends in success or a clear error, never a 5xx from the store; the store stays
+    consistent; no partial download is left behind.
+    """
+    a = start_server(tmp_path / "a")
+    needs_v2(a)
+    ca = ollama.Client(host=a.url)
+    shared = make_gguf(seed=30, tensor_elems=200_000)
+    upload_model(ca, tmp_path, "one", shared, system="one")
+    upload_model(ca, tmp_path, "two", shared, system="two")
+    b = start_server(tmp_path / "b", env={"HANGAR_GC_GRACE": "0", "HANGAR_TRASH_RETENTION": "0"})
+    remotes = [f"127.0.0.1:{a.port}/library/{n}:latest" for n in ("one", "two")]
+    failures: list[str] = []
+    done = threading.Event()
+
+    def pull(i: int) -> None:
+        client = ollama.Client(host=b.url)
+        for _ in range(3):
+            try:
+                client.pull(remotes[i % 2], insecure=True)
+            except ollama.ResponseError as e:  # only a race with the deleter may explain a failure
+                if "blob" not in e.error and "not found" not in e.error:
+                    failures.append(f"pull: {e.status_code} {e.error}")
+            except Exception as e:
+                failures.append(f"pull: {type(e).__name__}: {e}")
+
+    def churn() -> None:
+        client = ollama.Client(host=b.url)
+        while not done.is_set():
+            for remote in remotes:
+                try:
+                    client.delete(remote)
+                except ollama.ResponseError as e:
+                    if e.status_code != 404:
+                        failures.append(f"delete: {e.status_code} {e.error}")
+            r = httpx.post(b.url + "/api/hangar/gc", json={"dry_run": False}, timeout=60)
+            if r.status_code != 200:
+                failures.append(f"gc: {r.status_code} {r.text[:200]}")
+
+    pullers = [threading.Thread(target=pull, args=(i,)) for i in range(8)]
+    deleter = threading.Thread(target=churn)
+    deleter.start()
+    for t in pullers:
+        t.start()
+    for t in pullers:
+        t.join()
+    done.set()
+    deleter.join()
+    assert failures == []
+    cb = ollama.Client(host=b.url)
+    for remote in remotes:  # the store is whole: a last pull of each model succeeds
+        assert cb.pull(remote, insecure=True).status == "success"
+    assert {listing(b)[r] for r in remotes} == {listing(a)["one:latest"], listing(a)["two:latest"]}
+    assert partials(b.home) == {}
+    b.stop()
+    assert_store_consistent(b.home)

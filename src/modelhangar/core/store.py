@@ -198,9 +198,12 @@ class Store:
             )
             return True
 
-    def import_blob_file(self, path: Path, expected: str) -> BlobCommit:
+    def import_blob_file(self, path: Path, expected: str, *, known_digest: str | None = None) -> BlobCommit:
         """Install an existing regular file as the blob `expected`: a hard link where the filesystem
         allows, else a copy; raises DigestMismatch (keeping nothing) unless the content matches.
+
+        `known_digest` is the content's digest when the caller hashed the bytes as it wrote them
+        (into a file no one else writes); the file is then not read back to hash it again.
 
         A linked blob shares its inode with `path`; that is safe because blob files are only ever
         renamed or unlinked, never written in place. Symlinks are not followed.
@@ -222,7 +225,8 @@ class Store:
         try:
             if not stat.S_ISREG(os.lstat(tmp).st_mode):
                 raise OSError(f"{path}: not a regular file")
-            digest = sha256_file(tmp)  # hash what we now hold, not what the path may point at later
+            # Hash what we now hold, not what the path may point at later.
+            digest = known_digest if known_digest is not None else sha256_file(tmp)
             if digest != want:
                 raise DigestMismatch(want, digest)
             size = os.lstat(tmp).st_size

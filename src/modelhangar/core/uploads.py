@@ -8,7 +8,10 @@ cancelled, expired or completed meanwhile is seen as gone before a byte is writt
 
 Completing renames the file away from its session name first, then installs it through
 `Store.import_blob_file` (digest check, row-lock protocol, hard link where possible), so no
-later request can ever reach the inode that became a blob. Sessions expire a while after their
+later request can ever reach the inode that became a blob. The bytes are hashed as they are
+written, and the hash state is kept in memory between the chunks of a session, so completing
+does not read the blob back (a session whose chunks went to several processes is hashed once at
+the end instead). Sessions expire a while after their
 last chunk (`HANGAR_UPLOAD_EXPIRY`, default 24h); GC removes them with `expire`.
 """
 
@@ -17,13 +20,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
+import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import sqlalchemy as sa
 
@@ -36,6 +42,32 @@ from modelhangar.core.store import PRESENT, Actor, BlobCommit, Released, Store, 
 DEFAULT_EXPIRY = 86400.0
 _ID_RE = re.compile(r"[0-9a-f]{32}")
 _COMMITTING = ".committing"
+_MAX_RUNNING_HASHES = 1024
+
+
+class _RunningHashes:
+    """sha256 state of sessions between chunks, in this process: upload id -> (offset, hasher)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+
+    def take(self, upload_id: str, offset: int) -> Any | None:
+        """The hasher of everything before `offset` (a fresh one at 0), or None if not known here."""
+        with self._lock:
+            state = self._states.pop(upload_id, None)
+        if offset == 0:
+            return hashlib.sha256()
+        return state[1] if state is not None and state[0] == offset else None
+
+    def keep(self, upload_id: str, offset: int, hasher: Any) -> None:
+        with self._lock:
+            self._states[upload_id] = (offset, hasher)
+            while len(self._states) > _MAX_RUNNING_HASHES:
+                self._states.popitem(last=False)  # that session is hashed at the end instead
+
+
+_running = _RunningHashes()
 
 
 class UploadUnknown(NotFound):
@@ -153,6 +185,7 @@ class UploadHandle:
         self._fd: int | None = fd
         self.start = upload.size
         self.offset = upload.size
+        self._hasher = _running.take(upload.id, upload.size)
 
     @property
     def written(self) -> int:
@@ -170,6 +203,8 @@ class UploadHandle:
             n = os.pwrite(fd, view, self.offset)
             self.offset += n
             view = view[n:]
+        if self._hasher is not None:
+            self._hasher.update(data)
 
     def _check_length(self, expected: int | None) -> None:
         if expected is not None and expected != self.written:
@@ -191,6 +226,8 @@ class UploadHandle:
         except BaseException:
             self.abort()
             raise
+        if self._hasher is not None:
+            _running.keep(self.upload.id, self.offset, self._hasher)
         self._close()
         up = self.upload
         return Upload(up.id, up.repository, up.created_at, ts, self.offset)
@@ -215,8 +252,9 @@ class UploadHandle:
         except FileNotFoundError:
             self._close()
             raise UploadUnknown(f"upload {self.upload.id} was cancelled") from None
+        known = "sha256:" + self._hasher.hexdigest() if self._hasher is not None else None
         try:
-            return self.store.import_blob_file(committing, want)
+            return self.store.import_blob_file(committing, want, known_digest=known)
         finally:
             with self.store.catalog.write() as conn:
                 conn.execute(t.uploads.delete().where(t.uploads.c.id == self.upload.id))

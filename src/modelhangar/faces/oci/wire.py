@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -125,15 +126,28 @@ def page(request: Request, items: list[str], path: str) -> tuple[list[str], dict
 
 
 async def pump(request: Request, write: Callable[[bytes], None]) -> None:
-    """Feed the request body to a blocking `write` in 1 MiB pieces, off the event loop."""
+    """Feed the request body to a blocking `write` in CHUNK pieces on a worker thread.
+
+    One piece is written (and hashed) while the next is received; `write` never runs twice at once,
+    and no write is still running when this returns or raises.
+    """
+    in_flight: asyncio.Future[None] | None = None
     buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) >= CHUNK:
-            data, buf = bytes(buf), bytearray()
-            await run_in_threadpool(write, data)
-    if buf:
-        await run_in_threadpool(write, bytes(buf))
+    try:
+        async for chunk in request.stream():
+            buf += chunk
+            if len(buf) >= CHUNK:
+                if in_flight is not None:
+                    await in_flight
+                data, buf = bytes(buf), bytearray()
+                in_flight = asyncio.ensure_future(run_in_threadpool(write, data))
+        if in_flight is not None:
+            await in_flight
+        if buf:
+            await run_in_threadpool(write, bytes(buf))
+    finally:
+        if in_flight is not None and not in_flight.done():
+            await asyncio.wait([in_flight])  # let the write finish before the caller undoes it
 
 
 async def guarded(work: Awaitable[None], undo: Callable[[], None]) -> None:

@@ -1,0 +1,97 @@
+"""Upload sessions: chunks in order, the running hash across requests, aborts, and a second store."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from modelhangar.core import uploads
+from modelhangar.core.errors import DigestMismatch
+
+if TYPE_CHECKING:
+    from conftest import Kit, MakeKit
+
+REPO = "registry.ollama.ai/lib/up"
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def send(kit: Kit, upload_id: str, chunk: bytes, *, fail: bool = False) -> None:
+    handle = uploads.acquire(kit.store, upload_id, REPO)
+    handle.write(chunk)
+    if fail:  # the request died after writing: nothing of it counts
+        handle.abort()
+    else:
+        handle.save()
+
+
+def finish(kit: Kit, upload_id: str, digest: str, last: bytes = b"") -> str:
+    handle = uploads.acquire(kit.store, upload_id, REPO)
+    if last:
+        handle.write(last)
+    return handle.complete(digest).digest
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=st.binary(min_size=0, max_size=3000),
+    cuts=st.lists(st.integers(0, 3000), max_size=5),
+    failing=st.sets(st.integers(0, 5)),
+)
+def test_chunks_make_the_blob_whatever_fails_between_them(
+    make_kit: MakeKit, data: bytes, cuts: list[int], failing: set[int]
+) -> None:
+    kit = make_kit()
+    up = uploads.start(kit.store, REPO)
+    bounds = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
+    for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        if i in failing:
+            send(kit, up.id, b"junk" + data[lo:hi], fail=True)
+        send(kit, up.id, data[lo:hi])
+    assert finish(kit, up.id, digest_of(data)) == digest_of(data)
+    assert kit.store.read_blob(digest_of(data)) == data
+
+
+SEND_FROM_ANOTHER_PROCESS = """
+import os, sys
+from modelhangar.core import uploads
+from modelhangar.core.config import load_settings
+from modelhangar.core.store import Store
+handle = uploads.acquire(Store(load_settings(dict(os.environ))), sys.argv[1], sys.argv[2])
+handle.write(sys.argv[3].encode())
+handle.save()
+"""
+
+
+def test_a_session_continued_by_another_process_is_hashed_at_the_end(make_kit: MakeKit) -> None:
+    kit = make_kit()
+    settings = kit.store.settings
+    env = {**os.environ, "HANGAR_HOME": str(settings.home), "HANGAR_DATABASE_URL": settings.database_url}
+    up = uploads.start(kit.store, REPO)
+    send(kit, up.id, b"one ")
+    other = [sys.executable, "-c", SEND_FROM_ANOTHER_PROCESS, up.id, REPO, "two "]
+    subprocess.run(other, env=env, check=True, timeout=120)
+    send(kit, up.id, b"three")  # this process's hash state stops at "one ": it must not be used
+    assert finish(kit, up.id, digest_of(b"one two three")) == digest_of(b"one two three")
+    assert kit.store.read_blob(digest_of(b"one two three")) == b"one two three"
+
+
+@pytest.mark.parametrize("claimed", [b"one two", b"something else"])
+def test_a_wrong_digest_keeps_nothing(make_kit: MakeKit, claimed: bytes) -> None:
+    kit = make_kit()
+    up = uploads.start(kit.store, REPO)
+    send(kit, up.id, b"one ")
+    with pytest.raises(DigestMismatch):
+        finish(kit, up.id, digest_of(claimed), b"two three")
+    assert digest_of(b"one two three") not in kit.blob_files()
+    assert kit.store.blob_size(digest_of(b"one two three")) is None
