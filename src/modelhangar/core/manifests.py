@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 from modelhangar.core.digests import parse_digest
@@ -15,6 +16,8 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OLLAMA_CONFIG = "application/vnd.docker.container.image.v1+json"
 INDEX_TYPES = frozenset({DOCKER_LIST, OCI_INDEX})
 MAX_MANIFEST_BYTES = 4 << 20
+# RFC 6838 type/subtype (with an optional +suffix), as the image spec requires of artifactType.
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,10 @@ class ManifestRefs:
     config: Descriptor | None
     layers: tuple[Descriptor, ...]
     children: tuple[Descriptor, ...] = field(default=())
+    subject: Descriptor | None = None
+    """The manifest this one refers to (OCI 1.1 `subject`): not a reference that holds it."""
+    artifact_type: str | None = None
+    """`artifactType`, else an image manifest's config media type (as the referrers API lists it)."""
 
     @property
     def blobs(self) -> tuple[Descriptor, ...]:
@@ -78,15 +85,29 @@ def parse_manifest(content: bytes, media_type: str | None = None) -> ManifestRef
         mt = OCI_INDEX if "manifests" in doc else OCI_MANIFEST
     if media_type and body_type and media_type != body_type and media_type.split(";")[0] != body_type:
         raise InvalidManifest("mediaType in the body differs from Content-Type")
+    subject = _descriptor(doc["subject"], "subject") if doc.get("subject") is not None else None
+    declared = doc.get("artifactType")
+    if not (isinstance(declared, str) and _MEDIA_TYPE.fullmatch(declared)):
+        declared = None  # stored as sent, but not listed by a type that is no media type
     if "manifests" in doc or mt in INDEX_TYPES:
         items = doc.get("manifests")
         if not isinstance(items, list):
             raise InvalidManifest("index without a manifests list")
         children = tuple(_descriptor(m, f"manifests[{i}]") for i, m in enumerate(items))
-        return ManifestRefs(media_type=mt, config=None, layers=(), children=children)
+        return ManifestRefs(mt, None, (), children, subject, declared)
     config = _descriptor(doc.get("config"), "config")
     layers_doc = doc.get("layers", [])
     if not isinstance(layers_doc, list):
         raise InvalidManifest("layers is not a list")
     layers = tuple(_descriptor(layer, f"layers[{i}]") for i, layer in enumerate(layers_doc))
-    return ManifestRefs(media_type=mt, config=config, layers=layers)
+    artifact_type = declared or config.media_type or None
+    return ManifestRefs(mt, config, layers, (), subject, artifact_type)
+
+
+def manifest_annotations(content: bytes) -> dict[str, str]:
+    """A stored manifest's string annotations (for the referrers API)."""
+    doc = json.loads(content)
+    found = doc.get("annotations") if isinstance(doc, dict) else None
+    if not isinstance(found, dict):
+        return {}
+    return {k: v for k, v in found.items() if isinstance(k, str) and isinstance(v, str)}

@@ -44,7 +44,7 @@ from modelhangar.core.catalog.db import Catalog, retrying
 from modelhangar.core.config import Settings
 from modelhangar.core.digests import parse_digest, sha256_digest
 from modelhangar.core.errors import BlobUnknown, DigestMismatch, NotFound
-from modelhangar.core.manifests import OLLAMA_CONFIG, ManifestRefs, parse_manifest
+from modelhangar.core.manifests import OLLAMA_CONFIG, ManifestRefs, manifest_annotations, parse_manifest
 
 PRESENT = "present"
 DELETING = "deleting"
@@ -87,6 +87,17 @@ class TagRecord:
     @property
     def details(self) -> dict[str, Any] | None:
         return json.loads(self.details_json) if self.details_json else None
+
+
+@dataclass(frozen=True)
+class Referrer:
+    """A manifest that names another as its `subject`, as the referrers API lists it."""
+
+    digest: str
+    media_type: str
+    size: int
+    artifact_type: str | None
+    annotations: dict[str, str]
 
 
 @dataclass
@@ -328,6 +339,34 @@ class Store:
             ).first()
         return None if row is None else (bytes(row.content), row.media_type)
 
+    def referrers(self, repository: str, subject: str, artifact_type: str | None = None) -> list[Referrer]:
+        """Manifests of a repository whose `subject` is `subject` (oldest first), optionally of one type."""
+        q = (
+            sa.select(
+                t.manifests.c.digest,
+                t.manifests.c.media_type,
+                t.manifests.c.size,
+                t.manifests.c.artifact_type,
+                t.manifests.c.content,
+            )
+            .select_from(t.manifests.join(t.repo_manifests).join(t.repositories))
+            .where(t.repositories.c.name_key == repository.lower(), t.manifests.c.subject_digest == subject)
+            .order_by(t.repo_manifests.c.created_at, t.manifests.c.digest)
+        )
+        if artifact_type is not None:
+            q = q.where(t.manifests.c.artifact_type == artifact_type)
+        with self.catalog.read() as conn:
+            return [
+                Referrer(
+                    r.digest,
+                    r.media_type,
+                    int(r.size),
+                    r.artifact_type,
+                    manifest_annotations(bytes(r.content)),
+                )
+                for r in conn.execute(q)
+            ]
+
     def manifest_in_repository(self, repository: str, digest: str) -> bool:
         q = (
             sa.select(sa.literal(1))
@@ -402,6 +441,8 @@ class Store:
                 "total_size": refs.total_size,
                 "details": json.dumps(details) if details is not None else None,
                 "created_at": ts,
+                "subject_digest": refs.subject.digest if refs.subject else None,
+                "artifact_type": refs.artifact_type if refs.subject else None,
             }
             lock_manifest = (
                 sa.select(t.manifests.c.digest).where(t.manifests.c.digest == digest).with_for_update()

@@ -557,3 +557,87 @@ def test_manifest_pushed_through_v2_is_an_ollama_model(oci: httpx.Client, client
     client.delete("lib/hello:v1")
     assert_error(oci.get("/v2/lib/hello/manifests/v1"), 404, "NAME_UNKNOWN")
     assert blob_files(home) == set()
+
+
+# ---------------------------------------------------------------------------------------------- referrers
+
+EMPTY_CONFIG = b"{}"
+EMPTY_CONFIG_TYPE = "application/vnd.oci.empty.v1+json"
+
+
+def artifact_for(c: httpx.Client, name: str, subject: str, artifact_type: str, note: str) -> str:
+    """Push an OCI 1.1 artifact manifest whose subject is `subject`, by digest; returns its digest."""
+    push_blob(c, name, EMPTY_CONFIG)
+    layer = note.encode()
+    push_blob(c, name, layer)
+    size = len(c.get(f"/v2/{name}/manifests/{subject}").content)
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": artifact_type,
+            "config": {"mediaType": EMPTY_CONFIG_TYPE, "digest": digest_of(EMPTY_CONFIG), "size": 2},
+            "layers": [{"mediaType": "text/plain", "digest": digest_of(layer), "size": len(layer)}],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": size},
+            "annotations": {"note": note},
+        }
+    ).encode()
+    r = c.put(f"/v2/{name}/manifests/{digest_of(body)}", content=body, headers={"Content-Type": OCI_MANIFEST})
+    assert r.status_code == 201, r.text
+    assert r.headers["oci-subject"] == subject  # the registry keeps the referrers list: no fallback tag
+    return digest_of(body)
+
+
+def test_referrers_list_filter_and_forget_deleted_ones(oci: httpx.Client, home: Path) -> None:
+    image = push_image(oci, "lib/signed", "v1", b'{"architecture":"amd64"}', [b"image layer"])
+    sbom = artifact_for(oci, "lib/signed", image, "application/spdx+json", "sbom")
+    signature = artifact_for(oci, "lib/signed", image, "application/vnd.dev.cosign+json", "signature")
+
+    r = oci.get(f"/v2/lib/signed/referrers/{image}")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/vnd.oci.image.index.v1+json"
+    index = r.json()
+    assert index["schemaVersion"] == 2 and index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert [(m["digest"], m["artifactType"], m["annotations"]) for m in index["manifests"]] == [
+        (sbom, "application/spdx+json", {"note": "sbom"}),
+        (signature, "application/vnd.dev.cosign+json", {"note": "signature"}),
+    ]
+    assert all(m["mediaType"] == OCI_MANIFEST and m["size"] > 0 for m in index["manifests"])
+
+    r = oci.get(f"/v2/lib/signed/referrers/{image}", params={"artifactType": "application/spdx+json"})
+    assert r.headers["oci-filters-applied"] == "artifactType"
+    assert [m["digest"] for m in r.json()["manifests"]] == [sbom]
+
+    # Other repositories, unknown subjects and unknown repositories have none; never a 404.
+    for path in (f"lib/other/referrers/{image}", f"lib/signed/referrers/{digest_of(b'nothing')}"):
+        r = oci.get(f"/v2/{path}")
+        assert r.status_code == 200 and r.json()["manifests"] == []
+    assert_error(oci.get("/v2/lib/signed/referrers/sha256:nothex"), 400, "DIGEST_INVALID")
+
+    # A deleted referrer leaves the list; the subject itself is unaffected by its referrers.
+    assert oci.delete(f"/v2/lib/signed/manifests/{sbom}").status_code == 202
+    assert [m["digest"] for m in oci.get(f"/v2/lib/signed/referrers/{image}").json()["manifests"]] == [
+        signature
+    ]
+    assert oci.get("/v2/lib/signed/manifests/v1").status_code == 200
+    assert_store_consistent(home)
+
+
+def test_a_referrer_may_name_a_subject_the_registry_lacks(oci: httpx.Client) -> None:
+    missing = digest_of(b"an image pushed later")
+    push_blob(oci, "lib/early", EMPTY_CONFIG)
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": EMPTY_CONFIG_TYPE, "digest": digest_of(EMPTY_CONFIG), "size": 2},
+            "layers": [],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": missing, "size": 10},
+        }
+    ).encode()
+    r = oci.put(
+        f"/v2/lib/early/manifests/{digest_of(body)}", content=body, headers={"Content-Type": OCI_MANIFEST}
+    )
+    assert r.status_code == 201 and r.headers["oci-subject"] == missing
+    [listed] = oci.get(f"/v2/lib/early/referrers/{missing}").json()["manifests"]
+    assert listed["digest"] == digest_of(body)
+    assert listed["artifactType"] == EMPTY_CONFIG_TYPE  # no artifactType: the config's media type

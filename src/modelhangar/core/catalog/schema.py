@@ -51,6 +51,10 @@ manifests = sa.Table(
     # Ollama-style details read from the config blob at commit time (JSON text).
     sa.Column("details", sa.Text, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
+    # OCI 1.1: the manifest this one refers to (`subject`), and its artifact type, for the referrers API.
+    sa.Column("subject_digest", DIGEST, nullable=True),
+    sa.Column("artifact_type", sa.String(255), nullable=True),
+    sa.Index("ix_manifests_subject", "subject_digest"),
 )
 
 manifest_blobs = sa.Table(

@@ -10,11 +10,18 @@ from starlette.responses import JSONResponse, Response
 
 from modelhangar.core.digests import sha256_digest
 from modelhangar.core.errors import BlobUnknown, InvalidManifest
-from modelhangar.core.manifests import MAX_MANIFEST_BYTES
+from modelhangar.core.manifests import MAX_MANIFEST_BYTES, OCI_INDEX, parse_manifest
 from modelhangar.core.planner import Planner, Target
 from modelhangar.core.store import Actor, Store
 from modelhangar.faces.oci.errors import OciError
-from modelhangar.faces.oci.wire import absolute, oci_name, page, parse_reference, repository_of
+from modelhangar.faces.oci.wire import (
+    absolute,
+    blob_digest,
+    oci_name,
+    page,
+    parse_reference,
+    repository_of,
+)
 
 # Nobody signs in to the registry face: it may not delete what another user owns.
 ACTOR = Actor(name="anonymous", face="oci", admin=False)
@@ -109,11 +116,37 @@ async def put_manifest(request: Request, name: str, reference: str) -> Response:
         ) from None
     except InvalidManifest as e:
         raise OciError("MANIFEST_INVALID", str(e), {"reason": str(e)}) from None
-    location = absolute(request, f"/v2/{name}/manifests/{digest}")
-    return Response(
-        status_code=201,
-        headers={"Location": location, "Docker-Content-Digest": digest, "Content-Length": "0"},
-    )
+    headers = {
+        "Location": absolute(request, f"/v2/{name}/manifests/{digest}"),
+        "Docker-Content-Digest": digest,
+        "Content-Length": "0",
+    }
+    subject = parse_manifest(content, _media_type(request)).subject  # valid: the store took it
+    if subject is not None:  # tells the client this registry keeps the referrers list itself
+        headers["OCI-Subject"] = subject.digest
+    return Response(status_code=201, headers=headers)
+
+
+async def list_referrers(request: Request, name: str, digest: str) -> Response:
+    """OCI 1.1 referrers: an image index of the repository's manifests whose subject is `digest`.
+
+    Never a 404 (an unknown repository or digest has no referrers); `artifactType` filters.
+    """
+    repository = repository_of(name)
+    subject = blob_digest(digest)
+    wanted = request.query_params.get("artifactType") or None
+    found = await run_in_threadpool(store_of(request).referrers, repository, subject, wanted)
+    descriptors = []
+    for r in found:
+        d: dict[str, Any] = {"mediaType": r.media_type, "digest": r.digest, "size": r.size}
+        if r.artifact_type:
+            d["artifactType"] = r.artifact_type
+        if r.annotations:
+            d["annotations"] = r.annotations
+        descriptors.append(d)
+    headers = {"OCI-Filters-Applied": "artifactType"} if wanted else {}
+    body = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": descriptors}
+    return JSONResponse(body, headers=headers, media_type=OCI_INDEX)
 
 
 def _truthy(value: str | None) -> bool:

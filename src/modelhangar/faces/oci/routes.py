@@ -33,6 +33,7 @@ Handler = Callable[..., Awaitable[Response]]
 _ENDPOINTS: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
     (re.compile(r"_catalog"), {"GET": manifests.catalog}),
     (re.compile(r"(?P<name>.+)/tags/list"), {"GET": manifests.list_tags}),
+    (re.compile(r"(?P<name>.+)/referrers/(?P<digest>[^/]+)"), {"GET": manifests.list_referrers}),
     (
         re.compile(r"(?P<name>.+)/manifests/(?P<reference>[^/]+)"),
         {
