@@ -4,6 +4,7 @@ through Debian's docker-registry, and from scripted registries that misbehave.""
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 import threading
@@ -292,6 +293,23 @@ def test_a_manifest_naming_unsafe_digests_is_refused_before_anything_is_fetched(
     assert {p for p in tmp_path.rglob("*") if b.home not in p.parents and "logs" not in p.parts} == outside
 
 
+def test_a_model_larger_than_the_free_disk_is_refused_before_anything_is_fetched(
+    registry: FakeRegistry, tmp_path: Path, start_server: StartServer
+) -> None:
+    b = start_server(tmp_path / "b")
+    doc = json.loads(ollama_manifest(CONFIG, [b"weights"]))
+    doc["layers"][0]["size"] = 1 << 50  # a pebibyte, as a hostile or broken manifest may claim
+    registry.script.manifests["library/huge:latest"] = (json.dumps(doc).encode(), DOCKER_V2)
+    registry.script.blobs = {digest_of(CONFIG): CONFIG, digest_of(b"weights"): b"weights"}
+    r = httpx.post(
+        b.url + "/api/pull",
+        json={"model": f"{registry.host}/library/huge", "insecure": True, "stream": False},
+    )
+    assert r.status_code == 507 and r.json()["error"].startswith("insufficient disk space")
+    assert registry.blob_requests() == []
+    assert listing(b) == {} and partials(b.home) == {}
+
+
 def test_registry_quirks(registry: FakeRegistry, tmp_path: Path, start_server: StartServer) -> None:
     b = start_server(tmp_path / "b")
     cb = ollama.Client(host=b.url)
@@ -419,10 +437,12 @@ def test_mount_sources_only_name_repositories_on_the_target_host() -> None:
     assert got == {digest_of(b"a"): "ns/base", digest_of(b"b"): "ns/other"}
 
 
+@pytest.mark.parametrize("servers", [1, 2])
 def test_concurrent_pulls_race_deletes_and_gc(
-    tmp_path: Path, start_server: StartServer, make_gguf: MakeGguf
+    tmp_path: Path, start_server: StartServer, make_gguf: MakeGguf, servers: int
 ) -> None:
-    """Eight pulls of two models sharing a layer, while another thread deletes them and runs GC.
+    """Eight pulls of two models sharing a layer, while another thread deletes them and runs GC,
+    on one server or spread over two sharing one data directory.
 
     Every pull ends in success or a clear error, never a 5xx from the store; the store stays
     consistent; no partial download is left behind.
@@ -433,13 +453,15 @@ def test_concurrent_pulls_race_deletes_and_gc(
     shared = make_gguf(seed=30, tensor_elems=200_000)
     upload_model(ca, tmp_path, "one", shared, system="one")
     upload_model(ca, tmp_path, "two", shared, system="two")
-    b = start_server(tmp_path / "b", env={"HANGAR_GC_GRACE": "0", "HANGAR_TRASH_RETENTION": "0"})
+    env = {"HANGAR_GC_GRACE": "0", "HANGAR_TRASH_RETENTION": "0"}
+    bs = [start_server(tmp_path / "b", env=env) for _ in range(servers)]
+    b = bs[0]
     remotes = [f"127.0.0.1:{a.port}/library/{n}:latest" for n in ("one", "two")]
     failures: list[str] = []
     done = threading.Event()
 
     def pull(i: int) -> None:
-        client = ollama.Client(host=b.url)
+        client = ollama.Client(host=bs[(i // 2) % servers].url)  # each model on every server
         for _ in range(3):
             try:
                 client.pull(remotes[i % 2], insecure=True)
@@ -477,5 +499,6 @@ def test_concurrent_pulls_race_deletes_and_gc(
         assert cb.pull(remote, insecure=True).status == "success"
     assert {listing(b)[r] for r in remotes} == {listing(a)["one:latest"], listing(a)["two:latest"]}
     assert partials(b.home) == {}
-    b.stop()
+    for server in bs:
+        server.stop()
     assert_store_consistent(b.home)

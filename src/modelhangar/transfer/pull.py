@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -85,6 +86,7 @@ def _platform_entry(content: bytes, children: Sequence[Descriptor]) -> str:
 
 def _fetch_blobs(store: Store, remote: RegistryClient, blobs: Sequence[Descriptor], emit: Emit) -> None:
     unique = list({b.digest: b for b in blobs}.values())
+    _check_space(store, [b for b in unique if store.blob_size(b.digest) is None])
     with ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="pull") as pool:
         futures = [pool.submit(_fetch_blob, store, remote, b, emit) for b in unique]
         try:
@@ -93,6 +95,22 @@ def _fetch_blobs(store: Store, remote: RegistryClient, blobs: Sequence[Descripto
         finally:
             for future in futures:
                 future.cancel()
+
+
+def _check_space(store: Store, missing: Sequence[Descriptor]) -> None:
+    """Refuse a pull the disk cannot hold before a byte of it is fetched (sizes as the manifest says)."""
+    need = 0
+    for blob in missing:
+        try:
+            have = partial_path(store, blob.digest).stat().st_size
+        except FileNotFoundError:
+            have = 0
+        need += max(blob.size - have, 0)
+    free = shutil.disk_usage(store.settings.home).free
+    if need > free:
+        raise RegistryError(
+            f"insufficient disk space: the model needs {need} more bytes, {free} are free", status=507
+        )
 
 
 @contextmanager
