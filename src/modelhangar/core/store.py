@@ -43,7 +43,7 @@ from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import Catalog, retrying
 from modelhangar.core.config import Settings
 from modelhangar.core.digests import parse_digest, sha256_digest
-from modelhangar.core.errors import BlobUnknown, DigestMismatch, NotFound
+from modelhangar.core.errors import BlobUnknown, Conflict, DigestMismatch, NotFound
 from modelhangar.core.manifests import OLLAMA_CONFIG, ManifestRefs, manifest_annotations, parse_manifest
 
 PRESENT = "present"
@@ -413,10 +413,13 @@ class Store:
         *,
         owner: str | None = None,
         actor: Actor | None = None,
+        exact_tag: bool = False,
     ) -> tuple[str, Released]:
         """Store a manifest in a repository (and point a tag at it) once all it names is present.
 
-        Returns its digest and what an overwritten tag released (already reclaimed).
+        Tags match case-insensitively, as Ollama's names do. With `exact_tag` (OCI tags are
+        case-sensitive), moving a tag spelled differently, such as `V1` over `v1`, raises Conflict
+        instead, and nothing changes. Returns the digest and what an overwritten tag released.
         """
         refs = parse_manifest(content, media_type)
         digest = str(sha256_digest(content))
@@ -474,15 +477,17 @@ class Store:
                 {"repository_id": repo_id, "manifest_digest": digest, "created_at": ts},
             )
             if tag is not None:
-                released = self._point_tag(conn, repo_id, tag, digest, ts)
+                released = self._point_tag(conn, repo_id, tag, digest, ts, exact=exact_tag)
         self.finish_deletions(released.blobs)
         return digest, released
 
-    def _point_tag(self, conn: sa.Connection, repo_id: int, tag: str, digest: str, ts: float) -> Released:
+    def _point_tag(
+        self, conn: sa.Connection, repo_id: int, tag: str, digest: str, ts: float, *, exact: bool = False
+    ) -> Released:
         """Point a tag at a manifest; release what the tag pointed at before."""
         key = tag.lower()
         old = conn.execute(
-            sa.select(t.tags.c.manifest_digest, t.tags.c.created_at)
+            sa.select(t.tags.c.manifest_digest, t.tags.c.created_at, t.tags.c.name)
             .where(t.tags.c.repository_id == repo_id, t.tags.c.name_key == key)
             .with_for_update()
         ).first()
@@ -499,6 +504,10 @@ class Store:
                 )
             )
             return Released()
+        if exact and old.name != tag and old.manifest_digest != digest:
+            raise Conflict(
+                f'tag "{tag}" would replace tag "{old.name}": tags that differ only in case are one tag here'
+            )
         conn.execute(
             t.tags.update()
             .where(t.tags.c.repository_id == repo_id, t.tags.c.name_key == key)

@@ -641,3 +641,25 @@ def test_a_referrer_may_name_a_subject_the_registry_lacks(oci: httpx.Client) -> 
     [listed] = oci.get(f"/v2/lib/early/referrers/{missing}").json()["manifests"]
     assert listed["digest"] == digest_of(body)
     assert listed["artifactType"] == EMPTY_CONFIG_TYPE  # no artifactType: the config's media type
+
+
+def test_tags_differing_only_in_case_are_refused_not_merged(oci: httpx.Client, home: Path) -> None:
+    """OCI tags are case-sensitive, the store's (Ollama's) are not: `V1` must not silently replace `v1`."""
+    first = push_image(oci, "lib/cased", "v1", b'{"n":1}', [b"first"])
+    config, layer = b'{"n":2}', b"second"
+    push_blob(oci, "lib/cased", config)
+    push_blob(oci, "lib/cased", layer)
+    body = image_manifest(config, [layer])
+    r = oci.put("/v2/lib/cased/manifests/V1", content=body, headers={"Content-Type": OCI_MANIFEST})
+    assert_error(r, 403, "DENIED")
+    assert "differ only in case" in r.json()["errors"][0]["message"]
+    assert oci.get("/v2/lib/cased/tags/list").json()["tags"] == ["v1"]
+    assert oci.head("/v2/lib/cased/manifests/v1").headers["docker-content-digest"] == first
+    # The same manifest under either spelling is no change, so it is accepted.
+    r = oci.put(
+        "/v2/lib/cased/manifests/V1",
+        content=image_manifest(b'{"n":1}', [b"first"]),
+        headers={"Content-Type": OCI_MANIFEST},
+    )
+    assert r.status_code == 201
+    assert_store_consistent(home)

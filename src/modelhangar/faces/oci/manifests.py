@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from modelhangar.core.digests import sha256_digest
-from modelhangar.core.errors import BlobUnknown, InvalidManifest
+from modelhangar.core.errors import BlobUnknown, Conflict, InvalidManifest
 from modelhangar.core.manifests import MAX_MANIFEST_BYTES, OCI_INDEX, parse_manifest
 from modelhangar.core.planner import Planner, Target
 from modelhangar.core.store import Actor, Store
@@ -105,9 +105,16 @@ async def put_manifest(request: Request, name: str, reference: str) -> Response:
     try:
         await run_in_threadpool(
             lambda: store.put_manifest(
-                repository, ref if kind == "tag" else None, content, _media_type(request), actor=ACTOR
+                repository,
+                ref if kind == "tag" else None,
+                content,
+                _media_type(request),
+                actor=ACTOR,
+                exact_tag=True,
             )
         )
+    except Conflict as e:
+        raise OciError("DENIED", str(e), {"tag": ref}) from None
     except BlobUnknown as e:
         raise OciError(
             "MANIFEST_BLOB_UNKNOWN",
