@@ -502,3 +502,42 @@ def test_concurrent_pulls_race_deletes_and_gc(
     for server in bs:
         server.stop()
     assert_store_consistent(b.home)
+
+
+def test_pull_an_oci_image_manifest(tmp_path: Path, start_server: StartServer) -> None:
+    """An OCI (not Docker v2) manifest pushed to one server's /v2 is pulled into another byte for byte."""
+    a = start_server(tmp_path / "a")
+    needs_v2(a)
+    config, layer = b'{"architecture":"amd64","os":"linux"}', b"oci layer bytes" * 1000
+    for blob in (config, layer):
+        r = httpx.post(
+            f"{a.url}/v2/team/oci/blobs/uploads/", params={"digest": digest_of(blob)}, content=blob
+        )
+        assert r.status_code == 201, r.text
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": digest_of(config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": digest_of(layer),
+                    "size": len(layer),
+                }
+            ],
+        }
+    ).encode()
+    headers = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
+    assert (
+        httpx.put(f"{a.url}/v2/team/oci/manifests/1.0", content=manifest, headers=headers).status_code == 201
+    )
+    b = start_server(tmp_path / "b")
+    remote = f"127.0.0.1:{a.port}/team/oci:1.0"
+    assert ollama.Client(host=b.url).pull(remote, insecure=True).status == "success"
+    assert listing(b)[remote] == digest_of(manifest)[7:]
+    assert (b.home / "blobs" / blob_file(digest_of(layer))).read_bytes() == layer
