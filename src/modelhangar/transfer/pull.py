@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -25,11 +24,11 @@ from modelhangar.core.manifests import Descriptor, ManifestRefs, parse_manifest
 from modelhangar.core.names import ModelName
 from modelhangar.core.partials import partial_path
 from modelhangar.core.store import Store
+from modelhangar.transfer import parallel
 from modelhangar.transfer.errors import RegistryError
 from modelhangar.transfer.progress import Emit, Progress
 from modelhangar.transfer.registry_client import RegistryClient, RemoteManifest
 
-PARALLEL = 4
 CHUNK = 1 << 20
 PLATFORM = {"os": "linux", "architecture": "amd64"}
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
@@ -87,14 +86,7 @@ def _platform_entry(content: bytes, children: Sequence[Descriptor]) -> str:
 def _fetch_blobs(store: Store, remote: RegistryClient, blobs: Sequence[Descriptor], emit: Emit) -> None:
     unique = list({b.digest: b for b in blobs}.values())
     _check_space(store, [b for b in unique if store.blob_size(b.digest) is None])
-    with ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="pull") as pool:
-        futures = [pool.submit(_fetch_blob, store, remote, b, emit) for b in unique]
-        try:
-            for future in futures:
-                future.result()
-        finally:
-            for future in futures:
-                future.cancel()
+    parallel.each(lambda b: _fetch_blob(store, remote, b, emit), unique, name="pull")
 
 
 def _check_space(store: Store, missing: Sequence[Descriptor]) -> None:

@@ -5,19 +5,18 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from modelhangar.core.digests import parse_digest
 from modelhangar.core.manifests import Descriptor, parse_manifest
 from modelhangar.core.names import InvalidName, ModelName, parse_name
 from modelhangar.core.store import Store
+from modelhangar.transfer import parallel
 from modelhangar.transfer.errors import RegistryError
 from modelhangar.transfer.progress import Emit, Progress
 from modelhangar.transfer.registry_client import RegistryClient
 
 CHUNK = 1 << 20
-PARALLEL = 4
 
 
 def push(store: Store, name: ModelName, *, insecure: bool, emit: Emit) -> str:
@@ -35,14 +34,7 @@ def push(store: Store, name: ModelName, *, insecure: bool, emit: Emit) -> str:
     sources = mount_sources(content, name)
     with RegistryClient(name, insecure=insecure) as remote:
         blobs = list({b.digest: b for b in refs.blobs}.values())
-        with ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="push") as pool:
-            futures = [pool.submit(_push_blob, store, remote, b, sources.get(b.digest), emit) for b in blobs]
-            try:
-                for future in futures:
-                    future.result()
-            finally:
-                for future in futures:
-                    future.cancel()
+        parallel.each(lambda b: _push_blob(store, remote, b, sources.get(b.digest), emit), blobs, name="push")
         emit({"status": "pushing manifest"})
         claimed = remote.put_manifest(content, media_type)
     if claimed and claimed != record.manifest_digest:
