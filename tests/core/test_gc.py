@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from modelhangar.core import gc
 from modelhangar.core.catalog import schema as t
+from modelhangar.core.partials import locked
 
 if TYPE_CHECKING:
     from conftest import Kit, MakeKit
@@ -242,3 +243,21 @@ def test_a_dry_run_counts_blobs_only_expiring_entries_share(make_kit: MakeKit) -
     assert digest_of(b"pair") in real.blobs
     assert (sorted(preview.blobs), preview.bytes_freed) == (sorted(real.blobs), real.bytes_freed)
     assert [(a.action, a.dry_run) for a in kit.audit() if a.action == "gc"] == [("gc", True), ("gc", False)]
+
+
+def test_gc_removes_abandoned_transfers_but_not_busy_or_recent_ones(make_kit: MakeKit) -> None:
+    kit = make_kit(HANGAR_UPLOAD_EXPIRY="1h")
+    root = kit.store.settings.home / "partials"
+    root.mkdir(parents=True)
+    old_pull = root / ("sha256-" + "a" * 64 + ".partial")
+    old_push = root / ("push-" + "b" * 40 + ".json")
+    busy_push = root / ("push-" + "c" * 40 + ".json")
+    recent_pull = root / ("sha256-" + "d" * 64 + ".partial")
+    for path in (old_pull, old_push, busy_push, recent_pull):
+        path.write_bytes(b"{}")
+    for path in (old_pull, old_push, busy_push):
+        age(path)
+    with locked(busy_push):  # a push still working on it, in this or another process
+        report = gc.collect(kit.store)
+    assert sorted(report.strays) == sorted([f"partials/{old_pull.name}", f"partials/{old_push.name}"])
+    assert sorted(p.name for p in root.iterdir()) == sorted([busy_push.name, recent_pull.name])

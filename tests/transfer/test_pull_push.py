@@ -29,7 +29,7 @@ from harness import (
     wait_until,
 )
 from modelhangar.core.names import parse_name
-from modelhangar.transfer.push import mount_sources
+from modelhangar.transfer.push import PUSH_CHUNK, mount_sources
 
 CONFIG = b'{"model_format":"gguf","model_family":"llama","architecture":"amd64","os":"linux"}'
 
@@ -245,7 +245,9 @@ def test_push_to_and_pull_from_docker_registry(
 ) -> None:
     a, b = pair
     ca, cb = ollama.Client(host=a.url), ollama.Client(host=b.url)
-    upload_model(ca, tmp_path, "tiny", make_gguf(seed=23), system="via registry")
+    gguf = make_gguf(seed=23, tensor_elems=9 << 20)  # 36 MiB: goes up in PATCH chunks
+    assert len(gguf) > 2 * PUSH_CHUNK
+    upload_model(ca, tmp_path, "tiny", gguf, system="via registry")
     remote = f"{docker_registry}/lib/tiny:latest"
     ca.copy("tiny", remote)
     assert ca.push(remote, insecure=True).status == "success"
@@ -541,3 +543,35 @@ def test_pull_an_oci_image_manifest(tmp_path: Path, start_server: StartServer) -
     assert ollama.Client(host=b.url).pull(remote, insecure=True).status == "success"
     assert listing(b)[remote] == digest_of(manifest)[7:]
     assert (b.home / "blobs" / blob_file(digest_of(layer))).read_bytes() == layer
+
+
+def test_a_push_cut_off_by_a_crash_resumes_from_the_registry_offset(
+    tmp_path: Path, start_server: StartServer, make_gguf: MakeGguf
+) -> None:
+    """SIGKILL the pusher mid-blob; after a restart the next push continues the registry's session."""
+    a = start_server(tmp_path / "a")  # the registry
+    needs_v2(a)
+    b = start_server(tmp_path / "b")  # the pusher
+    gguf = make_gguf(seed=31, tensor_elems=24 << 20)  # 96 MiB: six PATCH chunks
+    digest = upload_model(ollama.Client(host=b.url), tmp_path, "big", gguf)
+    target = f"127.0.0.1:{a.port}/team/big:v1"
+    ollama.Client(host=b.url).copy("big", target)
+    cut = False
+    for event in ollama.Client(host=b.url).push(target, insecure=True, stream=True):
+        if event.digest == digest and (event.completed or 0) >= 2 * PUSH_CHUNK:
+            b.kill()
+            cut = True
+            break
+    assert cut
+    records = [p for p in (b.home / "partials").iterdir() if p.name.startswith("push-")]
+    assert len(records) == 1  # the session at the registry, remembered across the crash
+    assert httpx.head(f"{a.url}/v2/team/big/blobs/{digest}").status_code == 404
+    b = start_server(tmp_path / "b")
+    events = list(ollama.Client(host=b.url).push(target, insecure=True, stream=True))
+    assert events[-1].status == "success"
+    resumed = [e.completed for e in events if e.digest == digest][1]  # after the `0` that opens each blob
+    assert resumed is not None and resumed >= 2 * PUSH_CHUNK and resumed % PUSH_CHUNK == 0
+    assert listing(a)["team/big:v1"] == listing(b)[target]
+    assert hashlib.sha256((a.home / "blobs" / blob_file(digest)).read_bytes()).hexdigest() == digest[7:]
+    assert not [p for p in (b.home / "partials").iterdir() if p.name.startswith("push-")]
+    assert_store_consistent(a.home)

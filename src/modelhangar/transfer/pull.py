@@ -9,20 +9,17 @@ blob only once its content hashes to its digest.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Sequence
 from typing import BinaryIO
 
 from modelhangar.core.errors import BlobUnknown, DigestMismatch, InvalidManifest
 from modelhangar.core.manifests import Descriptor, ManifestRefs, parse_manifest
 from modelhangar.core.names import ModelName
-from modelhangar.core.partials import partial_path
+from modelhangar.core.partials import locked, partial_path
 from modelhangar.core.store import Store
 from modelhangar.transfer import parallel
 from modelhangar.transfer.errors import RegistryError
@@ -105,27 +102,6 @@ def _check_space(store: Store, missing: Sequence[Descriptor]) -> None:
         )
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[BinaryIO]:
-    """The partial file, opened for appending and exclusively flocked (one download per digest)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        f = open(path, "ab")  # noqa: SIM115 - closed below or by the caller's with
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-        except BaseException:
-            f.close()
-            raise
-        f.close()  # the holder finished and removed it meanwhile: open the current one
-    with f:
-        yield f
-
-
 def _fetch_blob(store: Store, remote: RegistryClient, blob: Descriptor, emit: Emit) -> None:
     """Fetch one blob into its partial file (resuming what is there), verify it, install it."""
     progress = Progress(emit, "pulling", blob.digest, blob.size)
@@ -133,7 +109,7 @@ def _fetch_blob(store: Store, remote: RegistryClient, blob: Descriptor, emit: Em
         progress.done()
         return
     path = partial_path(store, blob.digest)
-    with _locked(path) as f:
+    with locked(path) as f:
         if store.reuse_blob(blob.digest) is not None:  # another pull installed it meanwhile
             path.unlink(missing_ok=True)
             progress.done()

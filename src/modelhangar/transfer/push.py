@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import BinaryIO
+
+import httpx
 
 from modelhangar.core.digests import parse_digest
 from modelhangar.core.manifests import Descriptor, parse_manifest
 from modelhangar.core.names import InvalidName, ModelName, parse_name
+from modelhangar.core.partials import locked, push_record_path
 from modelhangar.core.store import Store
 from modelhangar.transfer import parallel
-from modelhangar.transfer.errors import RegistryError
+from modelhangar.transfer.auth import same_host
+from modelhangar.transfer.errors import TRANSFER_ERRORS, RegistryError
 from modelhangar.transfer.progress import Emit, Progress
 from modelhangar.transfer.registry_client import RegistryClient
 
 CHUNK = 1 << 20
+PUSH_CHUNK = 16 << 20
+"""Blobs larger than this go up in PATCH chunks of this size, so an interrupted push can resume."""
 
 
 def push(store: Store, name: ModelName, *, insecure: bool, emit: Emit) -> str:
@@ -72,10 +80,6 @@ def _push_blob(
     if remote.has_blob(blob.digest):
         progress.done()
         return
-    location = remote.start_upload(blob.digest, source)
-    if location is None:  # mounted from `source`
-        progress.done()
-        return
     try:
         f = store.blobs.open(blob.digest)
     except FileNotFoundError:
@@ -83,14 +87,81 @@ def _push_blob(
     with f:
         if os.fstat(f.fileno()).st_size != blob.size:
             raise RegistryError(f"blob {blob.digest} is not the {blob.size} bytes its manifest says")
-        remote.finish_upload(location, blob.digest, blob.size, lambda: _chunks(f, progress))
+        if blob.size <= PUSH_CHUNK:
+            location = remote.start_upload(blob.digest, source)
+            if location is not None:  # else mounted from `source`
+                remote.finish_upload(
+                    location, blob.digest, blob.size, lambda: _read(f, 0, blob.size, progress)
+                )
+        else:
+            _push_in_chunks(store, remote, blob, source, f, progress)
     progress.done()
 
 
-def _chunks(f: BinaryIO, progress: Progress) -> Iterator[bytes]:
-    f.seek(0)
-    sent = 0
-    while chunk := f.read(CHUNK):
+def _push_in_chunks(
+    store: Store,
+    remote: RegistryClient,
+    blob: Descriptor,
+    source: str | None,
+    f: BinaryIO,
+    progress: Progress,
+) -> None:
+    """PATCH the blob PUSH_CHUNK at a time, remembering the session in `<home>/partials`, so that a
+    push cut off (even by a crash) continues from the registry's offset next time."""
+    path = push_record_path(store, str(remote.base), remote.repository, blob.digest)
+    with locked(path) as record:
+        if remote.has_blob(blob.digest):  # another push finished it while we waited
+            path.unlink(missing_ok=True)
+            return
+        session = _resume(remote, path)
+        if session is None:
+            location = remote.start_upload(blob.digest, source)
+            if location is None:  # mounted from `source`
+                path.unlink(missing_ok=True)
+                return
+            session = (location, 0)
+        location, offset = session
+        progress(offset, force=True)  # where this push starts: past what the registry already has
+        while offset < blob.size:
+            _remember(record, location)
+            n = min(PUSH_CHUNK, blob.size - offset)
+            body = functools.partial(_read, f, offset, n, progress)
+            location = remote.send_chunk(location, blob.digest, offset, n, body)
+            offset += n
+        _remember(record, location)
+        remote.finish_upload(location, blob.digest, 0, b"")
+        path.unlink(missing_ok=True)
+
+
+def _resume(remote: RegistryClient, path: Path) -> tuple[httpx.URL, int] | None:
+    """The remembered session and how far the registry got, if it still has it."""
+    try:
+        doc = json.loads(path.read_bytes() or b"{}")
+        location = httpx.URL(doc["location"])
+    except (ValueError, KeyError, TypeError, httpx.InvalidURL):
+        return None
+    if not same_host(location, remote.base):  # never follow a record to another host
+        return None
+    try:
+        return remote.upload_offset(location)
+    except TRANSFER_ERRORS:
+        return None
+
+
+def _remember(record: BinaryIO, location: httpx.URL) -> None:
+    record.truncate(0)
+    record.write(json.dumps({"location": str(location)}).encode())
+    record.flush()
+    os.fsync(record.fileno())
+
+
+def _read(f: BinaryIO, start: int, length: int, progress: Progress) -> Iterator[bytes]:
+    """`length` bytes of `f` from `start`, CHUNK at a time, reporting progress as they go."""
+    offset, end = start, start + length
+    while offset < end:
+        chunk = os.pread(f.fileno(), min(CHUNK, end - offset), offset)
+        if not chunk:
+            raise RegistryError("blob shorter than its size")
         yield chunk
-        sent += len(chunk)
-        progress(sent)
+        offset += len(chunk)
+        progress(offset)

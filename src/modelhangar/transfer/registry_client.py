@@ -7,6 +7,7 @@ body we keep is size-bounded; blob bodies are bounded by their caller.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from modelhangar.transfer.errors import RegistryError, check, read_bounded
 MAX_MANIFEST = 4 << 20
 MANIFEST_TYPES = (DOCKER_V2, OCI_MANIFEST, DOCKER_LIST, OCI_INDEX)
 ACCEPT = ", ".join(MANIFEST_TYPES)
+_UPLOAD_RANGE = re.compile(r"(?:bytes=)?0-(\d+)")
 Body = bytes | Callable[[], Iterator[bytes]] | None
 """A request body: bytes, or a factory of chunks (called again if the request is retried)."""
 
@@ -160,6 +162,36 @@ class RegistryClient:
             if r.status_code != 202 or not location:
                 raise RegistryError(f"push blob {digest}: unexpected answer {r.status_code} to an upload")
             return r.url.join(location)
+
+    def upload_offset(self, location: httpx.URL) -> tuple[httpx.URL, int] | None:
+        """Where an upload session stands: (its URL, bytes received), or None if it is gone.
+
+        A `Range: 0-0` answer is read as empty (it is ambiguous with one byte; a chunk sent from 0
+        to a session holding one byte is refused, and the caller starts a new session).
+        """
+        with self.request("GET", location) as r:
+            if r.status_code not in (200, 204):
+                return None
+            m = _UPLOAD_RANGE.fullmatch(r.headers.get("range", "").strip())
+            if m is None:
+                return None
+            end = int(m.group(1))
+            next_location = r.headers.get("docker-upload-location") or r.headers.get("location")
+            return (r.url.join(next_location) if next_location else location), (end + 1 if end else 0)
+
+    def send_chunk(self, location: httpx.URL, digest: str, start: int, size: int, body: Body) -> httpx.URL:
+        """PATCH `size` bytes at offset `start` (`Content-Range: start-end`); the session's next URL."""
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(size),
+            "Content-Range": f"{start}-{start + size - 1}",
+        }
+        with self.request("PATCH", location, headers=headers, body=body) as r:
+            check(r, f"push blob {digest}")
+            if r.status_code != 202:
+                raise RegistryError(f"push blob {digest}: unexpected answer {r.status_code} to a chunk")
+            next_location = r.headers.get("docker-upload-location") or r.headers.get("location")
+            return r.url.join(next_location) if next_location else location
 
     def finish_upload(self, location: httpx.URL, digest: str, size: int, body: Body) -> None:
         """PUT the whole blob to the upload's URL (the digest in the query); expects a 201."""
