@@ -117,6 +117,7 @@ class Script:
     ranges: bool = True
     oversize: bytes = b""  # appended to every blob body
     mount_only: set[str] = field(default_factory=set)  # blobs GET/HEAD call unknown, though mountable
+    blob_store: Any = None  # a FakeRegistry serving blob GETs at /cdn/<digest>: GETs answer 307 there
 
 
 class FakeRegistry(_Base):
@@ -142,6 +143,8 @@ class FakeRegistry(_Base):
         url = urlsplit(h.path)
         if url.path == "/token":
             return h.answer(200, json.dumps({"token": s.token}).encode())
+        if url.path.startswith("/cdn/") and url.path[5:] in s.blobs:  # no auth: a signed-URL store
+            return self._blob(h, s.blobs[url.path[5:]])
         if s.token and h.headers.get("authorization") != f"Bearer {s.token}":
             realm = s.realm or f"http://{self.host}/token"
             challenge = f'Bearer realm="{realm}",service="fake",scope="repository:x:pull"'
@@ -157,6 +160,9 @@ class FakeRegistry(_Base):
             s.blobs[digest] = data
             return h.answer(201, headers={"Docker-Content-Digest": digest})
         if (m := _BLOB.fullmatch(url.path)) and m.group(2) in s.blobs and m.group(2) not in s.mount_only:
+            if s.blob_store is not None and h.command == "GET":
+                s.blob_store.script.blobs[m.group(2)] = s.blobs[m.group(2)]
+                return h.answer(307, headers={"Location": f"http://{s.blob_store.host}/cdn/{m.group(2)}"})
             return self._blob(h, s.blobs[m.group(2)] + s.oversize)
         return h.answer(404, b'{"errors":[{"code":"NOT_FOUND"}]}')
 

@@ -398,6 +398,33 @@ def test_bearer_tokens_only_from_the_registry_itself(
         elsewhere.close()
 
 
+def test_blobs_redirected_to_another_host_are_fetched_and_resumed_without_our_token(
+    registry: FakeRegistry, tmp_path: Path, start_server: StartServer
+) -> None:
+    """Registries on object storage answer blob GETs with a 307 elsewhere: follow it, with the Range,
+    but never send the registry's token to the other host."""
+    cdn = FakeRegistry()
+    try:
+        b = start_server(tmp_path / "b")
+        weights = bytes(range(256)) * 4000
+        registry.add_model("library/m:latest", CONFIG, [weights])
+        registry.script.token = "t0k3n"
+        registry.script.blob_store = cdn
+        partial = b.home / "partials" / f"{blob_file(digest_of(weights))}.partial"
+        partial.parent.mkdir(parents=True)
+        partial.write_bytes(weights[:1000])
+        events = list(
+            ollama.Client(host=b.url).pull(f"{registry.host}/library/m:latest", insecure=True, stream=True)
+        )
+        assert events[-1].status == "success"
+        assert (b.home / "blobs" / blob_file(digest_of(weights))).read_bytes() == weights
+        [resumed] = [r for r in cdn.requests if digest_of(weights) in r.path]
+        assert resumed.headers.get("range") == "bytes=1000-" and resumed.sent == len(weights) - 1000
+        assert all("authorization" not in r.headers for r in cdn.requests)
+    finally:
+        cdn.close()
+
+
 def test_push_mounts_uploads_and_sends_the_manifest_byte_for_byte(
     registry: FakeRegistry, tmp_path: Path, start_server: StartServer, make_gguf: MakeGguf
 ) -> None:
