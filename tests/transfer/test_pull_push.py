@@ -10,6 +10,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import ollama
@@ -29,6 +30,7 @@ from harness import (
     wait_until,
 )
 from modelhangar.core.names import parse_name
+from modelhangar.core.partials import push_record_path
 from modelhangar.transfer.push import PUSH_CHUNK, mount_sources
 
 CONFIG = b'{"model_format":"gguf","model_family":"llama","architecture":"amd64","os":"linux"}'
@@ -602,3 +604,29 @@ def test_a_push_cut_off_by_a_crash_resumes_from_the_registry_offset(
     assert hashlib.sha256((a.home / "blobs" / blob_file(digest)).read_bytes()).hexdigest() == digest[7:]
     assert not [p for p in (b.home / "partials").iterdir() if p.name.startswith("push-")]
     assert_store_consistent(a.home)
+
+
+@pytest.mark.parametrize("record", ["gone", "elsewhere", "garbage"])
+def test_a_remembered_push_session_that_cannot_be_resumed_is_replaced(
+    tmp_path: Path, start_server: StartServer, make_gguf: MakeGguf, record: str
+) -> None:
+    a, b = start_server(tmp_path / "a"), start_server(tmp_path / "b")
+    needs_v2(a)
+    gguf = make_gguf(seed=32, tensor_elems=5 << 20)  # 20 MiB: pushed in chunks
+    digest = upload_model(ollama.Client(host=b.url), tmp_path, "mid", gguf)
+    target = f"127.0.0.1:{a.port}/team/mid:v1"
+    ollama.Client(host=b.url).copy("mid", target)
+    home = SimpleNamespace(settings=SimpleNamespace(home=b.home))
+    path = push_record_path(home, f"http://127.0.0.1:{a.port}/", "team/mid", digest)  # type: ignore[arg-type]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    location = {
+        "gone": f"{a.url}/v2/team/mid/blobs/uploads/{'0' * 32}",  # expired at the registry
+        "elsewhere": f"http://127.0.0.2:{a.port}/v2/team/mid/blobs/uploads/{'0' * 32}",
+        "garbage": "\x00not a url",
+    }[record]
+    path.write_text(json.dumps({"location": location}))
+    events = list(ollama.Client(host=b.url).push(target, insecure=True, stream=True))
+    assert events[-1].status == "success"
+    assert [e.completed for e in events if e.digest == digest][:2] == [0, 0]  # a new session, from 0
+    assert listing(a)["team/mid:v1"] == listing(b)[target]
+    assert not path.exists()

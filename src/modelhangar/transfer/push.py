@@ -113,7 +113,7 @@ def _push_in_chunks(
         if remote.has_blob(blob.digest):  # another push finished it while we waited
             path.unlink(missing_ok=True)
             return
-        session = _resume(remote, path)
+        session = _resume(remote, path, blob.size)
         if session is None:
             location = remote.start_upload(blob.digest, source)
             if location is None:  # mounted from `source`
@@ -122,19 +122,24 @@ def _push_in_chunks(
             session = (location, 0)
         location, offset = session
         progress(offset, force=True)  # where this push starts: past what the registry already has
-        while offset < blob.size:
+        try:
+            while offset < blob.size:
+                _remember(record, location)
+                n = min(PUSH_CHUNK, blob.size - offset)
+                body = functools.partial(_read, f, offset, n, progress)
+                location = remote.send_chunk(location, blob.digest, offset, n, body)
+                offset += n
             _remember(record, location)
-            n = min(PUSH_CHUNK, blob.size - offset)
-            body = functools.partial(_read, f, offset, n, progress)
-            location = remote.send_chunk(location, blob.digest, offset, n, body)
-            offset += n
-        _remember(record, location)
-        remote.finish_upload(location, blob.digest, 0, b"")
-        path.unlink(missing_ok=True)
+            remote.finish_upload(location, blob.digest, 0, b"")
+        except RegistryError:  # the registry refused the session: the next push starts a new one
+            path.unlink(missing_ok=True)
+            raise
+        path.unlink(missing_ok=True)  # (a dropped connection keeps it, to resume next time)
 
 
-def _resume(remote: RegistryClient, path: Path) -> tuple[httpx.URL, int] | None:
-    """The remembered session and how far the registry got, if it still has it."""
+def _resume(remote: RegistryClient, path: Path, size: int) -> tuple[httpx.URL, int] | None:
+    """The remembered session and how far the registry got, if it still has it (and no more than
+    `size` bytes of it)."""
     try:
         doc = json.loads(path.read_bytes() or b"{}")
         location = httpx.URL(doc["location"])
@@ -143,9 +148,10 @@ def _resume(remote: RegistryClient, path: Path) -> tuple[httpx.URL, int] | None:
     if not same_host(location, remote.base):  # never follow a record to another host
         return None
     try:
-        return remote.upload_offset(location)
+        found = remote.upload_offset(location)
     except TRANSFER_ERRORS:
         return None
+    return found if found is not None and found[1] <= size else None
 
 
 def _remember(record: BinaryIO, location: httpx.URL) -> None:
