@@ -89,6 +89,10 @@ class TagRecord:
         return json.loads(self.details_json) if self.details_json else None
 
 
+Statements = Callable[[sa.Connection], None]
+"""Extra catalog statements a caller runs inside one of the store's transactions."""
+
+
 @dataclass(frozen=True)
 class Referrer:
     """A manifest that names another as its `subject`, as the referrers API lists it."""
@@ -170,8 +174,11 @@ class Store:
     def blob_writer(self) -> BlobWriter:
         return self.blobs.writer()
 
-    def commit_blob(self, writer: BlobWriter, expected: str | None = None) -> BlobCommit:
-        """Finish an upload: verify its digest, then install it under the row lock."""
+    def commit_blob(
+        self, writer: BlobWriter, expected: str | None = None, *, also: Statements | None = None
+    ) -> BlobCommit:
+        """Finish an upload: verify its digest, then install it under the row lock (running `also` in
+        that same transaction)."""
         try:
             digest = writer.finish()
         except BaseException:
@@ -182,15 +189,22 @@ class Store:
             raise DigestMismatch(str(parse_digest(expected)), digest)
         created = False
         try:
-            created = self._install_blob(digest, writer.size, lambda: self.blobs.install(writer, digest))
+            created = self._install_blob(
+                digest, writer.size, lambda: self.blobs.install(writer, digest), also
+            )
         finally:
             if not created:
                 writer.discard()
         return BlobCommit(digest=digest, size=writer.size, created=created)
 
-    def _install_blob(self, digest: str, size: int, install: Callable[[], None]) -> bool:
-        """Under the row lock: touch the blob if present, else `install()` it and mark it present."""
+    def _install_blob(
+        self, digest: str, size: int, install: Callable[[], None], also: Statements | None = None
+    ) -> bool:
+        """Under the row lock: touch the blob if present, else `install()` it and mark it present;
+        either way run `also(conn)` in the same transaction."""
         with self.catalog.write() as conn:
+            if also is not None:
+                also(conn)
             self._insert_ignore(
                 conn,
                 t.blobs,
@@ -209,12 +223,15 @@ class Store:
             )
             return True
 
-    def import_blob_file(self, path: Path, expected: str, *, known_digest: str | None = None) -> BlobCommit:
+    def import_blob_file(
+        self, path: Path, expected: str, *, known_digest: str | None = None, also: Statements | None = None
+    ) -> BlobCommit:
         """Install an existing regular file as the blob `expected`: a hard link where the filesystem
         allows, else a copy; raises DigestMismatch (keeping nothing) unless the content matches.
 
         `known_digest` is the content's digest when the caller hashed the bytes as it wrote them
-        (into a file no one else writes); the file is then not read back to hash it again.
+        (into a file no one else writes); the file is then not read back to hash it again. `also`
+        runs in the transaction that installs the blob (an upload session ends in it).
 
         A linked blob shares its inode with `path`; that is safe because blob files are only ever
         renamed or unlinked, never written in place. Symlinks are not followed.
@@ -232,7 +249,7 @@ class Store:
             except BaseException:
                 w.discard()
                 raise
-            return self.commit_blob(w, want)
+            return self.commit_blob(w, want, also=also)
         try:
             if not stat.S_ISREG(os.lstat(tmp).st_mode):
                 raise OSError(f"{path}: not a regular file")
@@ -241,7 +258,7 @@ class Store:
             if digest != want:
                 raise DigestMismatch(want, digest)
             size = os.lstat(tmp).st_size
-            created = self._install_blob(digest, size, lambda: self.blobs.link_or_copy_in(tmp, digest))
+            created = self._install_blob(digest, size, lambda: self.blobs.link_or_copy_in(tmp, digest), also)
             return BlobCommit(digest=digest, size=size, created=created)
         finally:
             tmp.unlink(missing_ok=True)

@@ -253,11 +253,18 @@ class UploadHandle:
             self._close()
             raise UploadUnknown(f"upload {self.upload.id} was cancelled") from None
         known = "sha256:" + self._hasher.hexdigest() if self._hasher is not None else None
-        try:
-            return self.store.import_blob_file(committing, want, known_digest=known)
-        finally:
+        upload_id = self.upload.id
+
+        def end_session(conn: sa.Connection) -> None:
+            conn.execute(t.uploads.delete().where(t.uploads.c.id == upload_id))
+
+        try:  # the session row goes in the transaction that installs the blob
+            return self.store.import_blob_file(committing, want, known_digest=known, also=end_session)
+        except BaseException:
             with self.store.catalog.write() as conn:
-                conn.execute(t.uploads.delete().where(t.uploads.c.id == self.upload.id))
+                end_session(conn)
+            raise
+        finally:
             committing.unlink(missing_ok=True)
             self._close()
 
