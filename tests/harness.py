@@ -276,3 +276,22 @@ def assert_store_consistent(home: Path, database_url: str | None = None) -> dict
         missing = {d for d in digests if blob_file(d) not in on_disk}
         assert not missing, f"{model} references blobs missing on disk: {sorted(missing)}"
     return report
+
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def image_manifest(config: bytes, layers: list[bytes], media_type: str = OCI_MANIFEST) -> bytes:
+    """An image manifest (OCI by default) naming `config` and `layers` by their sha256 digests."""
+
+    def descriptor(media: str, data: bytes) -> dict[str, Any]:
+        return {"mediaType": media, "digest": "sha256:" + hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": media_type,
+            "config": descriptor("application/vnd.oci.image.config.v1+json", config),
+            "layers": [descriptor("application/vnd.oci.image.layer.v1.tar", b) for b in layers],
+        }
+    ).encode()

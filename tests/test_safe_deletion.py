@@ -21,6 +21,7 @@ from harness import (
     hangar,
     hangar_json,
     tree_snapshot,
+    wait_until,
 )
 
 DAY = 86400.0
@@ -230,9 +231,7 @@ def test_the_schedule_expires_the_trash_and_reclaims_its_space(
     create(client, tmp_path, "brief", gguf, "x")
     client.delete("brief")
     assert gguf_blob(gguf) in blob_files(home)  # kept by the trash entry
-    deadline = time.monotonic() + 30
-    while gguf_blob(gguf) in blob_files(home) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: gguf_blob(gguf) not in blob_files(home), timeout=30, interval=0.2)
     assert gguf_blob(gguf) not in blob_files(home)
     assert cli(server, home, "trash", "list") == []
     expired = [e for e in cli(server, home, "audit") if e["action"] == "expire"]

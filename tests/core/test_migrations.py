@@ -6,28 +6,15 @@ import json
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 
 from modelhangar.core.catalog import schema as t
-from modelhangar.core.catalog.db import MIGRATIONS, Catalog
+from modelhangar.core.catalog.db import Catalog
 
 
 def url_for(db_url: str | None, tmp_path: Path) -> str:
     return db_url or f"sqlite:///{tmp_path / 'catalog.db'}"
-
-
-def upgrade(url: str, revision: str) -> None:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-    engine.dispose()
 
 
 def test_migrations_build_the_schema_the_code_declares(db_url: str | None, tmp_path: Path) -> None:
@@ -41,7 +28,8 @@ def test_migrations_build_the_schema_the_code_declares(db_url: str | None, tmp_p
 
 def test_0003_fills_in_the_subjects_of_manifests_stored_before_it(db_url: str | None, tmp_path: Path) -> None:
     url = url_for(db_url, tmp_path)
-    upgrade(url, "0002")
+    catalog = Catalog(url, lock_dir=tmp_path)
+    catalog.migrate("0002")
     subject = "sha256:" + "ab" * 32
     referrer = json.dumps(
         {
@@ -77,7 +65,7 @@ def test_0003_fills_in_the_subjects_of_manifests_stored_before_it(db_url: str | 
                     "s": len(content),
                 },
             )
-    upgrade(url, "head")
+    catalog.migrate()
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text("SELECT digest, subject_digest, artifact_type FROM manifests ORDER BY digest")
@@ -87,3 +75,4 @@ def test_0003_fills_in_the_subjects_of_manifests_stored_before_it(db_url: str | 
             ("sha256:" + "02" * 32, None, None),
         ]
     engine.dispose()
+    catalog.dispose()

@@ -26,6 +26,7 @@ from harness import (
     blob_files,
     free_port,
     hangar,
+    image_manifest,
     model_blobs,
     wait_until,
 )
@@ -545,24 +546,7 @@ def test_pull_an_oci_image_manifest(tmp_path: Path, start_server: StartServer) -
             f"{a.url}/v2/team/oci/blobs/uploads/", params={"digest": digest_of(blob)}, content=blob
         )
         assert r.status_code == 201, r.text
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": digest_of(config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": digest_of(layer),
-                    "size": len(layer),
-                }
-            ],
-        }
-    ).encode()
+    manifest = image_manifest(config, [layer])
     headers = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
     assert (
         httpx.put(f"{a.url}/v2/team/oci/manifests/1.0", content=manifest, headers=headers).status_code == 201

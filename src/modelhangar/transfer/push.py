@@ -90,9 +90,8 @@ def _push_blob(
         if blob.size <= PUSH_CHUNK:
             location = remote.start_upload(blob.digest, source)
             if location is not None:  # else mounted from `source`
-                remote.finish_upload(
-                    location, blob.digest, blob.size, lambda: _read(f, 0, blob.size, progress)
-                )
+                body = functools.partial(_read, f, 0, blob.size, progress)
+                remote.finish_upload(location, blob.digest, blob.size, body)
         else:
             _push_in_chunks(store, remote, blob, source, f, progress)
     progress.done()

@@ -158,10 +158,10 @@ class RegistryClient:
             check(r, f"push blob {digest}")
             if r.status_code == 201:
                 return None
-            location = r.headers.get("docker-upload-location") or r.headers.get("location")
-            if r.status_code != 202 or not location:
+            location = _session_url(r)
+            if r.status_code != 202 or location is None:
                 raise RegistryError(f"push blob {digest}: unexpected answer {r.status_code} to an upload")
-            return r.url.join(location)
+            return location
 
     def upload_offset(self, location: httpx.URL) -> tuple[httpx.URL, int] | None:
         """Where an upload session stands: (its URL, bytes received), or None if it is gone.
@@ -176,8 +176,7 @@ class RegistryClient:
             if m is None:
                 return None
             end = int(m.group(1))
-            next_location = r.headers.get("docker-upload-location") or r.headers.get("location")
-            return (r.url.join(next_location) if next_location else location), (end + 1 if end else 0)
+            return _session_url(r) or location, (end + 1 if end else 0)
 
     def send_chunk(self, location: httpx.URL, digest: str, start: int, size: int, body: Body) -> httpx.URL:
         """PATCH `size` bytes at offset `start` (`Content-Range: start-end`); the session's next URL."""
@@ -190,8 +189,7 @@ class RegistryClient:
             check(r, f"push blob {digest}")
             if r.status_code != 202:
                 raise RegistryError(f"push blob {digest}: unexpected answer {r.status_code} to a chunk")
-            next_location = r.headers.get("docker-upload-location") or r.headers.get("location")
-            return r.url.join(next_location) if next_location else location
+            return _session_url(r) or location
 
     def finish_upload(self, location: httpx.URL, digest: str, size: int, body: Body) -> None:
         """PUT the whole blob to the upload's URL (the digest in the query); expects a 201."""
@@ -205,3 +203,9 @@ class RegistryClient:
             claimed = r.headers.get("docker-content-digest")
             if claimed and claimed != digest:
                 raise RegistryError(f"push blob {digest}: the registry stored {claimed[:80]}")
+
+
+def _session_url(response: httpx.Response) -> httpx.URL | None:
+    """The upload session's (next) URL an answer names, resolved against the request's URL."""
+    location = response.headers.get("docker-upload-location") or response.headers.get("location")
+    return response.url.join(location) if location else None

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import ServerProcess, assert_store_consistent, blob_file, blob_files
+from harness import ServerProcess, assert_store_consistent, blob_file, blob_files, image_manifest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -76,28 +76,6 @@ def push_blob(c: httpx.Client, name: str, data: bytes, *, chunk: int | None = No
     assert r.status_code == 201, r.text
     assert r.headers["docker-content-digest"] == d
     return d
-
-
-def image_manifest(config: bytes, layers: list[bytes], media_type: str = OCI_MANIFEST) -> bytes:
-    return json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": media_type,
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": digest_of(config),
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": digest_of(b),
-                    "size": len(b),
-                }
-                for b in layers
-            ],
-        }
-    ).encode()
 
 
 def push_image(c: httpx.Client, name: str, tag: str, config: bytes, layers: list[bytes]) -> str:

@@ -70,15 +70,16 @@ class Catalog:
             self.read_engine = self.engine
         self._lock_dir = lock_dir
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest revision; safe when several processes start at once."""
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to `revision` (the newest by default); safe when several processes start
+        at once."""
         with self._migration_lock():
             cfg = Config()
             cfg.set_main_option("script_location", str(MIGRATIONS))
             cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
             with self.engine.begin() as conn:
                 cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+                command.upgrade(cfg, revision)
 
     @contextlib.contextmanager
     def _migration_lock(self) -> Iterator[None]:
