@@ -24,6 +24,7 @@ MakeGguf = Callable[..., bytes]
 """The `make_gguf` fixture: `make_gguf(seed=...)` -> bytes of a small valid GGUF file."""
 DEFAULT_ENV = {
     "HANGAR_GC_GRACE": "0",
+    "HANGAR_REUSE_FUSE": "0",
     "HANGAR_TRASH_RETENTION": "0",
     "HANGAR_GC_INTERVAL": "1h",
 }

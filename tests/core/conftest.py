@@ -34,7 +34,7 @@ CONFIG_MT = "application/vnd.oci.image.config.v1+json"
 MODEL_MT = "application/vnd.ollama.image.model"
 CONFIG = b'{"model_format":"gguf","model_family":"test"}'
 PREFIX = "registry.ollama.ai/library/"
-QUICK = {"HANGAR_GC_GRACE": "0", "HANGAR_TRASH_RETENTION": "0"}
+QUICK = {"HANGAR_GC_GRACE": "0", "HANGAR_REUSE_FUSE": "0", "HANGAR_TRASH_RETENTION": "0"}
 
 MakeStore = Callable[..., Store]
 MakeKit = Callable[..., "Kit"]

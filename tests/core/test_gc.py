@@ -130,7 +130,7 @@ def test_gc_respects_the_grace_period(make_kit: MakeKit) -> None:
 
 def test_a_delete_leaves_recently_uploaded_blobs_to_gc(make_kit: MakeKit) -> None:
     """With a grace period, a delete defers blobs a writer touched within the reuse fuse."""
-    kit = make_kit(HANGAR_GC_GRACE="1h")
+    kit = make_kit(HANGAR_GC_GRACE="1h", HANGAR_REUSE_FUSE="30s")
     kit.create("m", [b"fresh layer"])
     plan = kit.delete("m")
     assert plan.executed
@@ -231,7 +231,7 @@ def test_a_scan_tolerates_blobs_unlinked_under_it(kit: Kit) -> None:
 
 
 def test_a_dry_run_counts_blobs_only_expiring_entries_share(make_kit: MakeKit) -> None:
-    kit = make_kit(HANGAR_TRASH_RETENTION="1h", HANGAR_GC_GRACE="0")
+    kit = make_kit(HANGAR_TRASH_RETENTION="1h", HANGAR_GC_GRACE="0", HANGAR_REUSE_FUSE="0")
     kit.create("keep", [b"keep"])
     kit.create("one", [b"pair", b"one"])
     kit.create("two", [b"pair", b"two"])

@@ -44,7 +44,12 @@ OPS = 60
 
 
 def open_store(home: str, url: str | None) -> Store:
-    env = {"HANGAR_HOME": home, "HANGAR_GC_GRACE": "0", "HANGAR_TRASH_RETENTION": "1h"}
+    env = {
+        "HANGAR_HOME": home,
+        "HANGAR_GC_GRACE": "0",
+        "HANGAR_REUSE_FUSE": "0",
+        "HANGAR_TRASH_RETENTION": "1h",
+    }
     if url:
         env["HANGAR_DATABASE_URL"] = url
     return Store(load_settings(env))

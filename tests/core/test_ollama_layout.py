@@ -81,7 +81,12 @@ def hardlinks_work(tmp: Path) -> bool:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    env = {"HANGAR_HOME": str(tmp_path / "hangar"), "HANGAR_GC_GRACE": "0", "HANGAR_TRASH_RETENTION": "0"}
+    env = {
+        "HANGAR_HOME": str(tmp_path / "hangar"),
+        "HANGAR_GC_GRACE": "0",
+        "HANGAR_REUSE_FUSE": "0",
+        "HANGAR_TRASH_RETENTION": "0",
+    }
     s = Store(load_settings(env))
     yield s
     s.close()

@@ -332,7 +332,7 @@ def test_a_preview_of_several_deletes_counts_what_they_free_together(
     make_kit: MakeKit, retention: str
 ) -> None:
     """Blobs only the selected models share are freed by the last of them, in the preview as for real."""
-    kit = make_kit(HANGAR_TRASH_RETENTION=retention, HANGAR_GC_GRACE="0")
+    kit = make_kit(HANGAR_TRASH_RETENTION=retention, HANGAR_GC_GRACE="0", HANGAR_REUSE_FUSE="0")
     kit.create("keep", [b"keep", b"kept-shared"])
     kit.create("one", [b"pair", b"one", b"kept-shared"])
     kit.create("two", [b"pair", b"two"])
@@ -350,7 +350,7 @@ def test_a_preview_of_several_deletes_counts_what_they_free_together(
 
 
 def test_a_refused_group_does_not_count_towards_later_ones(make_kit: MakeKit) -> None:
-    kit = make_kit(HANGAR_TRASH_RETENTION="0", HANGAR_GC_GRACE="0")
+    kit = make_kit(HANGAR_TRASH_RETENTION="0", HANGAR_GC_GRACE="0", HANGAR_REUSE_FUSE="0")
     kit.create("theirs", [b"pair", b"a"], owner="alice")
     kit.create("mine", [b"pair", b"b"])
     kit.execute(t.blobs.update().values(touched_at=0.0))

@@ -485,7 +485,7 @@ def test_concurrent_pulls_race_deletes_and_gc(
     shared = make_gguf(seed=30, tensor_elems=200_000)
     upload_model(ca, tmp_path, "one", shared, system="one")
     upload_model(ca, tmp_path, "two", shared, system="two")
-    env = {"HANGAR_GC_GRACE": "0", "HANGAR_TRASH_RETENTION": "0"}
+    env = {"HANGAR_GC_GRACE": "0", "HANGAR_REUSE_FUSE": "0", "HANGAR_TRASH_RETENTION": "0"}
     bs = [start_server(tmp_path / "b", env=env) for _ in range(servers)]
     b = bs[0]
     remotes = [f"127.0.0.1:{a.port}/library/{n}:latest" for n in ("one", "two")]

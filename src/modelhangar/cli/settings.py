@@ -9,8 +9,6 @@ from pathlib import Path
 
 from modelhangar.core.config import Settings, load_settings, parse_duration, parse_host
 
-DURATION_VARS = ("HANGAR_GC_GRACE", "HANGAR_TRASH_RETENTION", "HANGAR_GC_INTERVAL")
-
 
 def duration(text: str) -> float:
     """An argparse type: `30m`, `24h`, `7d`, `0` into seconds."""
@@ -35,13 +33,6 @@ def settings_from_env(data_dir: str | None = None) -> Settings:
     """load_settings(), with a bad variable named in the error, and `--data-dir` applied."""
     from modelhangar.cli.errors import CliError
 
-    for var in DURATION_VARS:
-        value = os.environ.get(var)
-        if value is not None:
-            try:
-                parse_duration(value)
-            except ValueError as e:
-                raise CliError(f"{var}: {e}") from e
     if (value := os.environ.get("HANGAR_HOST")) is not None:
         try:
             host_port(value)

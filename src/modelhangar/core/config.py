@@ -1,16 +1,43 @@
-"""Settings read from the environment (and overridden by command-line flags)."""
+"""Settings: one declared list of knobs, read from the environment over the config file, with defaults.
+
+Every knob is declared once in `KNOBS` (its environment variable, its place in `config.toml`, its
+type, default and meaning); `Settings` has one field per knob, `load_settings` fills them, and the
+README's configuration table is checked against `KNOBS` by `tests/test_docs.py`. A key the config
+file does not know, or a value a knob cannot take, is an error that names the file, the line and
+the key, so a typo never silently falls back to a default.
+"""
 
 from __future__ import annotations
 
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 DEFAULT_PORT = 11435
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)?")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?")
+_SIZE_UNITS = {
+    None: 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kb": 1000,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mb": 1000**2,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gb": 1000**3,
+    "gib": 1 << 30,
+    "t": 1 << 40,
+    "tb": 1000**4,
+    "tib": 1 << 40,
+}
+REUSE_FUSE_MAX = 60.0
 
 
 def parse_duration(text: str) -> float:
@@ -36,20 +63,143 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def parse_size(text: str) -> int:
+    """Bytes in a size such as `4096`, `8MiB`, `2 GB` or `512k` (k, m, g, t are powers of 1024)."""
+    m = _SIZE.fullmatch(text.strip().lower())
+    if not m:
+        raise ValueError(f"invalid size {text!r}: use e.g. 8MiB, 2GB, 4096")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+
+
 def parse_host(text: str) -> tuple[str, int]:
-    """`host:port`, `:port`, `host` or `http://host:port` into (host, port)."""
+    """`host:port`, `:port`, a bare `port`, `host` or `http://host:port` into (host, port)."""
     s = text.strip()
     for prefix in ("http://", "https://"):
         if s.startswith(prefix):
             s = s[len(prefix) :]
     s = s.rstrip("/")
+    if s.isdigit():  # a bare port: `--host 54489`
+        return "127.0.0.1", int(s)
     if s.startswith("["):  # [::1]:port
         host, _, rest = s[1:].partition("]")
         return host, int(rest[1:]) if rest.startswith(":") else DEFAULT_PORT
+    if s.count(":") > 1:  # a bare IPv6 address
+        return s, DEFAULT_PORT
     host, sep, port = s.rpartition(":")
     if not sep:
         return s or "127.0.0.1", DEFAULT_PORT
     return host or "127.0.0.1", int(port)
+
+
+def _bool(text: str) -> bool:
+    s = text.strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"invalid boolean {text!r}: use true or false")
+
+
+def _fuse(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds > REUSE_FUSE_MAX:
+        raise ValueError(f"the reuse fuse is at most {REUSE_FUSE_MAX:g}s (got {text!r})")
+    return seconds
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().lower()
+    if level not in ("debug", "info", "warning", "error", "critical"):
+        raise ValueError(f"invalid log level {text!r}: use debug, info, warning or error")
+    return level
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One setting: where it is read from, how it is parsed, its default and what it means."""
+
+    field: str
+    env: str
+    key: str
+    """`section.key` in config.toml (or a top-level `key`)."""
+    parse: Callable[[str], Any]
+    default: str
+    doc: str
+
+
+# The one list of settings. The README's configuration table lists exactly these (tests/test_docs.py).
+KNOBS: tuple[Knob, ...] = (
+    Knob(
+        "database_url",
+        "HANGAR_DATABASE_URL",
+        "database_url",
+        str,
+        "",
+        "the catalog (default `sqlite:///$HANGAR_HOME/catalog.db`); `postgresql+psycopg://...` "
+        "when several servers share a store",
+    ),
+    Knob(
+        "host_port",
+        "HANGAR_HOST",
+        "server.host",
+        parse_host,
+        f"127.0.0.1:{DEFAULT_PORT}",
+        "where `hangar serve` listens and where client commands connect (`HOST:PORT` or a bare port)",
+    ),
+    Knob(
+        "log_level",
+        "HANGAR_LOG_LEVEL",
+        "server.log_level",
+        _log_level,
+        "info",
+        "the server's log: one line per request at `info`; `warning` logs only problems",
+    ),
+    Knob(
+        "trash_retention",
+        "HANGAR_TRASH_RETENTION",
+        "trash.retention",
+        parse_duration,
+        "24h",
+        "how long deleted models stay restorable; `0` deletes at once",
+    ),
+    Knob(
+        "reuse_fuse",
+        "HANGAR_REUSE_FUSE",
+        "gc.reuse_fuse",
+        _fuse,
+        "30s",
+        "a blob an upload or a client's HEAD used this recently is reclaimed this long after that use, "
+        "by a timer (at most 60s), so a push about to name it does not fail",
+    ),
+    Knob(
+        "gc_grace",
+        "HANGAR_GC_GRACE",
+        "gc.grace",
+        parse_duration,
+        "1h",
+        "blobs uploaded but never named by a manifest are kept this long before GC reclaims them",
+    ),
+    Knob(
+        "gc_interval",
+        "HANGAR_GC_INTERVAL",
+        "gc.interval",
+        parse_duration,
+        "10m",
+        "how often the server runs retention policies and GC in the background",
+    ),
+    Knob(
+        "upload_expiry",
+        "HANGAR_UPLOAD_EXPIRY",
+        "gc.upload_expiry",
+        parse_duration,
+        "24h",
+        "how long an unfinished `/v2` upload session, or an abandoned partial download, is kept",
+    ),
+)
+_BY_KEY = {k.key: k for k in KNOBS}
+RETENTION_KEYS = ("match", "older_than", "unused_for", "keep_last", "untagged_for")
+OTHER_ENV = ("HANGAR_HOME", "HANGAR_CONFIG")
+"""Variables read outside `KNOBS`: where the data directory and the config file are."""
 
 
 @dataclass(frozen=True)
@@ -60,13 +210,15 @@ class Settings:
     database_url: str
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
+    log_level: str = "info"
     gc_grace: float = 3600.0
+    reuse_fuse: float = 30.0
     trash_retention: float = 86400.0
     gc_interval: float = 600.0
     upload_expiry: float = 86400.0
     # Retention policies from the config file's [[retention]] tables, run by the server's schedule.
     policies: tuple[dict[str, object], ...] = ()
-    extra: dict[str, str] = field(default_factory=dict)
+    config_path: Path | None = field(default=None, compare=False)
 
     @property
     def blobs_dir(self) -> Path:
@@ -89,6 +241,9 @@ class Settings:
         return replace(self, home=home, database_url=url)
 
 
+_SETTINGS_FIELDS = {f.name for f in fields(Settings)}
+
+
 def default_database_url(home: Path) -> str:
     return f"sqlite:///{home / 'catalog.db'}"
 
@@ -108,53 +263,112 @@ def read_config_file(path: Path) -> dict[str, object]:
         raise ConfigError(f"{path}: {e}") from e
 
 
-def _section(doc: dict[str, object], name: str) -> dict[str, object]:
-    value = doc.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"[{name}] must be a table")
-    return value
+def _line_of(path: Path, section: str | None, key: str, nth: int = 0) -> int | None:
+    """The line (1-based) where `key` is set in `[section]` (the nth such table), if it can be found."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    current: str | None = None
+    seen = -1
+    header = re.compile(r"\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    assign = re.compile(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=")
+    for i, line in enumerate(lines, 1):
+        m = header.match(line)
+        if m:
+            current = m.group(1)
+            if current == section:
+                seen += 1
+            continue
+        if current == section and (section is None or seen == nth) and assign.match(line):
+            return i
+    return None
 
 
-def load_settings(env: dict[str, str] | None = None) -> Settings:
+def _where(path: Path, section: str | None, key: str, nth: int = 0) -> str:
+    line = _line_of(path, section, key, nth)
+    return f"{path}:{line}" if line is not None else str(path)
+
+
+def _file_values(doc: dict[str, object], path: Path) -> dict[str, tuple[str, str]]:
+    """{knob key: (raw value, where)} from the config file; unknown sections and keys are errors."""
+    out: dict[str, tuple[str, str]] = {}
+    sections = {k.key.split(".")[0] for k in KNOBS if "." in k.key}
+    for name, value in doc.items():
+        if name == "retention":
+            continue
+        if isinstance(value, dict):
+            if name not in sections:
+                raise ConfigError(f"{_where(path, None, name)}: unknown section [{name}]")
+            for key, inner in value.items():
+                full = f"{name}.{key}"
+                if full not in _BY_KEY:
+                    known = ", ".join(k.key.split(".")[1] for k in KNOBS if k.key.startswith(name + "."))
+                    raise ConfigError(
+                        f"{_where(path, name, key)}: unknown key {key!r} in [{name}] (known: {known})"
+                    )
+                out[full] = (_scalar(inner), _where(path, name, key))
+        elif name in _BY_KEY:
+            out[name] = (_scalar(value), _where(path, None, name))
+        else:
+            raise ConfigError(f"{_where(path, None, name)}: unknown key {name!r}")
+    return out
+
+
+def _scalar(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _policies(doc: dict[str, object], path: Path) -> tuple[dict[str, object], ...]:
+    policies = doc.get("retention", [])
+    if not isinstance(policies, list) or not all(isinstance(p, dict) for p in policies):
+        raise ConfigError(f"{_where(path, None, 'retention')}: [[retention]] entries must be tables")
+    for i, p in enumerate(policies):
+        for key in p:
+            if key not in RETENTION_KEYS:
+                raise ConfigError(
+                    f"{_where(path, 'retention', key, i)}: unknown key {key!r} in [[retention]] "
+                    f"(known: {', '.join(RETENTION_KEYS)})"
+                )
+        from modelhangar.core.retention import policy_from_config
+
+        try:
+            policy_from_config(p)
+        except ValueError as e:
+            first = next(iter(p), "match")
+            raise ConfigError(f"{_where(path, 'retention', first, i)}: [[retention]]: {e}") from e
+    return tuple(policies)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Settings from HANGAR_* environment variables over the config file, with defaults.
 
-    The config file is `$HANGAR_CONFIG`, else `$HANGAR_HOME/config.toml`:
-
-        [trash]
-        retention = "24h"
-        [gc]
-        interval = "10m"
-        grace = "1h"
-        [[retention]]            # run by the server after each GC round
-        match = "scratch-*"
-        older_than = "30d"
-        keep_last = 3
+    The config file is `$HANGAR_CONFIG`, else `$HANGAR_HOME/config.toml`; its keys are the `key`s
+    of `KNOBS` (`[trash] retention = "24h"`, `[gc] interval = "10m"`, ...) and `[[retention]]`
+    tables of retention policies (see `core/retention.py`).
     """
     e = dict(os.environ if env is None else env)
     home = Path(e.get("HANGAR_HOME") or Path.home() / ".hangar").expanduser().absolute()
-    doc = read_config_file(Path(e.get("HANGAR_CONFIG") or home / "config.toml"))
-    trash, gcs, server = _section(doc, "trash"), _section(doc, "gc"), _section(doc, "server")
-
-    def duration(var: str, section: dict[str, object], key: str, default: str) -> float:
-        raw = e.get(var) or section.get(key) or default
+    path = Path(e.get("HANGAR_CONFIG") or home / "config.toml")
+    doc = read_config_file(path)
+    from_file = _file_values(doc, path)
+    values: dict[str, Any] = {}
+    for knob in KNOBS:
+        raw, where = e.get(knob.env) or None, knob.env
+        if raw is None and knob.key in from_file:
+            raw, where = from_file[knob.key][0], f"{from_file[knob.key][1]}: {knob.key}"
+        if raw is None:
+            raw, where = knob.default, f"the default of {knob.env}"
         try:
-            return parse_duration(str(raw))
+            values[knob.field] = knob.parse(raw)
         except ValueError as err:
-            raise ConfigError(f"{var}: {err}") from err
-
-    policies = doc.get("retention", [])
-    if not isinstance(policies, list) or not all(isinstance(p, dict) for p in policies):
-        raise ConfigError("[[retention]] entries must be tables")
-    host, port = parse_host(e.get("HANGAR_HOST") or str(server.get("host") or f"127.0.0.1:{DEFAULT_PORT}"))
+            raise ConfigError(f"{where}: {err}") from err
+    host, port = values.pop("host_port")
+    if not values["database_url"]:
+        values["database_url"] = default_database_url(home)
+    assert set(values) <= _SETTINGS_FIELDS
     return Settings(
-        home=home,
-        database_url=e.get("HANGAR_DATABASE_URL")
-        or str(doc.get("database_url") or default_database_url(home)),
-        host=host,
-        port=port,
-        gc_grace=duration("HANGAR_GC_GRACE", gcs, "grace", "1h"),
-        trash_retention=duration("HANGAR_TRASH_RETENTION", trash, "retention", "24h"),
-        gc_interval=duration("HANGAR_GC_INTERVAL", gcs, "interval", "10m"),
-        upload_expiry=duration("HANGAR_UPLOAD_EXPIRY", gcs, "upload_expiry", "24h"),
-        policies=tuple(policies),
+        home=home, host=host, port=port, policies=_policies(doc, path), config_path=path, **values
     )

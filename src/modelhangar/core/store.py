@@ -49,7 +49,6 @@ from modelhangar.core.manifests import OLLAMA_CONFIG, ManifestRefs, manifest_ann
 PRESENT = "present"
 DELETING = "deleting"
 MAX_CONFIG_BYTES = 1 << 20
-REUSE_FUSE_MAX = 60.0
 
 
 @dataclass(frozen=True)
@@ -131,8 +130,8 @@ class Store:
 
     @property
     def reuse_fuse(self) -> float:
-        """How recently a writer must have used a blob for a delete to leave it to a later GC."""
-        return min(self.settings.gc_grace, REUSE_FUSE_MAX)
+        """How recently a writer must have used a blob for a delete to leave it to a timer (README)."""
+        return self.settings.reuse_fuse
 
     def close(self) -> None:
         self.blobs.close()

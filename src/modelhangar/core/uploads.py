@@ -34,12 +34,10 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from modelhangar.core.catalog import schema as t
-from modelhangar.core.config import parse_duration
 from modelhangar.core.digests import parse_digest
 from modelhangar.core.errors import HangarError, NotFound, SizeMismatch
 from modelhangar.core.store import PRESENT, Actor, BlobCommit, Released, Store, now
 
-DEFAULT_EXPIRY = 86400.0
 _ID_RE = re.compile(r"[0-9a-f]{32}")
 _COMMITTING = ".committing"
 _MAX_RUNNING_HASHES = 1024
@@ -97,8 +95,7 @@ class Upload:
 
 def upload_expiry(store: Store) -> float:
     """Seconds a session lives after its last chunk (HANGAR_UPLOAD_EXPIRY, default 24h)."""
-    raw = store.settings.extra.get("HANGAR_UPLOAD_EXPIRY") or os.environ.get("HANGAR_UPLOAD_EXPIRY")
-    return parse_duration(raw) if raw else DEFAULT_EXPIRY
+    return store.settings.upload_expiry
 
 
 def uploads_dir(store: Store) -> Path:
