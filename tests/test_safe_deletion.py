@@ -78,9 +78,9 @@ def add_dependent(home: Path, model: str, kind: str, ident: str, reason: str) ->
     """Test setup only: something outside the store uses `model` (e.g. a deployment)."""
     with sqlite3.connect(home / "catalog.db") as db:
         db.execute(
-            "INSERT INTO dependents (kind, id, target_kind, target, owner, reason, created_at)"
-            " VALUES (?, ?, 'tag', ?, NULL, ?, ?)",
-            (kind, ident, f"{LIBRARY}{model}:latest", reason, time.time()),
+            "INSERT INTO dependents (kind, id, target_kind, target, target_key, owner, reason, created_at)"
+            " VALUES (?, ?, 'tag', ?, lower(?), NULL, ?, ?)",
+            (kind, ident, f"{LIBRARY}{model}:latest", f"{LIBRARY}{model}:latest", reason, time.time()),
         )
 
 

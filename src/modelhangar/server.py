@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +20,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelhangar import __version__
-from modelhangar.core import gc
+from modelhangar.core import gc, reclaim
 from modelhangar.core.config import Settings
 from modelhangar.core.retention import policy_from_config, prune
 from modelhangar.core.store import Actor, Store
@@ -97,13 +98,18 @@ def create_app(settings: Settings) -> FastAPI:
         store = await run_in_threadpool(Store, settings)
         app.state.store = store
         await run_in_threadpool(store.finish_deletions, store.pending_deletions())
-        task = asyncio.create_task(_gc_loop(store, settings.gc_interval))
+        tasks = [
+            asyncio.create_task(_gc_loop(store, settings.gc_interval)),
+            asyncio.create_task(_reclaim_loop(store)),
+        ]
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             store.close()
 
     app = FastAPI(
@@ -134,9 +140,37 @@ def _scheduled_round(store: Store) -> None:
         results = prune(store, policy_from_config(doc), actor)
         if results:
             log.info("retention %s: %d models", doc, sum(r.ok for r in results))
-    report = gc.collect(store)
-    if report.blobs or report.orphan_files:
+    report = gc.collect(store, blocking=False)  # one collector per store: skip if another one runs
+    if report.skipped:
+        log.debug("gc skipped: another process is collecting this store")
+    elif report.blobs or report.orphan_files:
         log.info("gc reclaimed %d blobs, %d bytes", len(report.blobs), report.bytes_freed)
+
+
+RECLAIM_POLL = 1.0
+"""How often a server looks for blobs whose reuse fuse ended (one indexed read)."""
+
+
+async def _reclaim_loop(store: Store) -> None:
+    """Free the blobs deletes left for the reuse fuse as soon as their fuse ends (README)."""
+    while True:
+        try:
+            due = await run_in_threadpool(reclaim.next_due, store)
+            wait = RECLAIM_POLL if due is None else min(max(due - time.time(), 0.0), RECLAIM_POLL)
+            await asyncio.sleep(wait)
+            if due is not None and due <= time.time():
+                released = await run_in_threadpool(reclaim.run_due, store)
+                if released.blobs:
+                    log.info(
+                        "reclaimed %d blobs, %d bytes, after their reuse fuse",
+                        len(released.blobs),
+                        released.bytes,
+                    )
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # keep serving; the next poll retries
+            log.exception("reclaiming failed")
+            await asyncio.sleep(RECLAIM_POLL)
 
 
 async def _gc_loop(store: Store, interval: float) -> None:

@@ -22,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 from psycopg import sql
 
+from modelhangar.core import dependents
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.config import load_settings
 from modelhangar.core.planner import Plan, Planner, Target
@@ -229,6 +230,11 @@ class Kit:
     def rows(self, table: sa.Table, *where: Any) -> list[sa.Row[Any]]:
         with self.store.catalog.read() as conn:
             return list(conn.execute(sa.select(table).where(*where)).all())
+
+    def depend(self, kind: str, ident: str, target_kind: Any, target: str, reason: str = "x") -> None:
+        """Record that something outside the store (a deployment, a pipeline, ...) uses `target`."""
+        with self.store.catalog.write() as conn:
+            dependents.record(conn, kind, ident, target_kind, target, reason=reason)
 
     def execute(self, stmt: sa.Executable) -> None:
         """Change the catalog behind the store's back (to simulate crashes, clocks, dependents)."""

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelhangar.core import gc
+import pytest
+
+from modelhangar.core import gc, reclaim
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.partials import locked
 
@@ -128,22 +132,58 @@ def test_gc_respects_the_grace_period(make_kit: MakeKit) -> None:
     assert kinds(kit) == []
 
 
-def test_a_delete_leaves_recently_uploaded_blobs_to_gc(make_kit: MakeKit) -> None:
-    """With a grace period, a delete defers blobs a writer touched within the reuse fuse."""
+def test_a_delete_leaves_just_used_blobs_to_the_reclaim_timer(make_kit: MakeKit) -> None:
+    """Blobs a writer touched within the reuse fuse go when their fuse ends, not after the orphan grace."""
     kit = make_kit(HANGAR_GC_GRACE="1h", HANGAR_REUSE_FUSE="30s")
     kit.create("m", [b"fresh layer"])
-    plan = kit.delete("m")
-    assert plan.executed
-    assert sorted(plan.deferred) == sorted([digest_of(b"fresh layer"), digest_of(CONFIG)])
-    assert plan.blobs == [] and plan.bytes_freed == 0
+    fresh = sorted([digest_of(b"fresh layer"), digest_of(CONFIG)])
+    preview = kit.delete("m", purge=True, dry_run=True)
+    plan = kit.delete("m", purge=True)
+    assert plan.executed and sorted(plan.deferred) == fresh
+    assert (plan.bytes_now, plan.blobs) == (0, plan.deferred)
+    assert plan.bytes_freed == len(b"fresh layer") + len(CONFIG) == preview.bytes_freed
+    [later] = plan.later
+    assert later["reason"] == "just used by an upload" and later["bytes"] == plan.bytes_freed
+    assert time.time() < later["at"] <= time.time() + 30
     assert digest_of(b"fresh layer") in kit.blob_files()
     assert kinds(kit) == []
-    assert gc.collect(kit.store).blobs == []
-    kit.execute(t.blobs.update().values(touched_at=time.time() - 2 * HOUR))
-    report = gc.collect(kit.store)
-    assert sorted(report.blobs) == sorted(plan.deferred)
-    assert kit.blob_files() == {}
+    assert reclaim.run_due(kit.store).blobs == []  # not due yet
+    assert reclaim.next_due(kit.store) == pytest.approx(later["at"])
+    gone = reclaim.run_due(kit.store, at=later["at"] + 0.01)
+    assert sorted(gone.blobs) == fresh and gone.bytes == plan.bytes_freed
+    assert kit.blob_files() == {} and reclaim.next_due(kit.store) is None
     assert kinds(kit) == []
+    [row] = [r for r in kit.audit() if r.action == "reclaim"]
+    assert row.bytes_freed == plan.bytes_freed
+
+
+def test_gc_reclaims_once_referenced_blobs_past_their_fuse_not_the_grace(make_kit: MakeKit) -> None:
+    kit = make_kit(HANGAR_GC_GRACE="1h", HANGAR_REUSE_FUSE="30s")
+    kit.create("m", [b"layer"])
+    plan = kit.delete("m", purge=True)
+    assert plan.deferred
+    report = gc.collect(kit.store)
+    assert report.blobs == [] and report.waiting[0]["bytes"] == plan.bytes_freed
+    kit.execute(t.blobs.update().values(touched_at=time.time() - 31))
+    kit.execute(t.reclaims.delete())  # as if no timer ever ran: GC alone reclaims past the fuse
+    report = gc.collect(kit.store)
+    assert sorted(report.blobs) == sorted(plan.deferred) and report.waiting == []
+    assert kit.blob_files() == {}
+
+
+def test_a_blob_touched_again_before_its_reclaim_is_deferred_again(make_kit: MakeKit) -> None:
+    kit = make_kit(HANGAR_REUSE_FUSE="30s")
+    kit.create("m", [b"layer"])
+    plan = kit.delete("m", purge=True)
+    layer = digest_of(b"layer")
+    due = plan.later[0]["at"]
+    kit.execute(t.blobs.update().where(t.blobs.c.digest == layer).values(touched_at=due + 5))
+    gone = reclaim.run_due(kit.store, at=due + 1)
+    assert gone.blobs == [digest_of(CONFIG)] and gone.deferred == [layer]
+    assert reclaim.next_due(kit.store) == pytest.approx(due + 35)
+    kit.create("again", [b"layer"])  # named by a manifest again: it stays, and leaves the timer
+    assert reclaim.run_due(kit.store, at=due + 36).blobs == []
+    assert layer in kit.blob_files() and reclaim.next_due(kit.store) is None
 
 
 def test_fsck_reports_damaged_blobs(kit: Kit) -> None:
@@ -261,3 +301,34 @@ def test_gc_removes_abandoned_transfers_but_not_busy_or_recent_ones(make_kit: Ma
         report = gc.collect(kit.store)
     assert sorted(report.strays) == sorted([f"partials/{old_pull.name}", f"partials/{old_push.name}"])
     assert sorted(p.name for p in root.iterdir()) == sorted([busy_push.name, recent_pull.name])
+
+
+HOLD_GC_LOCK = """
+import sys, time
+from modelhangar.core.config import load_settings
+from modelhangar.core.store import Store
+store = Store(load_settings())
+with store.catalog.exclusive("gc", blocking=True):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_one_collector_at_a_time_taken_over_when_its_holder_dies(make_kit: MakeKit, tmp_path: Path) -> None:
+    kit = make_kit()
+    kit.blob(b"an orphan upload")
+    env = {**os.environ, "HANGAR_HOME": str(kit.store.settings.home)}
+    if not kit.store.catalog.is_sqlite:
+        env["HANGAR_DATABASE_URL"] = kit.store.settings.database_url
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_GC_LOCK], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        report = gc.collect(kit.store, blocking=False)  # the server's schedule: skip the round
+        assert report.skipped and report.blobs == [] and kit.blob_files() != {}
+    finally:
+        holder.kill()  # a collector that dies lets go of the lock
+        holder.wait()
+    report = gc.collect(kit.store, blocking=False)
+    assert not report.skipped and report.blobs == [digest_of(b"an orphan upload")]

@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from modelhangar.core import gc
+from modelhangar.core import dependents, gc
 from modelhangar.core.catalog import schema as t
-from modelhangar.core.errors import Conflict
+from modelhangar.core.digests import sha256_digest
+from modelhangar.core.errors import Conflict, Refused
 from modelhangar.core.manifests import parse_manifest
 from modelhangar.core.store import Actor, Store
 from modelhangar.core.trash import list_trash, restore
@@ -45,6 +46,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.models: dict[Key, str] = {}  # (repository, tag) -> manifest digest
         self.trash: dict[int, tuple[Key, str]] = {}
         self.abandoned: set[str] = set()
+        self.pinned: set[Key] = set()
         self.blobs_of: dict[str, set[str]] = {}  # manifest digest -> blob digests
 
     def teardown(self) -> None:
@@ -52,9 +54,16 @@ class StoreMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ helpers
 
-    def needed_blobs(self) -> set[str]:
+    def held_blobs(self) -> set[str]:
         manifests = set(self.models.values()) | {d for _, d in self.trash.values()}
-        return {b for m in manifests for b in self.blobs_of[m]} | self.abandoned
+        return {b for m in manifests for b in self.blobs_of[m]}
+
+    def needed_blobs(self) -> set[str]:
+        return self.held_blobs() | self.abandoned
+
+    def loose(self) -> set[str]:
+        """Uploads no manifest holds (abandoned, or made for an overwrite that was refused)."""
+        return self.abandoned - self.held_blobs()
 
     def snapshot(self) -> dict[str, Any]:
         return self.kit.snapshot()
@@ -68,17 +77,62 @@ class StoreMachine(RuleBasedStateMachine):
     )
     def create(self, name: str, tag: str, layers: set[int]) -> None:
         content = self.kit.manifest([POOL[i] for i in sorted(layers)])
-        digest, _ = self.store.put_manifest(PREFIX + name, tag, content)
+        key = (PREFIX + name, tag)
+        digest = str(sha256_digest(content))
         self.blobs_of[digest] = {b.digest for b in parse_manifest(content).blobs}
-        self.models[(PREFIX + name, tag)] = digest
+        if self._refused_overwrite(key, digest):
+            with pytest.raises(Refused):
+                self.store.put_manifest(key[0], tag, content)
+            self.abandoned |= self.blobs_of[digest] - self.needed_blobs()  # uploaded for nothing
+            return
+        self.store.put_manifest(key[0], tag, content)
+        self._moved(key, digest)
 
     @rule(data=st.data(), name=st.sampled_from(NAMES), tag=st.sampled_from(TAGS))
     def copy(self, data: st.DataObject, name: str, tag: str) -> None:
         if not self.models:
             return
         src = data.draw(st.sampled_from(sorted(self.models)))
-        self.store.copy_tag(src[0], src[1], PREFIX + name, tag)
-        self.models[(PREFIX + name, tag)] = self.models[src]
+        key = (PREFIX + name, tag)
+        if self._refused_overwrite(key, self.models[src]):
+            with pytest.raises(Refused):
+                self.store.copy_tag(src[0], src[1], key[0], tag)
+            return
+        self.store.copy_tag(src[0], src[1], key[0], tag)
+        self._moved(key, self.models[src])
+
+    @rule(data=st.data())
+    def pin(self, data: st.DataObject) -> None:
+        """A deployment starts using a model: neither a delete nor an overwrite may remove it now."""
+        if not self.models:
+            return
+        key = data.draw(st.sampled_from(sorted(self.models)))
+        with self.store.catalog.write() as conn:
+            dependents.record(conn, "deployment", "prod", "tag", f"{key[0]}:{key[1]}", reason="serves")
+        self.pinned.add(key)
+
+    @rule()
+    def unpin(self) -> None:
+        with self.store.catalog.write() as conn:
+            dependents.forget(conn, "deployment", "prod")
+        self.pinned.clear()
+
+    def _refused_overwrite(self, key: Key, new: str) -> bool:
+        return key in self.pinned and self.models.get(key) not in (None, new)
+
+    def _moved(self, key: Key, digest: str) -> None:
+        """A tag now points at `digest`: the version it pointed at, if no other tag of its repository
+        points there too, went to the trash, listed with what replaced it."""
+        old = self.models.get(key)
+        self.models[key] = digest
+        if old is None or old == digest:
+            return
+        if any(k[0] == key[0] and d == old for k, d in self.models.items()):
+            return
+        [entry] = [e for e in list_trash(self.store) if e.id not in self.trash]
+        assert (entry.repository, entry.tag, entry.manifest_digest) == (key[0], key[1], old)
+        assert entry.replaced_by == digest
+        self.trash[entry.id] = (key, old)
 
     @rule(name=st.sampled_from(NAMES), tag=st.sampled_from(TAGS), purge=st.booleans())
     def delete(self, name: str, tag: str, purge: bool) -> None:
@@ -90,9 +144,14 @@ class StoreMachine(RuleBasedStateMachine):
             assert plan.not_found == [f"{key[0]}:{key[1]}"] and not plan.executed
             assert after == before
             return
+        if key in self.pinned:
+            assert [b.kind for b in plan.blockers] == ["deployment"] and not plan.executed
+            assert after == before
+            return
         assert plan.ok and plan.executed and plan.models == [f"{key[0]}:{key[1]}"]
         digest = self.models.pop(key)
         if purge:
+            self.abandoned -= set(plan.blobs)
             assert set(before) - set(after) == set(plan.blobs)
             assert sum(before.values()) - sum(after.values()) == plan.bytes_freed
         else:
@@ -105,7 +164,8 @@ class StoreMachine(RuleBasedStateMachine):
         before = self.snapshot()
         plan = self.kit.delete(name, tag, purge=purge, dry_run=True)
         assert not plan.executed
-        assert plan.ok == ((PREFIX + name, tag) in self.models)
+        key = (PREFIX + name, tag)
+        assert plan.ok == (key in self.models and key not in self.pinned)
         assert self.snapshot() == before
 
     @rule(data=st.data())
@@ -133,7 +193,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule()
     def collect(self) -> None:
         report = gc.collect(self.store)
-        assert set(report.blobs) == self.abandoned
+        assert set(report.blobs) == self.loose()
         self.abandoned.clear()
 
     @rule(data=st.binary(min_size=1, max_size=16))
@@ -163,7 +223,7 @@ class StoreMachine(RuleBasedStateMachine):
     @invariant()
     def fsck_finds_only_abandoned_uploads(self) -> None:
         problems = {(p.kind, p.subject) for p in gc.fsck(self.store)}
-        assert problems == {("blob-unreferenced", d) for d in self.abandoned}
+        assert problems == {("blob-unreferenced", d) for d in self.loose()}
 
     @invariant()
     def models_and_trash_are_as_expected(self) -> None:

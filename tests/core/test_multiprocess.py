@@ -207,11 +207,12 @@ SCAN_RACE = (
 class Pause:
     """Holds one store's writer just before the first statement `match` accepts, until released."""
 
-    def __init__(self, store: Store, match: Callable[[str, Any], bool]) -> None:
+    def __init__(self, store: Store, match: Callable[[str, Any], bool], *, reads: bool = False) -> None:
         self.match = match
         self.reached = threading.Event()
         self.go = threading.Event()
-        event.listen(store.catalog.engine, "before_cursor_execute", self._hook)
+        engine = store.catalog.read_engine if reads else store.catalog.engine
+        event.listen(engine, "before_cursor_execute", self._hook)
 
     def _hook(self, _conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
         if not self.reached.is_set() and self.match(statement, parameters):
@@ -309,3 +310,48 @@ def test_tag_overwrite_racing_a_delete_that_shares_its_blobs(make_store: Callabl
     deleter = Runner(lambda: Planner(deleter_store).delete([Target("tag", PREFIX + "s", "latest")], Actor()))
     assert race(observer, creator, pause, deleter) == []
     assert gc.fsck(observer) == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_an_upload_racing_the_second_phase_of_a_delete_keeps_its_row(
+    make_store: Callable[..., Store],
+) -> None:
+    """The deleter drops the blob's row between the uploader's insert-if-absent and its row lock: the
+    uploader inserts again instead of installing a file with no row (a 201 the next manifest refutes)."""
+    deleter_store, uploader_store, observer = make_store(), make_store(), make_store()
+    layer = b"a layer deleted and uploaded again at once"
+    digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    deleter_store.put_manifest(PREFIX + "gone", "latest", manifest_for(deleter_store, b"cfg", [layer]))
+    # The deleter has marked the blob `deleting`, locked its row and unlinked the file, and is about to
+    # drop the row ...
+    pause = Pause(
+        deleter_store,
+        lambda stmt, p: stmt.startswith("DELETE FROM blobs") and digest in dict(p).values(),
+    )
+    deleter = Runner(
+        lambda: Planner(deleter_store).delete([Target("tag", PREFIX + "gone", "latest")], Actor(), purge=True)
+    )
+    # ... while the uploader, finding the row, waits for its lock.
+    uploader = Runner(lambda: uploader_store.put_blob_bytes(layer))
+    assert race(observer, deleter, pause, uploader) == []
+    assert observer.blob_size(digest) == len(layer)
+    observer.put_manifest(PREFIX + "back", "latest", manifest_for(observer, b"cfg", [layer]))
+    assert gc.fsck(observer) == []
+
+
+def test_fsck_beside_a_writer_sees_one_snapshot(make_store: Callable[..., Store]) -> None:
+    """fsck reads blobs, then references: a model created in between is not a `blob-missing` problem."""
+    writer, checker = make_store(), make_store()
+    writer.put_manifest(PREFIX + "before", "latest", manifest_for(writer, b"cfg", [b"old layer"]))
+    pause = Pause(
+        checker, lambda stmt, _p: "manifest_blobs.blob_digest" in stmt and "DISTINCT" in stmt, reads=True
+    )
+    found: list[Any] = []
+    fsck = Runner(lambda: found.extend(gc.fsck(checker)))
+    fsck.start()
+    assert pause.reached.wait(60)
+    writer.put_manifest(PREFIX + "during", "latest", manifest_for(writer, b"cfg", [b"new layer"]))
+    pause.go.set()
+    fsck.join(60)
+    assert fsck.error is None and found == []

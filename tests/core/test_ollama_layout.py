@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from modelhangar.core.catalog import schema as t
 from modelhangar.core.config import load_settings
 from modelhangar.core.errors import DigestMismatch
 from modelhangar.core.gc import collect, fsck
@@ -382,3 +384,29 @@ def test_import_reports_serialise(store: Store, ollama: Path) -> None:
     report = import_ollama(store, ollama)
     assert isinstance(report, ImportReport)
     assert json.loads(json.dumps(report.to_dict()))["models"] == report.models
+
+
+def test_import_onto_a_name_held_with_another_manifest_keeps_it_unless_overwrite(
+    store: Store, ollama: Path, tmp_path: Path
+) -> None:
+    import_ollama(store, ollama)
+    before = {(r.repository, r.tag): r.manifest_digest for r in store.list_tags()}
+    # The Ollama directory now holds another llama3.2:latest.
+    changed = put_blob(ollama, b"GGUF retrained weights")
+    put_manifest(
+        ollama, "registry.ollama.ai/library/llama3.2/latest", config_blob(ollama, "llama"), [changed]
+    )
+    kept = import_ollama(store, ollama)
+    assert [(k.subject, "--overwrite" in k.reason) for k in kept.kept] == [("llama3.2:latest", True)]
+    assert "llama3.2:latest" not in kept.models and not kept.skipped
+    assert {(r.repository, r.tag): r.manifest_digest for r in store.list_tags()} == before
+    replaced = import_ollama(store, ollama, overwrite=True)
+    assert "llama3.2:latest" in replaced.models and replaced.kept == []
+    now_tags = {(r.repository, r.tag): r.manifest_digest for r in store.list_tags()}
+    assert (
+        now_tags[("registry.ollama.ai/library/llama3.2", "latest")]
+        == expected_tags(ollama)[("registry.ollama.ai/library/llama3.2", "latest")]
+    )
+    with store.catalog.read() as conn:
+        [row] = [r for r in conn.execute(sa.select(t.audit)) if r.action == "overwrite"]
+    assert row.outcome == "ok"

@@ -124,20 +124,8 @@ def test_dependents_block_the_delete_and_change_nothing(kit: Kit, target_kind: s
     target = {"repository": PREFIX + "served", "tag": PREFIX + "served:latest", "manifest": digest}[
         target_kind
     ]
-    dep = {"kind": "deployment", "id": "prod-chat", "target_kind": target_kind, "target": target}
-    kit.execute(
-        t.dependents.insert().values(**dep, owner=None, reason="serves traffic", created_at=time.time())
-    )
-    kit.execute(
-        t.dependents.insert().values(
-            kind="agent",
-            id="helper",
-            target_kind="tag",
-            target=PREFIX + "other:latest",
-            reason="x",
-            created_at=0.0,
-        )
-    )
+    kit.depend("deployment", "prod-chat", target_kind, target, "serves traffic")
+    kit.depend("agent", "helper", "tag", PREFIX + "other:latest")
     before = kit.snapshot()
     for dry_run in (False, True):
         plan = kit.delete("served", dry_run=dry_run)
@@ -312,16 +300,7 @@ def test_delete_cost_does_not_grow_with_the_store(make_kit: MakeKit, fast_home: 
 
 def test_a_dependent_blocks_whatever_the_spelling_of_the_name(kit: Kit) -> None:
     kit.create("MixedCase", [b"w"], tag="Latest")
-    kit.execute(
-        t.dependents.insert().values(
-            kind="deployment",
-            id="prod",
-            target_kind="tag",
-            target=PREFIX + "mixedcase:latest",
-            reason="serves traffic",
-            created_at=0.0,
-        )
-    )
+    kit.depend("deployment", "prod", "tag", PREFIX + "mixedcase:latest", "serves traffic")
     plan = kit.delete("mixedcase", "latest")
     assert [b.id for b in plan.blockers] == ["prod"]
     assert not plan.executed

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from modelhangar.core import gc
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.errors import Conflict, NotFound
-from modelhangar.core.planner import Target
-from modelhangar.core.store import Actor
+from modelhangar.core.planner import Target, unique_sizes
+from modelhangar.core.store import Actor, Store
 from modelhangar.core.trash import find_entry, list_trash, restore
 from modelhangar.core.usage import disk_usage
 
 if TYPE_CHECKING:
-    from conftest import Kit, MakeKit
+    from conftest import FreshStore, Kit, MakeKit
+
+CONFIG = b'{"model_format":"gguf","model_family":"test"}'
 
 PREFIX = "registry.ollama.ai/library/"
 
@@ -126,8 +131,9 @@ def test_unique_size_is_what_a_delete_frees(tkit: Kit) -> None:
         assert preview.bytes_freed == m.unique_size, name
         assert m.size == m.unique_size + m.shared_size
     assert by_name[PREFIX + "a:latest"].unique_size == 0  # its manifest is shared with a-copy
-    shared_with = by_name[PREFIX + "a:latest"].shared_with  # everyone shares the config blob
-    assert shared_with == sorted(["(trash)", *(PREFIX + n + ":latest" for n in ("a-copy", "b", "d"))])
+    a = by_name[PREFIX + "a:latest"]  # everyone shares the config blob
+    assert a.shared_with == [PREFIX + n + ":latest" for n in ("a-copy", "b", "d")]
+    assert a.shared_with_count == 3
     assert by_name[PREFIX + "b:latest"].unique_size == len(b"b alone")
     assert by_name[PREFIX + "d:latest"].unique_size == len(b"d alone, big" * 100)
     # And a real delete frees exactly that, on disk.
@@ -135,6 +141,39 @@ def test_unique_size_is_what_a_delete_frees(tkit: Kit) -> None:
     plan = kit.delete("b", purge=True)
     assert plan.bytes_freed == by_name[PREFIX + "b:latest"].unique_size
     assert sum(files.values()) - sum(kit.blob_files().values()) == plan.bytes_freed
+
+
+def test_unique_size_follows_the_planner_for_a_manifest_held_by_another_repository(tkit: Kit) -> None:
+    """The manifest is also pushed by digest into another repository: deleting the tag frees nothing."""
+    kit = tkit
+    content = kit.manifest([b"weights of m"])
+    kit.store.put_manifest(PREFIX + "m", "latest", content)
+    kit.store.put_manifest(PREFIX + "elsewhere", None, content)
+    [m] = [x for x in disk_usage(kit.store).models if x.repository == PREFIX + "m"]
+    preview = kit.planner.delete([Target("tag", PREFIX + "m", "latest")], Actor(), dry_run=True, purge=True)
+    assert m.unique_size == preview.bytes_freed == 0
+
+
+def test_every_byte_is_explained(make_kit: MakeKit) -> None:
+    kit = make_kit(HANGAR_TRASH_RETENTION="1h", HANGAR_REUSE_FUSE="30s", HANGAR_GC_GRACE="1h")
+    kit.create("live", [b"live layer"])
+    kit.create("trashed", [b"trashed layer"])
+    kit.delete("trashed")
+    kit.create("purged", [b"purged layer"])
+    kit.delete("purged", purge=True)  # just created: its blobs wait for the reuse fuse
+    kit.blob(b"uploaded, no manifest yet")
+    content = kit.manifest([b"untagged layer"])
+    kit.store.put_manifest(PREFIX + "digest-only", None, content)
+    usage = disk_usage(kit.store)
+    files = kit.blob_files()
+    assert usage.total == sum(files.values())
+    b = usage.breakdown
+    assert b["models"] == len(b"live layer") + len(CONFIG)
+    assert b["trash"] == len(b"trashed layer")
+    assert b["waiting_fuse"] == len(b"purged layer")
+    assert b["waiting_grace"] == len(b"uploaded, no manifest yet")
+    assert b["untagged"] == len(b"untagged layer")
+    assert set(usage.waiting_until) == {"waiting_fuse", "waiting_grace"}
 
 
 def kit_target(name: str) -> Target:
@@ -158,3 +197,41 @@ def test_usage_totals_match_the_disk(tkit: Kit) -> None:
     assert {m.repository for m in disk_usage(kit.store, with_sharers=False).models} == {
         PREFIX + n for n in ("a", "a-copy", "b", "d")
     }
+
+
+@settings(max_examples=20, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["create", "copy", "by-digest", "trash"]),
+            st.sampled_from(["a", "b", "c"]),
+            st.sampled_from(["latest", "v1"]),
+            st.sets(st.integers(0, 4), min_size=1, max_size=3),
+        ),
+        min_size=1,
+        max_size=10,
+    )
+)
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_unique_sizes_are_the_planners_rule(
+    fresh_store: FreshStore, kit_of: Callable[[Store], Kit], steps: list[tuple[str, str, str, set[int]]]
+) -> None:
+    """For any store, what listings call unique is what the planner's preview of a purge frees."""
+    pool = [b"layer %d" % i + b"." * i for i in range(5)]
+    with fresh_store(HANGAR_TRASH_RETENTION="1h") as store:
+        kit = kit_of(store)
+        for op, name, tag, layers in steps:
+            if op == "create":
+                kit.create(name, [pool[i] for i in sorted(layers)], tag=tag)
+            elif op == "by-digest":
+                store.put_manifest(PREFIX + name, None, kit.manifest([pool[i] for i in sorted(layers)]))
+            elif op == "copy" and kit.models():
+                src = sorted(kit.models())[0].rsplit(":", 1)
+                store.copy_tag(src[0], src[1], PREFIX + name, tag)
+            elif op == "trash":
+                kit.delete(name, tag)
+        with store.catalog.read() as conn:
+            unique = unique_sizes(conn)
+        for (repository, tag), size in unique.items():
+            [preview] = kit.planner.preview([[Target("tag", repository, tag)]], Actor(), purge=True)
+            assert preview.ok and preview.bytes_freed == size, (repository, tag)

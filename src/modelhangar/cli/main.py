@@ -155,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--unused-for", metavar="DURATION", type=duration_text, help="not pulled/shown/used for this"
     )
     p.add_argument("--keep-last", metavar="N", type=int, help="keep the N newest tags of each repository")
+    p.add_argument(
+        "--untagged-for",
+        metavar="DURATION",
+        type=duration_text,
+        help="also delete manifests untagged this long (registry pushes by digest, tags moved away)",
+    )
     p.add_argument("--match", metavar="PATTERN", default="*", help="only models whose name matches this glob")
     p.add_argument("--dry-run", action="store_true", help="say what would be deleted; change nothing")
     p.add_argument("--purge", action="store_true", help="skip the trash")
@@ -192,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         nargs="?",
         help="Ollama's models directory (default: $OLLAMA_MODELS or ~/.ollama/models)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a model the store holds under the same name with another manifest "
+        "(the old one goes to the trash)",
     )
 
     p = add(

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import time
+from datetime import datetime
 from typing import Any
 
 from modelhangar.cli.client import Client, response_json
@@ -169,21 +172,69 @@ def _kept(plan: dict[str, Any]) -> str:
     return f"; keeps {len(kept)} shared {noun} ({human_size(size)}) used by {', '.join(users)}"
 
 
+def time_until(at: Any, *, now: float | None = None) -> str:
+    """`in 42 s`, `in 12 min`, `in 24 hours` (and the clock time) for a POSIX time ahead."""
+    if not isinstance(at, int | float) or isinstance(at, bool):
+        return "later"
+    delta = at - (time.time() if now is None else now)
+    if delta <= 0.5:
+        return "now"
+    if delta < 120:
+        span = f"{math.ceil(delta)} s"
+    elif delta < 7200:
+        span = f"{round(delta / 60)} min"
+    elif delta < 172800:
+        span = f"{round(delta / 3600)} hours"
+    else:
+        span = f"{round(delta / 86400)} days"
+    clock = datetime.fromtimestamp(at).strftime("%H:%M:%S" if delta < 86400 else "%Y-%m-%d %H:%M")
+    return f"in {span} (at {clock})"
+
+
+TRASH_REASON = "kept in the trash"
+
+
+def _later(plan: dict[str, Any]) -> str:
+    """`; 3.1 GB more in 42 s: just used by an upload` for each later part of a plan."""
+    parts = []
+    for item in plan.get("later") or []:
+        if isinstance(item, dict) and item.get("reason") != TRASH_REASON:
+            when = time_until(item.get("at"))
+            parts.append(f"{human_size(item.get('bytes'))} more {when}: {item.get('reason')}")
+    return "".join(f"; {p}" for p in parts)
+
+
+def _expiry(plan: dict[str, Any]) -> str:
+    """` in 24 hours (at ...)`: when the trash entry of a plan expires."""
+    ats = [
+        float(x.get("at") or 0.0)
+        for x in plan.get("later") or []
+        if isinstance(x, dict) and x.get("reason") == TRASH_REASON
+    ]
+    return f" {time_until(max(ats))}" if ats else ""
+
+
 def rm_line(result: dict[str, Any]) -> str:
-    """One line per model for `hangar rm`."""
+    """One line per model for `hangar rm`: what goes now, what goes later and when, and why."""
     name = str(result.get("model"))
     status = result.get("status")
     plan = result.get("plan") if isinstance(result.get("plan"), dict) else None
-    freed = human_size(int(plan.get("bytes_freed") or 0)) if plan else "0 B"
-    if status == "deleted":
-        return f"deleted {name} (freed {freed})"
-    if status == "trashed":
-        return f"moved {name} to trash (frees {freed} when it expires; hangar trash restore {name})"
+    total = human_size(int(plan.get("bytes_freed") or 0)) if plan else "0 B"
+    now_ = human_size(int(plan.get("bytes_now") or 0)) if plan else "0 B"
+    if status == "deleted" and plan is not None:
+        return f"deleted {name} (freed {now_}{_later(plan)})"
+    if status == "trashed" and plan is not None:
+        return (
+            f"moved {name} to trash (frees {total} when it expires{_expiry(plan)}; "
+            f"hangar trash restore {name})"
+        )
     if status == "would_delete" and plan is not None:
         if plan.get("trash"):
-            what = f"moves it to the trash, frees {freed} ({_blob_count(plan)}) when it expires"
+            what = (
+                f"moves it to the trash, frees {total} ({_blob_count(plan)}) when it expires{_expiry(plan)}"
+            )
         else:
-            what = f"frees {freed} ({_blob_count(plan)})"
+            what = f"frees {now_} now ({_blob_count(plan)}){_later(plan)}"
         return f"would delete {name}: {what}{_kept(plan)}"
     if status == "not_found":
         return f"not found: {name}"
@@ -214,9 +265,29 @@ def cmd_rm(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- du, trash
 
 
+DU_PAGE = 1000
+
+
+def _sharers_text(m: dict[str, Any]) -> str:
+    names = [str(s) for s in m.get("shared_with") or []]
+    count = int(m.get("shared_with_count") or len(names))
+    if not names:
+        return "-"
+    more = count - len(names)
+    return ", ".join(names) + (f" and {more} more" if more > 0 else "")
+
+
 def cmd_du(args: argparse.Namespace) -> int:
     with Client(args.host) as client:
-        doc = client.get_json("/api/hangar/du")
+        doc = client.get_json(f"/api/hangar/du?limit={DU_PAGE}")
+        models = _models(doc)
+        while len(models) < int(doc.get("model_count") or 0):
+            page = client.get_json(f"/api/hangar/du?limit={DU_PAGE}&offset={len(models)}")
+            more = _models(page)
+            if not more:
+                break
+            models += more
+    doc["models"] = models
     if args.json:
         print_json(doc)
         return 0
@@ -226,15 +297,25 @@ def cmd_du(args: argparse.Namespace) -> int:
             human_size(m.get("size")),
             human_size(m.get("unique_size")),
             human_size(m.get("shared_size")),
-            ", ".join(str(s) for s in m.get("shared_with") or []) or "-",
+            _sharers_text(m),
         ]
-        for m in _models(doc)
+        for m in models
     ]
     print_table(["NAME", "SIZE", "UNIQUE", "SHARED", "SHARED WITH"], rows)
-    say(
-        f"\ntrash: {human_size(doc.get('trash'))}   total on disk: {human_size(doc.get('total'))}"
-        f" in {doc.get('blobs')} blobs"
-    )
+    say("")
+    breakdown = doc.get("breakdown") if isinstance(doc.get("breakdown"), dict) else {}
+    labels = doc.get("categories") if isinstance(doc.get("categories"), dict) else {}
+    until = doc.get("waiting_until") if isinstance(doc.get("waiting_until"), dict) else {}
+    lines = []
+    for key, n in breakdown.items():
+        if not n and key != "models":
+            continue
+        label = str(labels.get(key, key))
+        if key in until:
+            label += f", the last {time_until(until[key])}"
+        lines.append([human_size(n), label])
+    print_table(["BYTES", "WHERE"], lines)
+    say(f"total on disk: {human_size(doc.get('total'))} in {doc.get('blobs')} blobs")
     return 0
 
 
@@ -255,7 +336,12 @@ def cmd_trash_list(args: argparse.Namespace) -> int:
     rows = [
         [
             str(e.get("id")),
-            str(e.get("model")),
+            str(e.get("model"))
+            + (
+                f" (replaced by {str(e['replaced_by']).removeprefix('sha256:')[:12]})"
+                if e.get("replaced_by")
+                else ""
+            ),
             human_size(e.get("size")),
             human_time(e.get("deleted_at")),
             _expires_in(e.get("expires_at")),

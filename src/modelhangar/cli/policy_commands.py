@@ -14,12 +14,13 @@ from modelhangar.cli.output import human_size, print_json, print_table, say
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    if args.older_than is None and args.unused_for is None and args.keep_last is None:
-        raise CliError("prune needs --older-than, --unused-for or --keep-last")
+    if all(x is None for x in (args.older_than, args.unused_for, args.keep_last, args.untagged_for)):
+        raise CliError("prune needs --older-than, --unused-for, --keep-last or --untagged-for")
     body = {
         "older_than": args.older_than,
         "unused_for": args.unused_for,
         "keep_last": args.keep_last,
+        "untagged_for": args.untagged_for,
         "match": args.match,
         "dry_run": args.dry_run,
         "purge": args.purge,

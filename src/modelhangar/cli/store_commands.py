@@ -174,13 +174,15 @@ def cmd_import_ollama(args: argparse.Namespace) -> int:
             progress.update(task, description=model, completed=done, total=total)
 
         try:
-            report = import_ollama(store, src, progress=tick)
+            report = import_ollama(store, src, progress=tick, overwrite=args.overwrite, actor=_actor())
         except HangarError as e:
             raise CliError(str(e)) from e
     if args.json:
         print_json(report.to_dict())
     else:
         _report_lines("imported", report)
+        for kept in report.kept:
+            warn(f"kept {kept.subject}: {kept.reason}")
         say(
             f"imported {_plural(len(report.models), 'model')} from {src}: "
             f"{report.blobs_linked} blobs linked, {report.blobs_copied} copied, "

@@ -48,26 +48,40 @@ def delete_models(
     action: str = "delete",
 ) -> list[ModelDeletion]:
     """Delete (or preview deleting) each model in turn; a bulk preview counts what the bulk delete frees."""
-    planner = Planner(store)
-    targets: dict[int, Target] = {}
-    errors: dict[int, str] = {}
-    for i, raw in enumerate(names):
+    labeled: list[tuple[str, Target | str]] = []
+    for raw in names:
         try:
-            targets[i] = model_target(raw)
-        except InvalidName:
-            errors[i] = f'name "{raw}" is invalid'
+            labeled.append((raw, model_target(raw)))
+        except InvalidName as e:
+            labeled.append((raw, f'invalid model name "{raw}": {e.reason}'))
+    return delete_targets(store, labeled, actor, dry_run=dry_run, purge=purge, action=action)
+
+
+def delete_targets(
+    store: Store,
+    labeled: list[tuple[str, Target | str]],
+    actor: Actor,
+    *,
+    dry_run: bool = False,
+    purge: bool = False,
+    action: str = "delete",
+) -> list[ModelDeletion]:
+    """Delete (or preview) each `(label, target)` in turn, one result per label; a `str` in place of a
+    target is the reason the label could not be read (an `invalid` result)."""
+    planner = Planner(store)
+    targets = {i: x for i, (_, x) in enumerate(labeled) if isinstance(x, Target)}
     if dry_run:
         previews = planner.preview([[x] for x in targets.values()], actor, purge=purge, action=action)
         plans = dict(zip(targets, previews, strict=True))
     else:
         plans = {i: planner.delete([x], actor, purge=purge, action=action) for i, x in targets.items()}
     results = []
-    for i, raw in enumerate(names):
+    for i, (raw, target) in enumerate(labeled):
         plan = plans.get(i)
         if plan is None:
-            results.append(ModelDeletion(raw, "invalid", None, errors[i]))
+            results.append(ModelDeletion(raw, "invalid", None, str(target)))
         elif plan.not_found:
-            results.append(ModelDeletion(raw, "not_found", plan, f"model '{raw}' not found"))
+            results.append(ModelDeletion(raw, "not_found", plan, f'model "{raw}" not found'))
         elif plan.blockers:
             reasons = "; ".join(f"{b.kind} {b.id}: {b.reason}" for b in plan.blockers)
             results.append(ModelDeletion(raw, "refused", plan, f"refused: {reasons}"))

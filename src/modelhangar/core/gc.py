@@ -15,11 +15,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from modelhangar.core import partials, uploads
+from modelhangar.core import partials, reclaim, uploads
 from modelhangar.core.blobstore import sha256_file
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import retrying
 from modelhangar.core.digests import sha256_digest
+from modelhangar.core.errors import HangarError
 from modelhangar.core.manifests import parse_manifest
 from modelhangar.core.planner import Plan, Planner, Target
 from modelhangar.core.store import DELETING, PRESENT, Actor, Released, Store, now
@@ -27,6 +28,8 @@ from modelhangar.core.store import DELETING, PRESENT, Actor, Released, Store, no
 
 @dataclass
 class GCReport:
+    """What a GC round reclaimed (or, dry, would), and what it left waiting and until when."""
+
     dry_run: bool
     expired_trash: list[str] = field(default_factory=list)
     blobs: list[str] = field(default_factory=list)
@@ -34,6 +37,10 @@ class GCReport:
     finished: list[str] = field(default_factory=list)
     orphan_files: list[str] = field(default_factory=list)
     strays: list[str] = field(default_factory=list)
+    waiting: list[dict[str, Any]] = field(default_factory=list)
+    """Unreferenced blobs left for now: `{"bytes", "blobs", "until", "reason"}` per reason."""
+    skipped: bool = False
+    """True when another collector held the store's GC lock (a scheduled round then does nothing)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,13 +53,34 @@ class Problem:
     detail: str
 
 
-def collect(store: Store, *, dry_run: bool = False, actor: Actor | None = None) -> GCReport:
-    """Reclaim everything nothing references (or, with dry_run, say what that would be)."""
+COLLECTOR_LOCK = "gc"
+WAIT_FUSE = "used by a writer within the reuse fuse"
+WAIT_GRACE = "uploaded but never named by a manifest (the orphan grace)"
+
+
+def collect(
+    store: Store, *, dry_run: bool = False, actor: Actor | None = None, blocking: bool = True
+) -> GCReport:
+    """Reclaim everything nothing references (or, with dry_run, say what that would be).
+
+    One collector works on a store at a time (README): the GC lock is a PostgreSQL advisory lock or an
+    flock, released if its holder dies. `blocking=False` (the server's schedule) skips the round when
+    another process collects.
+    """
     actor = actor or Actor(name="gc", face="gc")
     if dry_run:
         report = _preview(store, actor)
         _audit(store, actor, report)
         return report
+    with store.catalog.exclusive(COLLECTOR_LOCK, blocking=blocking) as held:
+        if not held:
+            return GCReport(dry_run=False, skipped=True)
+        report = _collect(store, actor)
+    _audit(store, actor, report)
+    return report
+
+
+def _collect(store: Store, actor: Actor) -> GCReport:
     report = GCReport(dry_run=False)
     ts = now()
     planner = Planner(store)
@@ -61,22 +89,25 @@ def collect(store: Store, *, dry_run: bool = False, actor: Actor | None = None) 
     for trash_id in expired:
         plan = planner.delete([Target("trash", ref=str(trash_id))], actor, purge=True, action="expire")
         _count_expiry(report, plan)
-    cutoff = ts - store.settings.gc_grace
+    due = reclaim.run_due(store, ts)
+    report.blobs += due.blobs
+    report.bytes_freed += due.bytes
     with store.catalog.read() as conn:
-        unreferenced = _unreferenced(conn, cutoff)
+        once, never = _unreferenced(conn, store, ts)
         unheld = _unheld(conn)
     with store.catalog.write() as conn:
-        released = _sweep(store, conn, unreferenced, unheld, ts, cutoff)
+        released = _sweep(store, conn, once, never, unheld, ts)
     report.blobs.extend(released.blobs)
     report.bytes_freed += released.bytes
     pending = store.pending_deletions()
     store.finish_deletions(pending)
     report.finished = pending
-    report.orphan_files = _reclaim_orphan_files(store, cutoff)
-    report.strays = store.blobs.sweep_strays(cutoff)
+    report.orphan_files = _reclaim_orphan_files(store, ts - store.settings.gc_grace)
+    report.strays = store.blobs.sweep_strays(ts - store.settings.gc_grace)
     report.strays += uploads.expire(store)
     report.strays += partials.sweep(store, now() - store.settings.upload_expiry)
-    _audit(store, actor, report)
+    with store.catalog.read() as conn:
+        report.waiting = waiting(conn, store, now())
     return report
 
 
@@ -87,40 +118,69 @@ def _preview(store: Store, actor: Actor) -> GCReport:
     report = GCReport(dry_run=True)
     with store.catalog.transaction() as (conn, trans):
         ts = now()
-        cutoff = ts - store.settings.gc_grace
         groups = [[Target("trash", ref=str(i))] for i in _expired(conn, ts)]
         for plan in Planner(store).preview_in(conn, groups, actor, purge=True, ts=ts):
             _count_expiry(report, plan)
-        released = _sweep(store, conn, _unreferenced(conn, cutoff), _unheld(conn), ts, cutoff)
+        due = [
+            r.digest for r in conn.execute(sa.select(t.reclaims.c.digest).where(t.reclaims.c.due_at <= ts))
+        ]
+        released = Released()
+        store.retire_blobs(conn, due, ts, released)
+        once, never = _unreferenced(conn, store, ts)
+        swept = _sweep(store, conn, once, never, _unheld(conn), ts)
+        report.waiting = waiting(conn, store, ts)
         trans.rollback()
-    report.blobs.extend(released.blobs)
-    report.bytes_freed += released.bytes
+    for r in (released, swept):
+        report.blobs.extend(r.blobs)
+        report.bytes_freed += r.bytes
     return report
 
 
 def _count_expiry(report: GCReport, plan: Plan) -> None:
     if plan.ok:
         report.expired_trash.extend(plan.models)
-        report.blobs.extend(plan.blobs)
-        report.bytes_freed += plan.bytes_freed
+        report.blobs.extend(b for b in plan.blobs if b not in plan.deferred)
+        report.bytes_freed += plan.bytes_now
 
 
 def _expired(conn: sa.Connection, ts: float) -> list[int]:
     return [r.id for r in conn.execute(sa.select(t.trash.c.id).where(t.trash.c.expires_at <= ts))]
 
 
-def _unreferenced(conn: sa.Connection, cutoff: float) -> list[str]:
-    """Present blobs no manifest names, untouched since `cutoff`."""
-    return [
-        r.digest
-        for r in conn.execute(
-            sa.select(t.blobs.c.digest).where(
-                t.blobs.c.state == PRESENT,
-                t.blobs.c.touched_at <= cutoff,
-                ~sa.exists().where(t.manifest_blobs.c.blob_digest == t.blobs.c.digest),
-            )
-        )
-    ]
+def _unreferenced_query(*conds: Any) -> sa.Select[Any]:
+    b = t.blobs
+    return sa.select(b.c.digest, b.c.size, b.c.touched_at, b.c.ever_referenced).where(
+        b.c.state == PRESENT, ~sa.exists().where(t.manifest_blobs.c.blob_digest == b.c.digest), *conds
+    )
+
+
+def _unreferenced(conn: sa.Connection, store: Store, ts: float) -> tuple[list[str], list[str]]:
+    """Present blobs no manifest names and past their wait: (once referenced, past the reuse fuse),
+    (never referenced, past the orphan grace)."""
+    b = t.blobs
+    once = conn.execute(
+        _unreferenced_query(b.c.ever_referenced.is_(True), b.c.touched_at <= ts - store.reuse_fuse)
+    )
+    never = conn.execute(
+        _unreferenced_query(b.c.ever_referenced.is_(False), b.c.touched_at <= ts - store.settings.gc_grace)
+    )
+    return [r.digest for r in once], [r.digest for r in never]
+
+
+def waiting(conn: sa.Connection, store: Store, ts: float) -> list[dict[str, Any]]:
+    """Unreferenced blobs not yet reclaimable, grouped by why, with the time the last of them goes."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in conn.execute(_unreferenced_query()):
+        wait = store.reuse_fuse if r.ever_referenced else store.settings.gc_grace
+        until = float(r.touched_at) + wait
+        if until <= ts:
+            continue
+        reason = WAIT_FUSE if r.ever_referenced else WAIT_GRACE
+        group = out.setdefault(reason, {"bytes": 0, "blobs": [], "until": until, "reason": reason})
+        group["bytes"] += int(r.size)
+        group["blobs"].append(r.digest)
+        group["until"] = max(group["until"], until)
+    return list(out.values())
 
 
 def _unheld(conn: sa.Connection) -> list[str]:
@@ -140,10 +200,11 @@ def _unheld(conn: sa.Connection) -> list[str]:
 
 
 def _sweep(
-    store: Store, conn: sa.Connection, unreferenced: list[str], unheld: list[str], ts: float, cutoff: float
+    store: Store, conn: sa.Connection, once: list[str], never: list[str], unheld: list[str], ts: float
 ) -> Released:
     released = store.release(conn, manifests=unheld, ts=ts) if unheld else Released()
-    store.retire_blobs(conn, unreferenced, cutoff, released)
+    store.retire_blobs(conn, once, ts, released)
+    store.retire_blobs(conn, never, ts, released, fuse=store.settings.gc_grace, schedule=False)
     return released
 
 
@@ -192,7 +253,16 @@ def _reclaim_orphan_files(store: Store, cutoff: float) -> list[str]:
 
 
 def fsck(store: Store, *, verify: bool = False) -> list[Problem]:
-    """Check the invariants; an empty list means the store is consistent."""
+    """Check the invariants; an empty list means the store is consistent.
+
+    The catalog is read in one snapshot, and every problem it suggests is confirmed under the row
+    locks before it is reported, so a busy server beside it (deleting, uploading) never shows up as
+    a problem of a consistent store.
+    """
+    return [p for p in _suspects(store, verify=verify) if _confirmed(store, p)]
+
+
+def _suspects(store: Store, *, verify: bool) -> list[Problem]:
     problems: list[Problem] = []
     ts = now()
     with store.catalog.read() as conn:
@@ -207,7 +277,7 @@ def fsck(store: Store, *, verify: bool = False) -> list[Problem]:
                 problems.append(Problem("manifest-digest", m.digest, "content does not hash to its digest"))
             try:
                 refs = parse_manifest(bytes(m.content), m.media_type)
-            except ValueError as e:
+            except HangarError as e:
                 problems.append(Problem("manifest-invalid", m.digest, str(e)))
                 continue
             for b in refs.blobs:
@@ -225,6 +295,11 @@ def fsck(store: Store, *, verify: bool = False) -> list[Problem]:
             if r.manifest_digest not in live_manifests:
                 problems.append(Problem("trash-dangling", str(r.id), f"missing manifest {r.manifest_digest}"))
         orphan_manifests = [d for d in live_manifests if not store.manifest_live(conn, d)]
+        waits = {
+            r.digest: float(r.touched_at)
+            + (store.reuse_fuse if r.ever_referenced else store.settings.gc_grace)
+            for r in rows
+        }
     for d in orphan_manifests:
         problems.append(Problem("manifest-unheld", d, "manifest that nothing holds"))
     by_digest = {r.digest: r for r in rows}
@@ -250,9 +325,56 @@ def fsck(store: Store, *, verify: bool = False) -> list[Problem]:
             path = store.blobs.local_path(row.digest)
             if path is not None and sha256_file(path) != row.digest:
                 problems.append(Problem("blob-digest", row.digest, "content does not hash to its digest"))
-        if row.digest not in referenced and row.touched_at <= ts - store.settings.gc_grace:
-            problems.append(Problem("blob-unreferenced", row.digest, "unreferenced past the GC grace period"))
+        if row.digest not in referenced and waits[row.digest] <= ts:
+            problems.append(
+                Problem("blob-unreferenced", row.digest, "unreferenced past its reuse fuse or grace")
+            )
     for digest, mtime in store.blobs.iter_blobs():
         if digest not in by_digest and mtime <= ts - store.settings.gc_grace:
             problems.append(Problem("file-unknown", digest, "blob file the catalog does not know"))
     return problems
+
+
+def _confirmed(store: Store, p: Problem) -> bool:
+    """Look at a suspected problem again under its row lock (a writer may have been mid-change)."""
+    b, mb = t.blobs, t.manifest_blobs
+    with store.catalog.write() as conn:
+        if p.kind in ("blob-missing", "blob-file-missing", "blob-size", "blob-unreferenced", "blob-deleting"):
+            row = store._lock_blob(conn, p.subject)
+            referenced = store._blob_referenced(conn, p.subject)
+            if p.kind == "blob-missing":
+                return referenced and (row is None or row.state != PRESENT)
+            if row is None:
+                return False
+            if p.kind == "blob-deleting":
+                return bool(row.state != PRESENT)
+            if row.state != PRESENT:
+                return False
+            if p.kind == "blob-file-missing":
+                return store.blobs.size(p.subject) is None
+            if p.kind == "blob-size":
+                return store.blobs.size(p.subject) not in (None, int(row.size))
+            full = conn.execute(sa.select(b.c.ever_referenced).where(b.c.digest == p.subject)).scalar()
+            wait = store.reuse_fuse if full else store.settings.gc_grace
+            return not referenced and float(row.touched_at) + wait <= now()
+        if p.kind == "manifest-unheld":
+            locked = conn.execute(
+                sa.select(t.manifests.c.digest).where(t.manifests.c.digest == p.subject).with_for_update()
+            ).first()
+            return locked is not None and not store.manifest_live(conn, p.subject)
+        if p.kind == "tag-dangling":
+            digest = p.detail.rsplit(" ", 1)[-1]
+            tagged = conn.execute(sa.select(sa.literal(1)).where(t.tags.c.manifest_digest == digest).limit(1))
+            present = conn.execute(sa.select(t.manifests.c.digest).where(t.manifests.c.digest == digest))
+            return tagged.first() is not None and present.first() is None
+        if p.kind == "file-unknown":
+            known = conn.execute(sa.select(b.c.digest).where(b.c.digest == p.subject)).first()
+            return known is None and store.blobs.exists(p.subject)
+        if p.kind == "manifest-refs":
+            digest = p.detail.split(" ")[2]
+            rec = conn.execute(
+                sa.select(sa.literal(1)).where(mb.c.manifest_digest == p.subject, mb.c.blob_digest == digest)
+            )
+            alive = conn.execute(sa.select(t.manifests.c.digest).where(t.manifests.c.digest == p.subject))
+            return alive.first() is not None and rec.first() is None
+    return True

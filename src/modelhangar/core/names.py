@@ -16,6 +16,7 @@ __all__ = [
     "InvalidName",
     "ModelName",
     "PartKind",
+    "display_repository",
     "display_stored",
     "is_valid_name",
     "is_valid_part",
@@ -206,3 +207,9 @@ def display_stored(repository: str, tag: str) -> str | None:
     if namespace.lower() != DEFAULT_NAMESPACE:
         return f"{namespace}/{model}:{tag}"
     return f"{model}:{tag}"
+
+
+def display_repository(repository: str) -> str:
+    """A stored `host/namespace/model` in its shortest form (`tiny`, `ns/model`), else as stored."""
+    shown = display_stored(repository, DEFAULT_TAG)
+    return shown.rsplit(":", 1)[0] if shown is not None else repository

@@ -20,8 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from modelhangar.core.blobstore import COPY_CHUNK, sha256_file
-from modelhangar.core.digests import InvalidDigest, parse_digest
-from modelhangar.core.errors import BlobUnknown, Conflict, DigestMismatch, InvalidManifest, NotFound
+from modelhangar.core.digests import InvalidDigest, parse_digest, sha256_digest
+from modelhangar.core.errors import (
+    BlobUnknown,
+    Conflict,
+    DigestMismatch,
+    InvalidManifest,
+    NotFound,
+    Refused,
+)
 from modelhangar.core.manifests import MAX_MANIFEST_BYTES, parse_manifest
 from modelhangar.core.names import (
     InvalidName,
@@ -31,13 +38,14 @@ from modelhangar.core.names import (
     parse_name,
     parse_name_from_filepath,
 )
-from modelhangar.core.store import BlobCommit, Store
+from modelhangar.core.store import Actor, BlobCommit, Store
 
 __all__ = ["ExportReport", "ImportReport", "Skip", "export_ollama", "import_ollama"]
 
 MANIFESTS = "manifests"
 BLOBS = "blobs"
 _LEVELS: tuple[PartKind, ...] = ("host", "namespace", "model", "tag")
+_KEPT = "kept"  # import_manifest's answer for a name left as it was
 _ATTEMPTS = 2  # a GC may reclaim a blob between its import and the manifest commit: then retry once
 
 Progress = Callable[[str, int, int], None]
@@ -56,6 +64,8 @@ class Skip:
 class ImportReport:
     models: list[str] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)
+    kept: list[Skip] = field(default_factory=list)
+    """Models left as they were: the store holds the name with another manifest (see `overwrite`)."""
     blobs_linked: int = 0
     blobs_copied: int = 0
     blobs_present: int = 0
@@ -109,6 +119,8 @@ def _read_nofollow(path: Path, limit: int) -> bytes:
 class _Importer:
     store: Store
     report: ImportReport
+    overwrite: bool = False
+    actor: Actor = field(default_factory=Actor)
     blobs: dict[str, Path] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     handled: set[str] = field(default_factory=set)
@@ -226,6 +238,16 @@ class _Importer:
             return f"invalid manifest: {exc}"
         if refs.children:
             return "a manifest list (index) has no place in an Ollama store"
+        held = self.store.get_tag(name.repository, name.tag)
+        if held is not None and held.manifest_digest != str(sha256_digest(raw)) and not self.overwrite:
+            self.report.kept.append(
+                Skip(
+                    name.display_shortest(),
+                    "the store holds this name with another manifest; --overwrite replaces it "
+                    "(the old one goes to the trash)",
+                )
+            )
+            return _KEPT
         digests = sorted({b.digest for b in refs.blobs})
         missing = [d for d in digests if d not in self.blobs and self.store.blob_size(d) is None]
         if missing:
@@ -236,23 +258,34 @@ class _Importer:
                 if (reason := self.import_blob(d)) is not None:
                     return reason
             try:
-                self.store.put_manifest(name.repository, name.tag, raw)
+                self.store.put_manifest(name.repository, name.tag, raw, actor=self.actor)
                 return None
             except BlobUnknown as exc:
                 vanished = exc.digests
+            except Refused as exc:
+                return str(exc)
         return "blobs vanished from the store meanwhile: " + ", ".join(vanished)
 
 
-def import_ollama(store: Store, models_dir: Path, *, progress: Progress | None = None) -> ImportReport:
+def import_ollama(
+    store: Store,
+    models_dir: Path,
+    *,
+    progress: Progress | None = None,
+    overwrite: bool = False,
+    actor: Actor | None = None,
+) -> ImportReport:
     """Adopt every valid model of an Ollama models directory (blobs by hard link where possible).
 
-    A model already in the store under the same name is pointed at the imported manifest.
-    `progress(model, done, total)` is called after each manifest.
+    A model the store already holds under the same name with another manifest is left as it is
+    (listed in `kept`), unless `overwrite`: then the old version goes through the planner (to the
+    trash, refused if something depends on it). `progress(model, done, total)` is called after each
+    manifest.
     """
     root = Path(models_dir)
     if not root.is_dir():
         raise NotFound(f"{models_dir}: not a directory")
-    imp = _Importer(store, ImportReport())
+    imp = _Importer(store, ImportReport(), overwrite=overwrite, actor=actor or Actor())
     imp.scan_blobs(root)
     found = imp.scan_manifests(root)
     seen: dict[NameKey, str] = {}
@@ -262,7 +295,9 @@ def import_ollama(store: Store, models_dir: Path, *, progress: Progress | None =
             reason: str | None = f"same model as {seen[name.key()]} (names match case-insensitively)"
         else:
             reason = imp.import_manifest(name, path)
-        if reason is None:
+        if reason == _KEPT:
+            pass
+        elif reason is None:
             seen[name.key()] = rel
             imp.report.models.append(display)
         else:

@@ -1,37 +1,52 @@
-"""The one deletion planner every face, the CLI, retention and GC delete through.
+"""The one deletion planner every face, the CLI, retention, GC and overwrites delete through.
 
 `Planner.delete` resolves what to delete, finds what blocks it (missing permission, dependents
 of any kind), and applies the deletion inside one catalog transaction: tags go, memberships
 go, and manifests and blobs that nothing holds any longer go too (or, with the trash on, the
 trash entry keeps them until it expires). A dry run runs exactly the same code and rolls the
 transaction back, so a preview never disagrees with what a real delete would have done.
+
+Moving a tag onto another manifest removes the version it pointed at just as a delete does
+(`Planner.overwrite_in`, called by the store in the transaction that moves the tag): the same
+blockers refuse it, the old version goes to the trash (listed with what replaced it) or is purged,
+and the overwrite is audited.
+
+What a plan frees is reported in time (README, "Safety rules" 2): `bytes_now` go at once; `later`
+says which bytes go when: blobs a writer used within the reuse fuse are reclaimed by the server's
+timer when the fuse ends (`core/reclaim.py`), a trash entry's blobs when it expires.
+`unique_sizes` is the same rule in closed form, for listings: what deleting each tag alone frees.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from modelhangar.core import dependents
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import retrying
-from modelhangar.core.store import Actor, Released, Store, now
+from modelhangar.core.errors import Refused
+from modelhangar.core.store import FUSE_REASON, Actor, Released, Store, now
 
-TargetKind = Literal["tag", "manifest", "repository", "trash"]
+TargetKind = Literal["tag", "untag", "manifest", "repository", "trash"]
+TRASH_REASON = "kept in the trash"
 
 
 @dataclass(frozen=True)
 class Target:
-    """What to delete: a tag, a manifest of a repository, a whole repository, or a trash entry."""
+    """What to delete: a tag (and the manifest it alone holds in its repository), only a tag (`untag`:
+    the manifest stays, untagged), a manifest of a repository, a whole repository, or a trash entry."""
 
     kind: TargetKind
     repository: str = ""
     ref: str = ""
 
     def __str__(self) -> str:
-        if self.kind == "tag":
+        if self.kind in ("tag", "untag"):
             return f"{self.repository}:{self.ref}"
         if self.kind == "manifest":
             return f"{self.repository}@{self.ref}"
@@ -49,7 +64,11 @@ class Blocker:
 
 @dataclass
 class Plan:
-    """What a deletion removes, frees and is blocked by; also what it did, once executed."""
+    """What a deletion removes, frees and is blocked by; also what it did, once executed.
+
+    `blobs` and `bytes_freed` are everything the deletion frees, whenever; `bytes_now` goes at once,
+    and each entry of `later` (`bytes`, `at` in POSIX seconds, `reason`, `blobs`) goes at its time.
+    """
 
     targets: list[str]
     actor: str
@@ -61,20 +80,30 @@ class Plan:
     manifests: list[str] = field(default_factory=list)
     blobs: list[str] = field(default_factory=list)
     bytes_freed: int = 0
+    bytes_now: int = 0
+    later: list[dict[str, Any]] = field(default_factory=list)
     reclaimed: str = "nothing"
     blockers: list[Blocker] = field(default_factory=list)
     kept: list[dict[str, Any]] = field(default_factory=list)
     not_found: list[str] = field(default_factory=list)
     trash_ids: list[int] = field(default_factory=list)
     deferred: list[str] = field(default_factory=list)
+    untagged: list[str] = field(default_factory=list)
+    replaced_by: str | None = None
     executed: bool = False
 
     @property
     def ok(self) -> bool:
         return not self.blockers and not self.not_found
 
+    @property
+    def bytes_later(self) -> int:
+        return sum(int(x["bytes"]) for x in self.later)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["bytes_later"] = self.bytes_later
+        return out
 
 
 @dataclass
@@ -86,8 +115,18 @@ class _Resolved:
     )  # repo_id, repo, tag, digest, row
     memberships: list[tuple[int, str]] = field(default_factory=list)
     untag: list[tuple[int, str]] = field(default_factory=list)
+    keep_untagged: bool = False
     trash_rows: list[Any] = field(default_factory=list)
     repos: dict[int, tuple[str, str | None]] = field(default_factory=dict)
+
+
+def may_delete(actor: Actor, owner: str | None) -> bool:
+    """The one ownership rule for removing a model (README, "Safety rules")."""
+    return owner is None or owner == actor.name or actor.admin
+
+
+def dependents_of(conn: sa.Connection, target_kind: str, target: str) -> list[Blocker]:
+    return [Blocker(d.kind, d.id, d.reason) for d in dependents.of_target(conn, target_kind, target)]
 
 
 class Planner:
@@ -175,6 +214,61 @@ class Planner:
                 savepoint.rollback()
         return plans
 
+    # ------------------------------------------------------------------ overwrites
+
+    def overwrite_in(
+        self,
+        conn: sa.Connection,
+        actor: Actor,
+        *,
+        repo_id: int,
+        old: Any,
+        new_digest: str,
+        ts: float,
+        keep_untagged: bool,
+    ) -> Released:
+        """The version a moved tag leaves, removed as a delete removes it (inside the store's transaction).
+
+        `old` is the tag's row before the move (the tag already points at `new_digest`). If no other tag
+        of the repository points at the old manifest, it leaves the repository: to the trash (with
+        `replaced_by`) or purged, unless `keep_untagged` (the registry's rule: it stays, untagged, until
+        deleted by digest or an untagged-retention rule). Blockers raise Refused; the caller audits it.
+        """
+        repo = conn.execute(
+            sa.select(t.repositories.c.name, t.repositories.c.owner).where(t.repositories.c.id == repo_id)
+        ).one()
+        target = Target("tag", repo.name, old.name)
+        plan = self._new_plan([target], actor, dry_run=False, purge=False)
+        plan.replaced_by = new_digest
+        plan.models = [f"{repo.name}:{old.name}"]
+        plan.tags = list(plan.models)
+        digest = old.manifest_digest
+        still_tagged = self._tagged_in(conn, repo_id, digest)
+        leaves = not still_tagged and not keep_untagged
+        if not may_delete(actor, repo.owner):
+            plan.blockers.append(Blocker("permission", repo.name, f"{actor.name} does not own {repo.name}"))
+        plan.blockers += dependents_of(conn, "tag", str(target))
+        if leaves:
+            plan.blockers += dependents_of(conn, "manifest", digest)
+        if plan.blockers:
+            raise Refused(plan, _refusal(plan, "overwrite"))
+        res = _Resolved(repos={repo_id: (repo.name, repo.owner)}, keep_untagged=not leaves)
+        if not still_tagged:
+            if leaves:
+                res.memberships.append((repo_id, digest))
+                res.tag_rows.append((repo_id, repo.name, old.name, digest, old))
+            else:
+                res.untag.append((repo_id, digest))
+        released = self._remove(conn, res, actor, plan, ts, replaced_by=new_digest, report=False)
+        plan.executed = True
+        self._audit(conn, plan, "overwrite", ts)
+        return released
+
+    def audit_refusal(self, plan: Plan, action: str) -> None:
+        """Record a refused overwrite (its own transaction rolled back)."""
+        with self.store.catalog.write() as conn:
+            self._audit(conn, plan, action, now())
+
     # ------------------------------------------------------------------ resolving
 
     def _repo(self, conn: sa.Connection, name: str, res: _Resolved) -> int | None:
@@ -191,6 +285,13 @@ class Planner:
     def _lock_tags(self, conn: sa.Connection, repo_id: int, *conds: Any) -> list[Any]:
         q = sa.select(t.tags).where(t.tags.c.repository_id == repo_id, *conds).order_by(t.tags.c.name_key)
         return list(conn.execute(q.with_for_update()).all())
+
+    @staticmethod
+    def _tagged_in(conn: sa.Connection, repo_id: int, digest: str) -> bool:
+        q = sa.select(sa.literal(1)).where(
+            t.tags.c.repository_id == repo_id, t.tags.c.manifest_digest == digest
+        )
+        return conn.execute(q.limit(1)).first() is not None
 
     def _resolve(self, conn: sa.Connection, targets: list[Target], plan: Plan) -> _Resolved:
         res = _Resolved()
@@ -212,8 +313,9 @@ class Planner:
                 plan.not_found.append(str(target))
                 continue
             repo_name = res.repos[repo_id][0]
-            if target.kind == "tag":
+            if target.kind in ("tag", "untag"):
                 rows = self._lock_tags(conn, repo_id, t.tags.c.name_key == target.ref.lower())
+                res.keep_untagged = res.keep_untagged or target.kind == "untag"
             elif target.kind == "manifest":
                 member = conn.execute(
                     sa.select(t.repo_manifests.c.manifest_digest).where(
@@ -237,7 +339,7 @@ class Planner:
                 if not rows and not res.memberships:
                     plan.not_found.append(str(target))
                     continue
-            if target.kind == "tag" and not rows:
+            if target.kind in ("tag", "untag") and not rows:
                 plan.not_found.append(str(target))
                 continue
             for row in rows:
@@ -250,22 +352,15 @@ class Planner:
 
     def _find_blockers(self, conn: sa.Connection, res: _Resolved, actor: Actor, plan: Plan) -> None:
         for repo_id, (name, owner) in res.repos.items():
-            if owner is not None and owner != actor.name and not actor.admin:
+            if not may_delete(actor, owner):
                 plan.blockers.append(Blocker("permission", name, f"{actor.name} does not own {name}"))
-            keys = [("repository", name)]
+            keys = [] if res.keep_untagged else [("repository", name)]
             keys += [("tag", f"{r[1]}:{r[2]}") for r in res.tag_rows if r[0] == repo_id]
-            digests = {r[3] for r in res.tag_rows if r[0] == repo_id} | {
-                m for i, m in res.memberships if i == repo_id
-            }
+            digests = set() if res.keep_untagged else {r[3] for r in res.tag_rows if r[0] == repo_id}
+            digests |= {m for i, m in res.memberships if i == repo_id}
             keys += [("manifest", d) for d in sorted(digests)]
             for kind, target in keys:
-                for dep in conn.execute(
-                    sa.select(t.dependents).where(
-                        t.dependents.c.target_kind == kind,
-                        sa.func.lower(t.dependents.c.target) == target.lower(),
-                    )
-                ):
-                    plan.blockers.append(Blocker(dep.kind, dep.id, dep.reason))
+                plan.blockers += dependents_of(conn, kind, target)
 
     # ------------------------------------------------------------------ applying
 
@@ -283,15 +378,32 @@ class Planner:
 
         That expiry is simulated in a savepoint, rolled back unless `keep_expiry` (a preview session).
         """
-        use_trash = plan.trash
-        retention = self.store.settings.trash_retention
-        touched: set[str] = set()
-        for repo_id, repo_name, tag, digest, row in res.tag_rows:
+        for repo_id, _repo_name, _tag, _digest, row in res.tag_rows:
             conn.execute(
                 t.tags.delete().where(t.tags.c.repository_id == repo_id, t.tags.c.name_key == row.name_key)
             )
-            plan.models.append(f"{repo_name}:{tag}")
-            plan.tags.append(f"{repo_name}:{tag}")
+        return self._remove(conn, res, actor, plan, ts, keep_expiry=keep_expiry)
+
+    def _remove(
+        self,
+        conn: sa.Connection,
+        res: _Resolved,
+        actor: Actor,
+        plan: Plan,
+        ts: float,
+        *,
+        replaced_by: str | None = None,
+        keep_expiry: bool = False,
+        report: bool = True,
+    ) -> Released:
+        """Everything after the tags are gone (or moved): trash entries, memberships, what nothing holds."""
+        use_trash = plan.trash
+        retention = self.store.settings.trash_retention
+        touched: set[str] = set()
+        for _repo_id, repo_name, tag, digest, _row in res.tag_rows:
+            if f"{repo_name}:{tag}" not in plan.models:
+                plan.models.append(f"{repo_name}:{tag}")
+                plan.tags.append(f"{repo_name}:{tag}")
             touched.add(digest)
         new_trash: list[int] = []
         if use_trash:
@@ -300,6 +412,8 @@ class Planner:
             for repo_id, digest in res.memberships:
                 if (repo_id, digest) not in tagged:
                     trashed.append((repo_id, res.repos[repo_id][0], "", digest, None))
+            if res.keep_untagged:
+                trashed = [x for x in trashed if (x[0], x[3]) in set(res.memberships)]
             for repo_id, repo_name, tag, digest, row in trashed:
                 meta = {}
                 if row is not None:
@@ -319,6 +433,7 @@ class Planner:
                         actor=actor.name,
                         face=actor.face,
                         meta=json.dumps(meta),
+                        replaced_by=replaced_by,
                     )
                 )
                 pk = result.inserted_primary_key
@@ -332,55 +447,84 @@ class Planner:
             conn.execute(t.trash.delete().where(t.trash.c.id == row.id))
             touched.add(row.manifest_digest)
         touched.update(m for _, m in res.memberships)
-        own_blobs = {
-            r.blob_digest
-            for r in conn.execute(
-                sa.select(t.manifest_blobs.c.blob_digest).where(
-                    t.manifest_blobs.c.manifest_digest.in_(sorted(touched))
-                )
-            )
-        }
+        own_blobs = self._blobs_of(conn, touched) if report else set()
         released = self.store.release(
-            conn, untag_memberships=res.untag, memberships=res.memberships, manifests=touched, ts=ts
+            conn,
+            untag_memberships=[] if res.keep_untagged else res.untag,
+            keep_untagged=res.untag if res.keep_untagged else (),
+            memberships=res.memberships,
+            manifests=touched if not res.keep_untagged else [m for _, m in res.memberships],
+            ts=ts,
         )
-        if use_trash and new_trash:
+        plan.untagged = released.untagged
+        if use_trash and new_trash and report:
             # What the trash entries free when they expire: simulate it and roll it back.
             savepoint = conn.begin_nested()
             conn.execute(t.trash.delete().where(t.trash.c.id.in_(new_trash)))
-            later = self.store.release(conn, manifests=touched, ts=ts + retention)
-            self._report(conn, plan, later, own_blobs)
+            expiry = ts + retention
+            later = self.store.release(conn, manifests=touched, ts=expiry, schedule=False)
+            self._report(conn, plan, Released(), own_blobs - set(later.blobs) - set(later.deferred), ts)
+            self._report_later(conn, plan, later, expiry, TRASH_REASON)
             if keep_expiry:
                 savepoint.commit()
             else:
                 savepoint.rollback()
-            plan.reclaimed = "on trash expiry" if later.blobs else "nothing"
+            plan.reclaimed = "on trash expiry" if later.blobs or later.deferred else "nothing"
         else:
-            self._report(conn, plan, released, own_blobs)
-            plan.reclaimed = "now" if released.blobs else "nothing"
+            if report:
+                self._report(conn, plan, released, own_blobs, ts)
+            else:
+                plan.manifests, plan.blobs = list(released.manifests), list(released.blobs)
+                plan.bytes_now = plan.bytes_freed = released.bytes
+            plan.reclaimed = (
+                ("now and later" if released.deferred else "now")
+                if released.blobs
+                else ("later" if released.deferred else "nothing")
+            )
         return released
 
-    def _report(self, conn: sa.Connection, plan: Plan, rel: Released, own_blobs: set[str]) -> None:
-        """Fill in what goes, what it frees, and which shared blobs stay and why."""
+    @staticmethod
+    def _blobs_of(conn: sa.Connection, manifests: Iterable[str]) -> set[str]:
+        q = sa.select(t.manifest_blobs.c.blob_digest).where(
+            t.manifest_blobs.c.manifest_digest.in_(sorted(set(manifests)))
+        )
+        return {r.blob_digest for r in conn.execute(q)}
+
+    def _report(self, conn: sa.Connection, plan: Plan, rel: Released, own_blobs: set[str], ts: float) -> None:
+        """Fill in what goes now, what goes when the fuse ends, and which shared blobs stay and why."""
         plan.manifests = list(rel.manifests)
         plan.blobs = list(rel.blobs)
-        plan.bytes_freed = rel.bytes
+        plan.bytes_now = rel.bytes
         plan.deferred = list(rel.deferred)
+        plan.bytes_freed = rel.bytes
+        self._report_later(conn, plan, rel, None, None)
         for blob in sorted(own_blobs - set(rel.blobs) - set(rel.deferred)):
-            holder = conn.execute(
-                sa.select(t.repositories.c.name, t.tags.c.name.label("tag"))
-                .select_from(
-                    t.manifest_blobs.join(
-                        t.tags, t.tags.c.manifest_digest == t.manifest_blobs.c.manifest_digest
-                    ).join(t.repositories, t.repositories.c.id == t.tags.c.repository_id)
-                )
-                .where(t.manifest_blobs.c.blob_digest == blob)
-                .limit(1)
-            ).first()
-            size = conn.execute(sa.select(t.blobs.c.size).where(t.blobs.c.digest == blob)).scalar()
-            used_by = (
-                f"{holder.name}:{holder.tag}" if holder is not None else "another manifest or trash entry"
-            )
-            plan.kept.append({"digest": blob, "size": int(size or 0), "used_by": used_by})
+            plan.kept.append({"digest": blob, "size": self._size(conn, blob), "used_by": _holder(conn, blob)})
+
+    def _report_later(
+        self, conn: sa.Connection, plan: Plan, rel: Released, at: float | None, reason: str | None
+    ) -> None:
+        """Add what `rel` frees at `at` (a trash expiry), or, with `at` None, its blobs left to the fuse."""
+        if at is not None and reason is not None and rel.blobs:
+            plan.later.append({"bytes": rel.bytes, "at": at, "reason": reason, "blobs": list(rel.blobs)})
+            plan.blobs += [b for b in rel.blobs if b not in plan.blobs]
+            plan.bytes_freed += rel.bytes
+            plan.manifests += [m for m in rel.manifests if m not in plan.manifests]
+        groups: dict[str, list[str]] = {}
+        for d in rel.deferred:
+            groups.setdefault(rel.why.get(d, FUSE_REASON), []).append(d)
+        for why, digests in groups.items():
+            size = sum(rel.sizes.get(d, 0) for d in digests)
+            due = max(rel.due.get(d, 0.0) for d in digests)
+            plan.later.append({"bytes": size, "at": due, "reason": why, "blobs": digests})
+            plan.blobs += [d for d in digests if d not in plan.blobs]
+            plan.bytes_freed += size
+            if at is not None:
+                plan.deferred += [d for d in digests if d not in plan.deferred]
+
+    @staticmethod
+    def _size(conn: sa.Connection, blob: str) -> int:
+        return int(conn.execute(sa.select(t.blobs.c.size).where(t.blobs.c.digest == blob)).scalar() or 0)
 
     def _audit(self, conn: sa.Connection, plan: Plan, action: str, ts: float) -> None:
         outcome = "ok" if plan.ok else ("refused" if plan.blockers else "not_found")
@@ -392,7 +536,12 @@ class Planner:
             "blockers": [asdict(b) for b in plan.blockers],
             "not_found": plan.not_found,
             "reclaimed": plan.reclaimed,
+            "later": [{k: v for k, v in x.items() if k != "blobs"} for x in plan.later],
         }
+        if plan.replaced_by:
+            detail["replaced_by"] = plan.replaced_by
+        if plan.untagged:
+            detail["untagged"] = plan.untagged
         conn.execute(
             t.audit.insert().values(
                 at=ts,
@@ -402,7 +551,115 @@ class Planner:
                 target=", ".join(plan.targets),
                 dry_run=plan.dry_run,
                 outcome=outcome,
-                bytes_freed=plan.bytes_freed if plan.executed and not plan.trash else 0,
+                bytes_freed=plan.bytes_now if plan.executed else 0,
                 detail=json.dumps(detail),
             )
         )
+
+
+def _holder(conn: sa.Connection, blob: str) -> str:
+    """Who keeps a shared blob: a tag, else an untagged manifest's repository, else a trash entry."""
+    mb = t.manifest_blobs
+    tag = conn.execute(
+        sa.select(t.repositories.c.name, t.tags.c.name.label("tag"))
+        .select_from(
+            mb.join(t.tags, t.tags.c.manifest_digest == mb.c.manifest_digest).join(
+                t.repositories, t.repositories.c.id == t.tags.c.repository_id
+            )
+        )
+        .where(mb.c.blob_digest == blob)
+        .limit(1)
+    ).first()
+    if tag is not None:
+        return f"{tag.name}:{tag.tag}"
+    member = conn.execute(
+        sa.select(t.repositories.c.name, mb.c.manifest_digest)
+        .select_from(
+            mb.join(t.repo_manifests, t.repo_manifests.c.manifest_digest == mb.c.manifest_digest).join(
+                t.repositories, t.repositories.c.id == t.repo_manifests.c.repository_id
+            )
+        )
+        .where(mb.c.blob_digest == blob)
+        .limit(1)
+    ).first()
+    if member is not None:
+        return f"{member.name}@{member.manifest_digest}"
+    entry = conn.execute(
+        sa.select(t.trash.c.repository, t.trash.c.tag)
+        .select_from(mb.join(t.trash, t.trash.c.manifest_digest == mb.c.manifest_digest))
+        .where(mb.c.blob_digest == blob)
+        .limit(1)
+    ).first()
+    if entry is not None:
+        return f"the trash entry of {entry.repository}:{entry.tag}" if entry.tag else "a trash entry"
+    return "another manifest"
+
+
+def _refusal(plan: Plan, verb: str) -> str:
+    reasons = "; ".join(f"{b.kind} {b.id}: {b.reason}" for b in plan.blockers)
+    return f"refused to {verb} {', '.join(plan.models)}: {reasons}"
+
+
+def unique_sizes(conn: sa.Connection) -> dict[tuple[str, str], int]:
+    """{(repository, tag): bytes deleting that tag alone (purged) would free}, for the whole store.
+
+    The closed form of `Store.release` for one tag (tests check it against the planner's previews):
+    the tag's manifest leaves only if no other tag, repository membership, trash entry or parent index
+    holds it; then each of its blobs goes if no other manifest names it (an index's children likewise).
+    One pass over tags, memberships and references: linear in the store, never quadratic.
+    """
+    tags_per: dict[str, int] = {}
+    tag_rows = conn.execute(
+        sa.select(t.repositories.c.name, t.tags.c.name.label("tag"), t.tags.c.manifest_digest).join(
+            t.repositories, t.repositories.c.id == t.tags.c.repository_id
+        )
+    ).all()
+    for r in tag_rows:
+        tags_per[r.manifest_digest] = tags_per.get(r.manifest_digest, 0) + 1
+    members: dict[str, int] = {}
+    for r in conn.execute(sa.select(t.repo_manifests.c.manifest_digest)):
+        members[r.manifest_digest] = members.get(r.manifest_digest, 0) + 1
+    trashed = {r.manifest_digest for r in conn.execute(sa.select(t.trash.c.manifest_digest))}
+    parents: dict[str, int] = {}
+    children: dict[str, list[str]] = {}
+    for r in conn.execute(sa.select(t.manifest_children)):
+        parents[r.child_digest] = parents.get(r.child_digest, 0) + 1
+        children.setdefault(r.parent_digest, []).append(r.child_digest)
+    holders: dict[str, int] = {}
+    blobs_of: dict[str, list[str]] = {}
+    for r in conn.execute(sa.select(t.manifest_blobs)):
+        holders[r.blob_digest] = holders.get(r.blob_digest, 0) + 1
+        blobs_of.setdefault(r.manifest_digest, []).append(r.blob_digest)
+    sizes = {
+        r.digest: int(r.size)
+        for r in conn.execute(sa.select(t.blobs.c.digest, t.blobs.c.size).where(t.blobs.c.state == "present"))
+    }
+
+    def freed(manifest: str) -> int:
+        gone: dict[str, int] = {}  # blob -> references dropped
+        stack, dropped = [manifest], {manifest}
+        while stack:
+            m = stack.pop()
+            for b in blobs_of.get(m, ()):
+                gone[b] = gone.get(b, 0) + 1
+            for c in children.get(m, ()):
+                other = members.get(c, 0) or c in trashed or parents.get(c, 0) > 1
+                if c not in dropped and not other:
+                    dropped.add(c)
+                    stack.append(c)
+        return sum(sizes.get(b, 0) for b, n in gone.items() if holders.get(b, 0) == n)
+
+    out: dict[tuple[str, str], int] = {}
+    cache: dict[str, int] = {}
+    for r in tag_rows:
+        m = r.manifest_digest
+        alone = (
+            tags_per.get(m, 0) == 1 and members.get(m, 0) <= 1 and m not in trashed and not parents.get(m, 0)
+        )
+        if not alone:
+            out[(r.name, r.tag)] = 0
+            continue
+        if m not in cache:
+            cache[m] = freed(m)
+        out[(r.name, r.tag)] = cache[m]
+    return out

@@ -2,8 +2,10 @@
 
 A model is pruned when it matches the pattern, meets every age condition given (modified more
 than `older_than` ago, not used for `unused_for`), and is not among the `keep_last` most
-recently modified tags of its repository. At least one condition is required, so an empty
-policy never deletes everything. Deletions go through the planner, one result per model.
+recently modified tags of its repository. `untagged_for` prunes manifests that have had no tag in
+their repository for that long (a registry's untagged manifests, pullable only by digest) in the
+repositories the pattern matches. At least one condition is required, so an empty policy never
+deletes everything. Deletions go through the planner, one result per model or manifest.
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ import fnmatch
 from collections import defaultdict
 from dataclasses import dataclass
 
-from modelhangar.core.deletion import ModelDeletion, delete_models
-from modelhangar.core.names import InvalidName, parse_name
+import sqlalchemy as sa
+
+from modelhangar.core.catalog import schema as t
+from modelhangar.core.deletion import ModelDeletion, delete_targets, model_target
+from modelhangar.core.names import InvalidName, display_repository, parse_name
+from modelhangar.core.planner import Target
 from modelhangar.core.store import Actor, Store, TagRecord, now
 
 
@@ -23,10 +29,17 @@ class RetentionPolicy:
     older_than: float | None = None
     unused_for: float | None = None
     keep_last: int | None = None
+    untagged_for: float | None = None
+
+    @property
+    def selects_tags(self) -> bool:
+        return self.older_than is not None or self.unused_for is not None or self.keep_last is not None
 
     def __post_init__(self) -> None:
-        if self.older_than is None and self.unused_for is None and self.keep_last is None:
-            raise ValueError("a retention policy needs --older-than, --unused-for or --keep-last")
+        if not self.selects_tags and self.untagged_for is None:
+            raise ValueError(
+                "a retention policy needs --older-than, --unused-for, --keep-last or --untagged-for"
+            )
         if self.keep_last is not None and self.keep_last < 0:
             raise ValueError("keep-last must be 0 or more")
 
@@ -45,6 +58,7 @@ def policy_from_config(doc: dict[str, object]) -> RetentionPolicy:
         older_than=dur("older_than"),
         unused_for=dur("unused_for"),
         keep_last=int(keep) if isinstance(keep, int | str) else None,
+        untagged_for=dur("untagged_for"),
     )
 
 
@@ -81,8 +95,37 @@ def select_models(records: list[TagRecord], policy: RetentionPolicy, at: float) 
     return chosen
 
 
+def select_untagged(store: Store, policy: RetentionPolicy, at: float) -> list[tuple[str, Target]]:
+    """(label, target) of each manifest untagged for `policy.untagged_for` in a matching repository."""
+    if policy.untagged_for is None:
+        return []
+    rm = t.repo_manifests
+    q = (
+        sa.select(t.repositories.c.name, rm.c.manifest_digest)
+        .join(t.repositories, t.repositories.c.id == rm.c.repository_id)
+        .where(rm.c.untagged_at.is_not(None), rm.c.untagged_at <= at - policy.untagged_for)
+        .order_by(rm.c.untagged_at)
+    )
+    with store.catalog.read() as conn:
+        rows = conn.execute(q).all()
+    out = []
+    for r in rows:
+        short = display_repository(r.name)
+        if fnmatch.fnmatchcase(short, policy.match) or fnmatch.fnmatchcase(r.name, policy.match):
+            out.append((f"{short}@{r.manifest_digest}", Target("manifest", r.name, r.manifest_digest)))
+    return out
+
+
 def prune(
     store: Store, policy: RetentionPolicy, actor: Actor, *, dry_run: bool = False, purge: bool = False
 ) -> list[ModelDeletion]:
-    names = select_models(store.list_tags(), policy, now())
-    return delete_models(store, names, actor, dry_run=dry_run, purge=purge, action="prune")
+    at = now()
+    labeled: list[tuple[str, Target | str]] = []
+    if policy.selects_tags:
+        for name in select_models(store.list_tags(), policy, at):
+            try:
+                labeled.append((name, model_target(name)))
+            except InvalidName as e:
+                labeled.append((name, f'invalid model name "{name}": {e.reason}'))
+    labeled += select_untagged(store, policy, at)
+    return delete_targets(store, labeled, actor, dry_run=dry_run, purge=purge, action="prune")

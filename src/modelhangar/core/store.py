@@ -43,11 +43,13 @@ from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import Catalog, retrying
 from modelhangar.core.config import Settings
 from modelhangar.core.digests import parse_digest, sha256_digest
-from modelhangar.core.errors import BlobUnknown, Conflict, DigestMismatch, NotFound
+from modelhangar.core.errors import BlobUnknown, Conflict, DigestMismatch, NotFound, Refused
 from modelhangar.core.manifests import OLLAMA_CONFIG, ManifestRefs, manifest_annotations, parse_manifest
 
 PRESENT = "present"
 DELETING = "deleting"
+FUSE_REASON = "just used by an upload"
+BUSY_REASON = "in use by an upload right now"
 MAX_CONFIG_BYTES = 1 << 20
 
 
@@ -105,12 +107,21 @@ class Referrer:
 
 @dataclass
 class Released:
-    """What releasing references did inside one transaction."""
+    """What releasing references did inside one transaction.
+
+    `blobs` (and `bytes`) were marked for deletion now; `deferred` blobs are unreferenced but were used
+    by a writer within the reuse fuse (or are held by one right now): each is reclaimed at `due[d]` by
+    the timer of `core/reclaim.py`, for the reason `why[d]`. `untagged` are memberships left untagged.
+    """
 
     manifests: list[str] = field(default_factory=list)
     blobs: list[str] = field(default_factory=list)
     bytes: int = 0
     deferred: list[str] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)
+    due: dict[str, float] = field(default_factory=dict)
+    why: dict[str, str] = field(default_factory=dict)
+    untagged: list[str] = field(default_factory=list)
 
 
 def now() -> float:
@@ -204,22 +215,27 @@ class Store:
         with self.catalog.write() as conn:
             if also is not None:
                 also(conn)
-            self._insert_ignore(
-                conn,
-                t.blobs,
-                {"digest": digest, "size": 0, "state": DELETING, "created_at": now(), "touched_at": 0.0},
-            )
-            row = self._lock_blob(conn, digest)
+            while True:  # a deleter finishing (phase 2) may drop the row between our insert and our lock
+                self._insert_ignore(
+                    conn,
+                    t.blobs,
+                    {"digest": digest, "size": 0, "state": DELETING, "created_at": now(), "touched_at": 0.0},
+                )
+                row = self._lock_blob(conn, digest)
+                if row is not None:
+                    break
             ts = now()
-            if row is not None and row.state == PRESENT and self.blobs.exists(digest):
+            if row.state == PRESENT and self.blobs.exists(digest):
                 conn.execute(t.blobs.update().where(t.blobs.c.digest == digest).values(touched_at=ts))
                 return False
             install()
-            conn.execute(
+            done = conn.execute(
                 t.blobs.update()
                 .where(t.blobs.c.digest == digest)
                 .values(state=PRESENT, size=size, created_at=ts, touched_at=ts)
             )
+            if done.rowcount != 1:  # cannot happen under the row lock; never report a blob with no row
+                raise RuntimeError(f"blob row {digest} vanished under its lock")
             return True
 
     def import_blob_file(
@@ -430,83 +446,131 @@ class Store:
         owner: str | None = None,
         actor: Actor | None = None,
         exact_tag: bool = False,
+        keep_untagged: bool = False,
     ) -> tuple[str, Released]:
         """Store a manifest in a repository (and point a tag at it) once all it names is present.
 
         Tags match case-insensitively, as Ollama's names do. With `exact_tag` (OCI tags are
         case-sensitive), moving a tag spelled differently, such as `V1` over `v1`, raises Conflict
-        instead, and nothing changes. Returns the digest and what an overwritten tag released.
+        instead, and nothing changes. A tag moved off another manifest removes that version through
+        the planner (`Planner.overwrite_in`, as `actor`): its blockers raise Refused and nothing
+        changes; with `keep_untagged` (the registry's rule) the old manifest stays, untagged.
+        Returns the digest and what the overwrite released.
         """
         refs = parse_manifest(content, media_type)
         digest = str(sha256_digest(content))
         details = self._details(refs)
         released = Released()
-        with self.catalog.write() as conn:
-            # Lock order everywhere: tag, then manifest, then blobs (sorted): no deadlocks.
-            ts = now()
-            repo_id = self._repository_id(conn, repository, create=True, owner=owner)
-            assert repo_id is not None
-            if tag is not None:
-                conn.execute(
-                    sa.select(t.tags.c.name_key)
-                    .where(t.tags.c.repository_id == repo_id, t.tags.c.name_key == tag.lower())
-                    .with_for_update()
+        try:
+            with self.catalog.write() as conn:
+                # Lock order everywhere: tag, then manifest, then blobs (sorted): no deadlocks.
+                ts = now()
+                repo_id = self._repository_id(conn, repository, create=True, owner=owner)
+                assert repo_id is not None
+                if tag is not None:
+                    conn.execute(
+                        sa.select(t.tags.c.name_key)
+                        .where(t.tags.c.repository_id == repo_id, t.tags.c.name_key == tag.lower())
+                        .with_for_update()
+                    )
+                manifest_row = {
+                    "digest": digest,
+                    "media_type": refs.media_type,
+                    "content": content,
+                    "size": len(content),
+                    "total_size": refs.total_size,
+                    "details": json.dumps(details) if details is not None else None,
+                    "created_at": ts,
+                    "subject_digest": refs.subject.digest if refs.subject else None,
+                    "artifact_type": refs.artifact_type if refs.subject else None,
+                }
+                lock_manifest = (
+                    sa.select(t.manifests.c.digest).where(t.manifests.c.digest == digest).with_for_update()
                 )
-            manifest_row = {
-                "digest": digest,
-                "media_type": refs.media_type,
-                "content": content,
-                "size": len(content),
-                "total_size": refs.total_size,
-                "details": json.dumps(details) if details is not None else None,
-                "created_at": ts,
-                "subject_digest": refs.subject.digest if refs.subject else None,
-                "artifact_type": refs.artifact_type if refs.subject else None,
-            }
-            lock_manifest = (
-                sa.select(t.manifests.c.digest).where(t.manifests.c.digest == digest).with_for_update()
-            )
-            while True:  # a concurrent release may delete the row between our insert and our lock
-                self._insert_ignore(conn, t.manifests, manifest_row)
-                if conn.execute(lock_manifest).first() is not None:
-                    break
-            missing = []
-            for d in sorted({b.digest for b in refs.blobs}):
-                row = self._lock_blob(conn, d)
-                if row is None or row.state != PRESENT or not self.blobs.exists(d):
-                    missing.append(d)
-                    continue
-                conn.execute(t.blobs.update().where(t.blobs.c.digest == d).values(touched_at=ts))
-            for child in sorted({c.digest for c in refs.children}):
-                q = sa.select(t.manifests.c.digest).where(t.manifests.c.digest == child).with_for_update()
-                if conn.execute(q).first() is None:
-                    missing.append(child)
-            if missing:
-                raise BlobUnknown(missing)
-            for b in {b.digest for b in refs.blobs}:
-                self._insert_ignore(conn, t.manifest_blobs, {"manifest_digest": digest, "blob_digest": b})
-            for c in {c.digest for c in refs.children}:
-                self._insert_ignore(conn, t.manifest_children, {"parent_digest": digest, "child_digest": c})
-            self._insert_ignore(
-                conn,
-                t.repo_manifests,
-                {"repository_id": repo_id, "manifest_digest": digest, "created_at": ts},
-            )
-            if tag is not None:
-                released = self._point_tag(conn, repo_id, tag, digest, ts, exact=exact_tag)
+                while True:  # a concurrent release may delete the row between our insert and our lock
+                    self._insert_ignore(conn, t.manifests, manifest_row)
+                    if conn.execute(lock_manifest).first() is not None:
+                        break
+                missing = []
+                for d in sorted({b.digest for b in refs.blobs}):
+                    row = self._lock_blob(conn, d)
+                    if row is None or row.state != PRESENT or not self.blobs.exists(d):
+                        missing.append(d)
+                        continue
+                    conn.execute(
+                        t.blobs.update()
+                        .where(t.blobs.c.digest == d)
+                        .values(touched_at=ts, ever_referenced=True)
+                    )
+                for child in sorted({c.digest for c in refs.children}):
+                    q = sa.select(t.manifests.c.digest).where(t.manifests.c.digest == child).with_for_update()
+                    if conn.execute(q).first() is None:
+                        missing.append(child)
+                if missing:
+                    raise BlobUnknown(missing)
+                for b in {b.digest for b in refs.blobs}:
+                    self._insert_ignore(conn, t.manifest_blobs, {"manifest_digest": digest, "blob_digest": b})
+                for c in {c.digest for c in refs.children}:
+                    self._insert_ignore(
+                        conn, t.manifest_children, {"parent_digest": digest, "child_digest": c}
+                    )
+                self._insert_ignore(
+                    conn,
+                    t.repo_manifests,
+                    {
+                        "repository_id": repo_id,
+                        "manifest_digest": digest,
+                        "created_at": ts,
+                        "untagged_at": ts if tag is None else None,
+                    },
+                )
+                if tag is not None:
+                    released = self._point_tag(
+                        conn,
+                        repo_id,
+                        tag,
+                        digest,
+                        ts,
+                        exact=exact_tag,
+                        actor=actor,
+                        keep_untagged=keep_untagged,
+                    )
+        except Refused as e:
+            self._audit_refused(e)
+            raise
         self.finish_deletions(released.blobs)
         return digest, released
 
+    def _audit_refused(self, e: Refused) -> None:
+        from modelhangar.core.planner import Plan, Planner
+
+        if isinstance(e.plan, Plan):
+            Planner(self).audit_refusal(e.plan, "overwrite")
+
     def _point_tag(
-        self, conn: sa.Connection, repo_id: int, tag: str, digest: str, ts: float, *, exact: bool = False
+        self,
+        conn: sa.Connection,
+        repo_id: int,
+        tag: str,
+        digest: str,
+        ts: float,
+        *,
+        exact: bool = False,
+        actor: Actor | None = None,
+        keep_untagged: bool = False,
     ) -> Released:
-        """Point a tag at a manifest; release what the tag pointed at before."""
+        """Point a tag at a manifest; the version it pointed at before goes through the planner."""
         key = tag.lower()
         old = conn.execute(
-            sa.select(t.tags.c.manifest_digest, t.tags.c.created_at, t.tags.c.name)
+            sa.select(t.tags)
             .where(t.tags.c.repository_id == repo_id, t.tags.c.name_key == key)
             .with_for_update()
         ).first()
+        conn.execute(
+            t.repo_manifests.update()
+            .where(t.repo_manifests.c.repository_id == repo_id, t.repo_manifests.c.manifest_digest == digest)
+            .values(untagged_at=None)
+        )
         if old is None:
             conn.execute(
                 t.tags.insert().values(
@@ -531,48 +595,73 @@ class Store:
         )
         if old.manifest_digest == digest:
             return Released()
-        return self.release(conn, untag_memberships=[(repo_id, old.manifest_digest)])
+        from modelhangar.core.planner import Planner  # the planner builds on the store
+
+        return Planner(self).overwrite_in(
+            conn,
+            actor or Actor(),
+            repo_id=repo_id,
+            old=old,
+            new_digest=digest,
+            ts=ts,
+            keep_untagged=keep_untagged,
+        )
 
     @retrying
-    def copy_tag(self, src_repository: str, src_tag: str, dst_repository: str, dst_tag: str) -> TagRecord:
-        """Point dst at src's manifest (blobs are shared, nothing is copied); overwrites dst."""
-        with self.catalog.write() as conn:
-            # Repositories first (sorted), then tags, then the manifest: the order every writer uses.
-            for name in sorted({src_repository.lower(), dst_repository.lower()}):
+    def copy_tag(
+        self,
+        src_repository: str,
+        src_tag: str,
+        dst_repository: str,
+        dst_tag: str,
+        *,
+        actor: Actor | None = None,
+    ) -> TagRecord:
+        """Point dst at src's manifest (blobs are shared, nothing is copied); an overwritten dst's old
+        version goes through the planner as in `put_manifest`."""
+        try:
+            with self.catalog.write() as conn:
+                # Repositories first (sorted), then tags, then the manifest: the order every writer uses.
+                for name in sorted({src_repository.lower(), dst_repository.lower()}):
+                    conn.execute(
+                        sa.select(t.repositories.c.id)
+                        .where(t.repositories.c.name_key == name)
+                        .with_for_update()
+                    )
+                src_repo = self._repository_id(conn, src_repository, create=False)
+                row = None
+                if src_repo is not None:
+                    row = conn.execute(
+                        sa.select(t.tags.c.manifest_digest)
+                        .where(t.tags.c.repository_id == src_repo, t.tags.c.name_key == src_tag.lower())
+                        .with_for_update()
+                    ).first()
+                if row is None:
+                    raise NotFound(f"{src_repository}:{src_tag}")
+                digest = row.manifest_digest
                 conn.execute(
-                    sa.select(t.repositories.c.id).where(t.repositories.c.name_key == name).with_for_update()
+                    sa.select(t.manifests.c.digest).where(t.manifests.c.digest == digest).with_for_update()
                 )
-            src_repo = self._repository_id(conn, src_repository, create=False)
-            row = None
-            if src_repo is not None:
+                owner = conn.execute(
+                    sa.select(t.repositories.c.owner).where(t.repositories.c.id == src_repo)
+                ).scalar()
+                dst_repo = self._repository_id(conn, dst_repository, create=True, owner=owner)
+                assert dst_repo is not None
+                ts = now()
+                self._insert_ignore(
+                    conn,
+                    t.repo_manifests,
+                    {"repository_id": dst_repo, "manifest_digest": digest, "created_at": ts},
+                )
+                released = self._point_tag(conn, dst_repo, dst_tag, digest, ts, actor=actor)
                 row = conn.execute(
-                    sa.select(t.tags.c.manifest_digest)
-                    .where(t.tags.c.repository_id == src_repo, t.tags.c.name_key == src_tag.lower())
-                    .with_for_update()
-                ).first()
-            if row is None:
-                raise NotFound(f"{src_repository}:{src_tag}")
-            digest = row.manifest_digest
-            conn.execute(
-                sa.select(t.manifests.c.digest).where(t.manifests.c.digest == digest).with_for_update()
-            )
-            owner = conn.execute(
-                sa.select(t.repositories.c.owner).where(t.repositories.c.id == src_repo)
-            ).scalar()
-            dst_repo = self._repository_id(conn, dst_repository, create=True, owner=owner)
-            assert dst_repo is not None
-            ts = now()
-            self._insert_ignore(
-                conn,
-                t.repo_manifests,
-                {"repository_id": dst_repo, "manifest_digest": digest, "created_at": ts},
-            )
-            released = self._point_tag(conn, dst_repo, dst_tag, digest, ts)
-            row = conn.execute(
-                self._tag_query().where(
-                    t.tags.c.repository_id == dst_repo, t.tags.c.name_key == dst_tag.lower()
-                )
-            ).one()  # read in the same transaction: a delete right after the commit cannot race it
+                    self._tag_query().where(
+                        t.tags.c.repository_id == dst_repo, t.tags.c.name_key == dst_tag.lower()
+                    )
+                ).one()  # read in the same transaction: a delete right after the commit cannot race it
+        except Refused as e:
+            self._audit_refused(e)
+            raise
         self.finish_deletions(released.blobs)
         return self._tag_record(row)
 
@@ -592,27 +681,49 @@ class Store:
         conn: sa.Connection,
         *,
         untag_memberships: Iterable[tuple[int, str]] = (),
+        keep_untagged: Iterable[tuple[int, str]] = (),
         memberships: Iterable[tuple[int, str]] = (),
         manifests: Iterable[str] = (),
         ts: float | None = None,
+        schedule: bool = True,
     ) -> Released:
         """Drop repository memberships, then every manifest and blob nothing holds any longer.
 
         `untag_memberships` are dropped only if no tag in that repository still points at the
-        manifest; `memberships` are dropped unconditionally. Cost grows with the manifests and
-        blobs released, never with the size of the store.
+        manifest; `keep_untagged` ones are kept but marked untagged in that case; `memberships` are
+        dropped unconditionally. Unreferenced blobs a writer used within the reuse fuse are deferred
+        (and, with `schedule`, left to the reclaim timer). Cost grows with the manifests and blobs
+        released, never with the size of the store.
         """
         ts = now() if ts is None else ts
+        out = Released()
         candidates: set[str] = set(manifests)
-        for repo_id, digest in untag_memberships:
+        drop = list(memberships)
+        for (repo_id, digest), dropping in [
+            *(((r, d), True) for r, d in untag_memberships),
+            *(((r, d), False) for r, d in keep_untagged),
+        ]:
             still_tagged = conn.execute(
                 sa.select(sa.literal(1))
                 .where(t.tags.c.repository_id == repo_id, t.tags.c.manifest_digest == digest)
                 .limit(1)
             ).first()
-            if still_tagged is None:
-                memberships = [*memberships, (repo_id, digest)]
-        for repo_id, digest in memberships:
+            if still_tagged is not None:
+                continue
+            if dropping:
+                drop.append((repo_id, digest))
+            else:
+                conn.execute(
+                    t.repo_manifests.update()
+                    .where(
+                        t.repo_manifests.c.repository_id == repo_id,
+                        t.repo_manifests.c.manifest_digest == digest,
+                        t.repo_manifests.c.untagged_at.is_(None),
+                    )
+                    .values(untagged_at=ts)
+                )
+                out.untagged.append(digest)
+        for repo_id, digest in drop:
             conn.execute(
                 t.repo_manifests.delete().where(
                     t.repo_manifests.c.repository_id == repo_id, t.repo_manifests.c.manifest_digest == digest
@@ -620,7 +731,6 @@ class Store:
             )
             candidates.add(digest)
             self._drop_repository_if_empty(conn, repo_id)
-        out = Released()
         blob_candidates: set[str] = set()
         queue = sorted(candidates)
         while queue:
@@ -646,26 +756,57 @@ class Store:
             out.manifests.append(m)
             blob_candidates.update(r.blob_digest for r in blob_rows)
             queue.extend(r.child_digest for r in child_rows)
-        self.retire_blobs(conn, blob_candidates, ts - self.reuse_fuse, out)
+        self.retire_blobs(conn, blob_candidates, ts, out, schedule=schedule)
         return out
 
     def retire_blobs(
-        self, conn: sa.Connection, digests: Iterable[str], touched_before: float, out: Released
+        self,
+        conn: sa.Connection,
+        digests: Iterable[str],
+        ts: float,
+        out: Released,
+        *,
+        fuse: float | None = None,
+        schedule: bool = True,
     ) -> None:
-        """Mark unreferenced blobs `deleting` (under their row locks); the caller commits, then
-        calls finish_deletions."""
+        """Mark unreferenced blobs `deleting` (under their row locks); the caller commits, then calls
+        finish_deletions. A blob a writer touched within `fuse` (default: the reuse fuse) of `ts`, or one a
+        writer holds right now, is deferred to `out.due`; with `schedule` the reclaim timer gets it."""
+        fuse = self.reuse_fuse if fuse is None else fuse
+        settled: list[str] = []
         for d in sorted(set(digests)):
-            row = self._lock_blob(conn, d, skip_locked=True)  # held by a writer: leave it to GC
-            if row is None or row.state != PRESENT:
+            row = self._lock_blob(conn, d, skip_locked=True)
+            if row is None:  # held by a writer right now (or gone): look again when the fuse ends
+                known = conn.execute(sa.select(t.blobs.c.size).where(t.blobs.c.digest == d)).first()
+                if known is not None and not self._blob_referenced(conn, d):
+                    out.deferred.append(d)
+                    out.sizes[d], out.due[d], out.why[d] = int(known.size), ts + max(fuse, 1.0), BUSY_REASON
+                else:
+                    settled.append(d)
                 continue
-            if self._blob_referenced(conn, d):
+            if row.state != PRESENT or self._blob_referenced(conn, d):
+                settled.append(d)
                 continue
-            if row.touched_at > touched_before:
+            if row.touched_at > ts - fuse:
                 out.deferred.append(d)
+                out.sizes[d], out.due[d], out.why[d] = int(row.size), row.touched_at + fuse, FUSE_REASON
                 continue
             conn.execute(t.blobs.update().where(t.blobs.c.digest == d).values(state=DELETING))
             out.blobs.append(d)
             out.bytes += int(row.size)
+            out.sizes[d] = int(row.size)
+            settled.append(d)
+        if not schedule:
+            return
+        if settled:
+            conn.execute(t.reclaims.delete().where(t.reclaims.c.digest.in_(settled)))
+        for d in out.deferred:
+            self._upsert_reclaim(conn, d, out.due[d])
+
+    def _upsert_reclaim(self, conn: sa.Connection, digest: str, due: float) -> None:
+        dialect = sqlite_dialect if self.catalog.is_sqlite else pg_dialect
+        stmt = dialect.insert(t.reclaims).values(digest=digest, due_at=due)
+        conn.execute(stmt.on_conflict_do_update(index_elements=["digest"], set_={"due_at": due}))
 
     def _drop_repository_if_empty(self, conn: sa.Connection, repo_id: int) -> None:
         conn.execute(sa.select(t.repositories.c.id).where(t.repositories.c.id == repo_id).with_for_update())

@@ -27,6 +27,8 @@ class TrashEntry:
     actor: str
     face: str
     size: int
+    replaced_by: str | None = None
+    """Set when an overwrite of the tag pushed this version out: the manifest that took its place."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,6 +45,7 @@ def _entry(row: Any, size: int) -> TrashEntry:
         actor=row.actor,
         face=row.face,
         size=size,
+        replaced_by=row.replaced_by,
     )
 
 

@@ -385,7 +385,7 @@ def withdraw_blob(store: Store, digest: str, actor: Actor) -> BlobDeletion:
     ts = now()
     outcome: BlobDeletion
     with store.catalog.write() as conn:
-        store.retire_blobs(conn, [d], ts - store.reuse_fuse, released)
+        store.retire_blobs(conn, [d], ts, released)
         if released.blobs:
             outcome = "deleted"
             conn.execute(

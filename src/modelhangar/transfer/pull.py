@@ -9,6 +9,7 @@ blob only once its content hashes to its digest.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -16,11 +17,11 @@ import shutil
 from collections.abc import Sequence
 from typing import BinaryIO
 
-from modelhangar.core.errors import BlobUnknown, DigestMismatch, InvalidManifest
+from modelhangar.core.errors import BlobUnknown, DigestMismatch, InvalidManifest, Refused
 from modelhangar.core.manifests import Descriptor, ManifestRefs, parse_manifest
 from modelhangar.core.names import ModelName
 from modelhangar.core.partials import locked, partial_path
-from modelhangar.core.store import Store
+from modelhangar.core.store import Actor, Store
 from modelhangar.transfer import parallel
 from modelhangar.transfer.errors import RegistryError
 from modelhangar.transfer.progress import Emit, Progress
@@ -31,19 +32,29 @@ PLATFORM = {"os": "linux", "architecture": "amd64"}
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
 
 
-def pull(store: Store, name: ModelName, *, insecure: bool, emit: Emit) -> str:
-    """Fetch a model into the store under its full name; returns the manifest digest."""
+def pull(store: Store, name: ModelName, *, insecure: bool, emit: Emit, actor: Actor | None = None) -> str:
+    """Fetch a model into the store under its full name; returns the manifest digest.
+
+    Pulling onto a name the store holds with another manifest overwrites it as `actor`: the old version
+    goes through the planner (to the trash), and a blocker refuses the pull (409) with nothing changed.
+    """
     emit({"status": "pulling manifest"})
     with RegistryClient(name, insecure=insecure) as remote:
         manifest, refs = _manifest(remote)
         _fetch_blobs(store, remote, refs.blobs, emit)
         emit({"status": "verifying sha256 digest"})
         emit({"status": "writing manifest"})
+        put = functools.partial(
+            store.put_manifest, name.repository, name.tag, manifest.content, refs.media_type, actor=actor
+        )
         try:
-            digest, _ = store.put_manifest(name.repository, name.tag, manifest.content, refs.media_type)
-        except BlobUnknown:  # a GC took a fresh blob before the manifest held it: fetch it again
-            _fetch_blobs(store, remote, refs.blobs, emit)
-            digest, _ = store.put_manifest(name.repository, name.tag, manifest.content, refs.media_type)
+            try:
+                digest, _ = put()
+            except BlobUnknown:  # a GC took a fresh blob before the manifest held it: fetch it again
+                _fetch_blobs(store, remote, refs.blobs, emit)
+                digest, _ = put()
+        except Refused as e:
+            raise RegistryError(str(e), status=409) from e
     emit({"status": "success"})
     return digest
 

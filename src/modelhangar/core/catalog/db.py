@@ -67,7 +67,10 @@ class Catalog:
             self.read_engine = _sqlite_engine(url, immediate=False)
         else:
             self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-            self.read_engine = self.engine
+            # Reads that must agree (fsck, du, listings) see one snapshot: REPEATABLE READ, read-only.
+            self.read_engine = self.engine.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
         self._lock_dir = lock_dir
 
     def migrate(self, revision: str = "head") -> None:
@@ -119,13 +122,48 @@ class Catalog:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sa.Connection]:
-        """A read-only snapshot."""
+        """A read-only snapshot: every statement in it sees the catalog as of its first one (SQLite: a
+        deferred transaction in WAL mode; PostgreSQL: REPEATABLE READ, READ ONLY)."""
         with self.read_engine.connect() as conn:
             yield conn
 
+    @contextlib.contextmanager
+    def exclusive(self, name: str, *, blocking: bool) -> Iterator[bool]:
+        """A store-wide lock held for the block (yields False when `blocking` is off and another holds it).
+
+        PostgreSQL: a session advisory lock on a connection of its own; elsewhere an flock on
+        `<lock_dir>/<name>.lock`. Either way it goes with its holder if that process dies.
+        """
+        if not self.is_sqlite:
+            key = 7340922 + sum(name.encode()) % 1000
+            with self.engine.connect() as conn:
+                fn = "pg_advisory_lock" if blocking else "pg_try_advisory_lock"
+                got = conn.execute(sa.text(f"SELECT {fn}(:k)"), {"k": key}).scalar()
+                conn.commit()
+                held = blocking or bool(got)
+                try:
+                    yield held
+                finally:
+                    if held:
+                        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        conn.commit()
+            return
+        assert self._lock_dir is not None
+        self._lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(self._lock_dir / f"{name}.lock", "ab") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
     def dispose(self) -> None:
         self.engine.dispose()
-        if self.read_engine is not self.engine:
+        if self.is_sqlite:  # on PostgreSQL the read engine shares the write engine's pool
             self.read_engine.dispose()
 
 

@@ -35,8 +35,10 @@ blobs = sa.Table(
     # 'present': the file is in place. 'deleting': being removed; looks absent to everyone.
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
-    # Last time a writer uploaded or reused the blob: the GC grace period counts from here.
+    # Last time a writer uploaded or reused the blob: the reuse fuse and the GC grace count from here.
     sa.Column("touched_at", sa.Float, nullable=False),
+    # Once a manifest named it: then, unreferenced, it goes after the reuse fuse, not the orphan grace.
+    sa.Column("ever_referenced", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 manifests = sa.Table(
@@ -79,6 +81,9 @@ repo_manifests = sa.Table(
     sa.Column("repository_id", sa.Integer, sa.ForeignKey("repositories.id"), primary_key=True),
     sa.Column("manifest_digest", DIGEST, sa.ForeignKey("manifests.digest"), primary_key=True),
     sa.Column("created_at", sa.Float, nullable=False),
+    # When the last tag of the repository that pointed at the manifest left it (None while tagged):
+    # retention's `untagged_for` counts from here.
+    sa.Column("untagged_at", sa.Float, nullable=True),
     sa.Index("ix_repo_manifests_manifest", "manifest_digest"),
 )
 
@@ -93,6 +98,7 @@ tags = sa.Table(
     sa.Column("modified_at", sa.Float, nullable=False),
     sa.Column("last_used_at", sa.Float, nullable=False),
     sa.Index("ix_tags_repo_manifest", "repository_id", "manifest_digest"),
+    sa.Index("ix_tags_manifest", "manifest_digest"),
     sa.Index("ix_tags_modified", "modified_at"),
 )
 
@@ -110,6 +116,8 @@ trash = sa.Table(
     sa.Column("face", sa.String(32), nullable=False),
     # The tag's own times, restored with it (JSON text).
     sa.Column("meta", sa.Text, nullable=False),
+    # Set when the entry is a version an overwrite of its tag pushed out: the manifest that replaced it.
+    sa.Column("replaced_by", DIGEST, nullable=True),
     sa.Index("ix_trash_manifest", "manifest_digest"),
     sa.Index("ix_trash_expires", "expires_at"),
 )
@@ -124,10 +132,12 @@ dependents = sa.Table(
     # 'repository' (name), 'tag' (repository:tag) or 'manifest' (digest)
     sa.Column("target_kind", sa.String(16), primary_key=True),
     sa.Column("target", sa.String(1300), primary_key=True),
+    # lower(target): what the planner looks dependents up by (names match case-insensitively).
+    sa.Column("target_key", sa.String(1300), nullable=False, server_default=""),
     sa.Column("owner", sa.String(255), nullable=True),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
-    sa.Index("ix_dependents_target", "target_kind", "target"),
+    sa.Index("ix_dependents_target_key", "target_kind", "target_key"),
 )
 
 audit = sa.Table(
@@ -144,6 +154,15 @@ audit = sa.Table(
     sa.Column("bytes_freed", sa.BigInteger, nullable=False),
     sa.Column("detail", sa.Text, nullable=False),
     sa.Index("ix_audit_at", "at"),
+)
+
+# Blobs a delete left for the reuse fuse: the server's timer reclaims each at `due_at` (README).
+reclaims = sa.Table(
+    "reclaims",
+    metadata,
+    sa.Column("digest", DIGEST, primary_key=True),
+    sa.Column("due_at", sa.Float, nullable=False),
+    sa.Index("ix_reclaims_due", "due_at"),
 )
 
 # Resumable OCI blob uploads in progress; their bytes live in `<home>/uploads/<id>`.

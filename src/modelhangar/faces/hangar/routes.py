@@ -16,7 +16,7 @@ from modelhangar.core.deletion import ModelDeletion, delete_models
 from modelhangar.core.errors import Conflict, NotFound
 from modelhangar.core.retention import RetentionPolicy, prune
 from modelhangar.core.store import Actor, Store
-from modelhangar.core.usage import disk_usage
+from modelhangar.core.usage import CATEGORIES, disk_usage
 from modelhangar.faces.ollama.wire import display, display_plan, timestamp
 
 router = APIRouter(prefix="/api/hangar", tags=["hangar"])
@@ -66,6 +66,9 @@ class PruneRequest(BaseModel):
     keep_last: int | None = Field(
         None, ge=0, description="Keep the N most recently modified tags per repository."
     )
+    untagged_for: str | None = Field(
+        None, description="Also delete manifests untagged this long (pullable only by digest)."
+    )
     match: str = Field("*", description="A glob over model names, e.g. `scratch-*`.")
     dry_run: bool = False
     purge: bool = Field(False, description="Skip the trash.")
@@ -79,6 +82,7 @@ async def prune_models(request: Request, body: PruneRequest) -> dict[str, Any]:
             older_than=_duration(body.older_than, "older_than"),
             unused_for=_duration(body.unused_for, "unused_for"),
             keep_last=body.keep_last,
+            untagged_for=_duration(body.untagged_for, "untagged_for"),
         )
     except ValueError as e:
         raise HTTPException(400, str(e)) from e
@@ -129,7 +133,7 @@ async def audit_log(
 
 @router.get("/models", summary="Models with their total and unique (freed-by-delete) sizes")
 async def models(request: Request) -> dict[str, Any]:
-    usage = await run_in_threadpool(disk_usage, _store(request), with_sharers=False)
+    usage = await run_in_threadpool(disk_usage, _store(request), with_sharers=False, scan_files=False)
     records = {(r.repository, r.tag): r for r in await run_in_threadpool(_store(request).list_tags)}
     out = []
     for m in usage.models:
@@ -146,9 +150,13 @@ async def models(request: Request) -> dict[str, Any]:
     return {"models": out}
 
 
-@router.get("/du", summary="Disk usage per model, the trash, and the store's total")
-async def du(request: Request) -> dict[str, Any]:
-    usage = await run_in_threadpool(disk_usage, _store(request))
+@router.get("/du", summary="Disk usage per model, and every byte of the store explained")
+async def du(
+    request: Request,
+    offset: int = Query(0, ge=0, description="Skip this many models (sorted by name)."),
+    limit: int | None = Query(None, ge=1, description="At most this many models; all when absent."),
+) -> dict[str, Any]:
+    usage = await run_in_threadpool(disk_usage, _store(request), offset=offset, limit=limit)
     return {
         "models": [
             {
@@ -156,10 +164,16 @@ async def du(request: Request) -> dict[str, Any]:
                 "size": m.size,
                 "unique_size": m.unique_size,
                 "shared_size": m.shared_size,
-                "shared_with": [display(*s.rsplit(":", 1)) if s != "(trash)" else s for s in m.shared_with],
+                "shared_with_count": m.shared_with_count,
+                "shared_with": [display(*s.rsplit(":", 1)) for s in m.shared_with],
             }
             for m in usage.models
         ],
+        "model_count": usage.model_count,
+        "offset": offset,
+        "breakdown": usage.breakdown,
+        "categories": CATEGORIES,
+        "waiting_until": usage.waiting_until,
         "trash": usage.trash_size,
         "total": usage.total,
         "blobs": usage.blob_count,

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from modelhangar.core.digests import sha256_digest
-from modelhangar.core.errors import BlobUnknown, Conflict, InvalidManifest
+from modelhangar.core.errors import BlobUnknown, Conflict, InvalidManifest, Refused
 from modelhangar.core.manifests import MAX_MANIFEST_BYTES, OCI_INDEX, parse_manifest
 from modelhangar.core.planner import Planner, Target
 from modelhangar.core.store import Actor, Store
@@ -111,9 +111,12 @@ async def put_manifest(request: Request, name: str, reference: str) -> Response:
                 _media_type(request),
                 actor=ACTOR,
                 exact_tag=True,
+                keep_untagged=True,  # a manifest a tag moves off stays, pullable by digest (README)
             )
         )
     except Conflict as e:
+        raise OciError("DENIED", str(e), {"tag": ref}) from None
+    except Refused as e:
         raise OciError("DENIED", str(e), {"tag": ref}) from None
     except BlobUnknown as e:
         raise OciError(
@@ -164,7 +167,8 @@ async def delete_manifest(request: Request, name: str, reference: str) -> Respon
     """Untag (by tag) or remove from the repository (by digest) through the one deletion planner."""
     repository = repository_of(name)
     kind, ref = parse_reference(reference)
-    target = Target("tag" if kind == "tag" else "manifest", repository, ref)
+    # By tag only the tag goes: the manifest stays pullable by digest (README, "the registry face").
+    target = Target("untag" if kind == "tag" else "manifest", repository, ref)
     dry_run = _truthy(request.query_params.get("dry_run"))
     store = store_of(request)
     plan = await run_in_threadpool(lambda: Planner(store).delete([target], ACTOR, dry_run=dry_run))

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelhangar.core.digests import InvalidDigest, parse_digest
-from modelhangar.core.errors import BlobUnknown
+from modelhangar.core.errors import BlobUnknown, Refused
 from modelhangar.core.gguf_info import config_for_model, read_gguf_metadata
 from modelhangar.core.manifests import DOCKER_V2, OLLAMA_CONFIG, parse_manifest
 from modelhangar.core.names import ModelName
-from modelhangar.core.store import Store
+from modelhangar.core.store import Actor, Store
 from modelhangar.faces.ollama.wire import OllamaError, parse_or
 
 MT = "application/vnd.ollama.image."
@@ -110,7 +110,9 @@ def _use_uploaded(store: Store, build: Build, digest: str, media_type: str) -> A
     return read_gguf_metadata(path) if path is not None else None
 
 
-def build_model(store: Store, req: CreateRequest) -> tuple[list[dict[str, Any]], str]:
+def build_model(
+    store: Store, req: CreateRequest, actor: Actor | None = None
+) -> tuple[list[dict[str, Any]], str]:
     """Create the model; returns the status lines Ollama would stream and the manifest digest."""
     if req.quantize_requested():
         raise OllamaError(
@@ -200,10 +202,12 @@ def build_model(store: Store, req: CreateRequest) -> tuple[list[dict[str, Any]],
     build.statuses.append({"status": "writing manifest"})
     content = json.dumps(manifest, separators=(",", ":")).encode() + b"\n"
     try:
-        digest, _ = store.put_manifest(req.name.repository, req.name.tag, content, DOCKER_V2)
+        digest, _ = store.put_manifest(req.name.repository, req.name.tag, content, DOCKER_V2, actor=actor)
     except BlobUnknown as e:
         raise OllamaError(
             400, f"a layer was deleted while the model was being created, try again: {e}"
         ) from e
+    except Refused as e:  # the name's current version is in use: it is not replaced
+        raise OllamaError(409, str(e)) from e
     build.statuses.append({"status": "success"})
     return build.statuses, digest

@@ -13,7 +13,7 @@ from starlette.routing import BaseRoute, Route
 from modelhangar import __version__
 from modelhangar.core.deletion import delete_models
 from modelhangar.core.digests import InvalidDigest, parse_digest
-from modelhangar.core.errors import DigestMismatch, NotFound
+from modelhangar.core.errors import DigestMismatch, NotFound, Refused
 from modelhangar.core.names import display_stored
 from modelhangar.core.store import Actor, Store, TagRecord
 from modelhangar.faces.ollama import create as create_mod
@@ -114,10 +114,15 @@ async def copy(request: Request) -> Response:
         return error(400, "source and destination are required")
     src = parse_or(src_raw, 400, f'source "{src_raw}" is invalid')
     dst = parse_or(dst_raw, 400, f'destination "{dst_raw}" is invalid')
+    store = _store(request)
     try:
-        await run_in_threadpool(_store(request).copy_tag, src.repository, src.tag, dst.repository, dst.tag)
+        await run_in_threadpool(
+            lambda: store.copy_tag(src.repository, src.tag, dst.repository, dst.tag, actor=ACTOR)
+        )
     except NotFound:
         return error(404, f'model "{src_raw}" not found')
+    except Refused as e:  # the destination's current version is in use: it is not replaced
+        return error(409, str(e))
     return empty_ok()
 
 
@@ -192,7 +197,7 @@ async def create(request: Request) -> Response:
     stream = body.get("stream", True) is not False
     try:
         try:
-            statuses, _ = await run_in_threadpool(create_mod.build_model, _store(request), req)
+            statuses, _ = await run_in_threadpool(create_mod.build_model, _store(request), req, ACTOR)
         except NotFound as e:  # the base model (or one of its layers) was deleted meanwhile
             raise OllamaError(404, f"model not found: {e}") from e
     except OllamaError as e:
