@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from modelhangar.core.errors import model_not_found
 from modelhangar.core.names import InvalidName, parse_name
 from modelhangar.core.planner import Plan, Planner, Target
 from modelhangar.core.store import Actor, Store
@@ -54,8 +55,8 @@ def delete_models(
     for i, raw in enumerate(names):
         try:
             targets[i] = model_target(raw)
-        except InvalidName:
-            errors[i] = f'name "{raw}" is invalid'
+        except InvalidName as e:
+            errors[i] = e.detail
     if dry_run:
         previews = planner.preview([[x] for x in targets.values()], actor, purge=purge, action=action)
         plans = dict(zip(targets, previews, strict=True))
@@ -67,7 +68,8 @@ def delete_models(
         if plan is None:
             results.append(ModelDeletion(raw, "invalid", None, errors[i]))
         elif plan.not_found:
-            results.append(ModelDeletion(raw, "not_found", plan, f"model '{raw}' not found"))
+            shown = parse_name(raw).display_shortest()
+            results.append(ModelDeletion(raw, "not_found", plan, model_not_found(shown)))
         elif plan.blockers:
             reasons = "; ".join(f"{b.kind} {b.id}: {b.reason}" for b in plan.blockers)
             results.append(ModelDeletion(raw, "refused", plan, f"refused: {reasons}"))
