@@ -83,9 +83,9 @@ def test_rm_prints_one_line_per_model(
     assert out.returncode == 1
     moved, invalid, refused, missing = lines(out)
     assert re.fullmatch(rf"moved a to trash \(frees {SIZE} when it expires; hangar trash restore a\)", moved)
-    assert invalid == "invalid name: ../bad"
+    assert invalid.startswith('invalid model name "../bad": the namespace part may only hold letters')
     assert refused == "refused c: deployment web: serves traffic"
-    assert missing == "not found: nope"
+    assert missing == 'model "nope:latest" not found'
 
     gone = run(srv, home, "rm", "--purge", "b")
     assert gone.returncode == 0 and re.fullmatch(rf"deleted b \(freed {SIZE}\)", lines(gone)[0])
@@ -112,7 +112,7 @@ def test_trash_list_restore_and_empty(
 
     restored = run(srv, home, "trash", "restore", "a")
     assert restored.returncode == 0 and lines(restored) == ["restored a:latest"]
-    one_line_error(run(srv, home, "trash", "restore", "a"), "no trash entry")
+    one_line_error(run(srv, home, "trash", "restore", "a"), 'model "a:latest" is not in the trash')
 
     assert lines(run(srv, home, "trash", "empty", "--older-than", "1h")) == ["nothing to purge"]
     preview = lines(run(srv, home, "trash", "empty", "--dry-run"))
