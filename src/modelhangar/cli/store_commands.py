@@ -173,7 +173,7 @@ def _report_lines(verb: str, report: Any, asked: list[str] | None = None) -> Non
 def _byte_bar(verb: str, quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
     """A progress bar in bytes on stderr (a terminal only, and not with --json); yields the
     `progress(model, bytes_done, bytes_total)` callback of `core.ollama_layout`."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
     bar = Progress(
         TextColumn(verb),
@@ -186,10 +186,12 @@ def _byte_bar(verb: str, quiet: bool) -> Iterator[Callable[[str, int, int], None
         disable=quiet or not sys.stderr.isatty(),
     )
     with bar:
-        task = bar.add_task("", total=None)
+        tasks: list[TaskID] = []  # added at the first call, when the total is known
 
         def tick(model: str, done: int, total: int) -> None:
-            bar.update(task, description=model, completed=done, total=total)
+            if not tasks:
+                tasks.append(bar.add_task(model, total=total))
+            bar.update(tasks[0], description=model, completed=done, total=total)
 
         yield tick
 
