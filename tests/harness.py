@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import pty
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -190,6 +195,55 @@ def hangar(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def hangar_tty(
+    *args: str,
+    home: Path,
+    host: str | None = None,
+    answer: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> tuple[int, str]:
+    """Run the `hangar` CLI on a pseudo-terminal (stdin, stdout and stderr), as a person would;
+    `answer` is typed once a `[y/N]` question appears. Returns (exit code, everything shown)."""
+    child_env = {**hangar_env(home, env=env), "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+    if host is not None:
+        child_env["HANGAR_HOST"] = host
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen(
+        [*CLI, *args], stdin=slave, stdout=slave, stderr=slave, env=child_env, start_new_session=True
+    )
+    os.close(slave)
+    shown = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+            if answer is not None and b"[y/N]" in shown:
+                os.write(master, answer.encode() + b"\n")
+                answer = None
+        else:
+            proc.kill()
+            raise AssertionError(f"hangar {' '.join(args)} still running after {timeout:.0f}s:\n{shown!r}")
+        return proc.wait(timeout), shown.decode("utf-8", "replace")
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def hangar_json(*args: str, home: Path, **kw: Any) -> Any:

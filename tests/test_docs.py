@@ -73,3 +73,13 @@ def test_the_config_file_sets_every_knob_and_the_environment_wins(tmp_path: Path
 def test_the_reuse_fuse_is_at_most_a_minute(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="HANGAR_REUSE_FUSE: the reuse fuse is at most 60s"):
         load_settings({"HANGAR_HOME": str(tmp_path), "HANGAR_REUSE_FUSE": "5m"})
+
+
+def test_set_up_is_two_commands_and_ci_runs_the_readmes_test_command() -> None:
+    section = README.split("## Set up and run", 1)[1].split("\n## ", 1)[0]
+    install, test = re.findall(r"```sh\n(.*?)\n```", section, re.S)
+    venv = "python3 -m venv .venv && . .venv/bin/activate && python3 -m pip install -e "
+    assert install.startswith(venv) and install.endswith(" && hangar serve")  # Debian: no global pip
+    assert test.startswith(venv) and test.endswith("'.[test]' && python3 -m pytest")
+    ci = (Path(__file__).parent.parent / ".ci" / "run").read_text()
+    assert test in ci.replace(" -q", ""), ".ci/run must run the README's test command"

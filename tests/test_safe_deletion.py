@@ -385,7 +385,7 @@ def test_bulk_rm_deletes_what_it_can_with_one_result_per_model(
     assert out.returncode == 1
     lines = out.stdout.strip().splitlines()
     assert lines[0].startswith("deleted p (freed ")
-    assert lines[1] == "not found: nope"
+    assert lines[1] == 'model "nope:latest" not found'
     assert lines[2].startswith("deleted q (freed ")
     assert tags(server) == {}
     create(client, tmp_path, "r", make_gguf(seed=9), "r")

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelhangar import __version__
+from modelhangar.access_log import AccessLog, configure_logging
 from modelhangar.core import gc, reclaim
 from modelhangar.core.config import Settings
 from modelhangar.core.retention import policy_from_config, prune
@@ -182,10 +183,11 @@ async def _gc_loop(store: Store, interval: float) -> None:
             log.exception("background gc failed")
 
 
-def run_server(settings: Settings) -> None:
+def run_server(settings: Settings, *, json_log: bool = False) -> None:
     """Serve until interrupted."""
     import uvicorn
 
     loopback = settings.host in ("127.0.0.1", "::1", "localhost")
-    app = HostGuard(create_app(settings), enabled=loopback)
+    configure_logging(settings.log_level, as_json=json_log)
+    app = AccessLog(HostGuard(create_app(settings), enabled=loopback))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import hangar_tty
 from modelhangar.cli.modelfile import parse_modelfile
 from modelhangar.cli.output import human_size, human_time
 from modelhangar.core.config import load_settings
@@ -117,13 +119,14 @@ def test_invalid_arguments_give_one_line(env: dict[str, str]) -> None:
 
 
 def test_fsck_on_an_empty_store(env: dict[str, str]) -> None:
+    store_for(env).close()
     result = hangar(env, "fsck")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok: 0 blobs, 0 manifests checked"
-    assert Path(env["HANGAR_HOME"], "catalog.db").is_file()
 
 
 def test_gc_json_on_an_empty_store(env: dict[str, str]) -> None:
+    store_for(env).close()
     result = hangar(env, "gc", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -132,11 +135,31 @@ def test_gc_json_on_an_empty_store(env: dict[str, str]) -> None:
     assert report["dry_run"] is False
 
 
+@pytest.mark.parametrize(
+    "command", [["fsck"], ["gc"], ["gc", "--dry-run"], ["export-ollama", "out"]], ids=" ".join
+)
+def test_store_commands_where_there_is_no_store_create_none(
+    env: dict[str, str], tmp_path: Path, command: list[str]
+) -> None:
+    home = Path(env["HANGAR_HOME"])
+    assert_clean_failure(
+        hangar(env, *command, cwd=tmp_path), f"no store at {home}: {home}/catalog.db does not exist"
+    )
+    assert not home.exists()
+    home.mkdir()  # a directory, but no store in it
+    assert_clean_failure(hangar(env, *command, cwd=tmp_path), f"no store at {home}", "--data-dir")
+    assert list(home.iterdir()) == [] and not (tmp_path / "out").exists()
+    pg = {**env, "HANGAR_DATABASE_URL": "postgresql+psycopg://hangar@127.0.0.1:1/none"}
+    assert_clean_failure(
+        hangar({**pg, "HANGAR_HOME": str(tmp_path / "nothere")}, *command), "no such directory"
+    )
+
+
 def test_data_dir_overrides_hangar_home(env: dict[str, str], tmp_path: Path) -> None:
     other = tmp_path / "other"
+    store_for({**env, "HANGAR_HOME": str(other)}).close()
     result = hangar(env, "fsck", "--data-dir", str(other))
     assert result.returncode == 0, result.stderr
-    assert (other / "catalog.db").is_file()
     assert not Path(env["HANGAR_HOME"]).exists()
 
 
@@ -185,12 +208,12 @@ def test_fsck_reports_a_missing_blob_file(env: dict[str, str]) -> None:
     } in (as_json["problems"])
 
 
-def _ollama_dir(root: Path) -> bytes:
+def _ollama_dir(root: Path, weights: bytes = b"GGUF not really") -> bytes:
     """A one-model Ollama models directory; returns the manifest bytes."""
     blobs = root / "blobs"
     blobs.mkdir(parents=True)
     layers = {}
-    for name, data in (("config", b'{"model_format":"gguf"}'), ("model", b"GGUF not really")):
+    for name, data in (("config", b'{"model_format":"gguf"}'), ("model", weights)):
         hexd = hashlib.sha256(data).hexdigest()
         (blobs / f"sha256-{hexd}").write_bytes(data)
         layers[name] = {"digest": f"sha256:{hexd}", "size": len(data)}
@@ -222,10 +245,29 @@ def test_import_then_export_ollama_keeps_the_manifest(env: dict[str, str], tmp_p
     assert hangar(env, "fsck").returncode == 0
 
 
+def test_import_and_export_show_progress_in_bytes_on_a_terminal(env: dict[str, str], tmp_path: Path) -> None:
+    _ollama_dir(tmp_path / "ollama", weights=b"G" * 1_499_977)  # with the config: 1.5 MB in all
+    home = Path(env["HANGAR_HOME"])
+    for verb, args in (
+        ("importing", ["import-ollama", str(tmp_path / "ollama")]),
+        ("exporting", ["export-ollama", str(tmp_path / "out")]),
+    ):
+        code, shown = hangar_tty(*args, home=home)
+        assert code == 0, shown
+        plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown)
+        assert re.search(rf"{verb} ━+ 1\.5/1\.5 MB .* tiny:latest", plain), plain
+        assert "1 model" in plain
+    piped = hangar(env, "export-ollama", str(tmp_path / "again"), "--json")  # no terminal: no bar
+    assert (
+        piped.returncode == 0 and piped.stderr == "" and json.loads(piped.stdout)["models"] == ["tiny:latest"]
+    )
+
+
 def test_export_of_an_unknown_model_fails(env: dict[str, str], tmp_path: Path) -> None:
+    store_for(env).close()
     result = hangar(env, "export-ollama", str(tmp_path / "out"), "nothere")
     assert result.returncode == 1
-    assert "skipped nothere: not found" in result.stderr
+    assert 'hangar: model "nothere:latest" not found' in result.stderr
 
 
 def test_import_of_a_missing_directory_fails_cleanly(env: dict[str, str], tmp_path: Path) -> None:
@@ -264,14 +306,17 @@ def test_bad_duration_in_the_environment(env: dict[str, str]) -> None:
 )
 def test_client_commands_without_a_server(env: dict[str, str], command: list[str]) -> None:
     result = hangar(env, *command)
-    assert_clean_failure(result, f"cannot reach the server at http://{env['HANGAR_HOST']}", "hangar serve")
+    assert_clean_failure(
+        result, f"cannot reach the server at {env['HANGAR_HOST']} (is `hangar serve` running?)"
+    )
     assert result.stdout == ""
 
 
 def test_host_flag_overrides_hangar_host(env: dict[str, str]) -> None:
     port = closed_port()
     result = hangar(env, "list", "--host", f"127.0.0.1:{port}")
-    assert_clean_failure(result, f"http://127.0.0.1:{port} ")
+    assert_clean_failure(result, f"at 127.0.0.1:{port} ")
+    assert_clean_failure(hangar(env, "list", "--host", str(port)), f"at 127.0.0.1:{port} ")  # a bare port
 
 
 def test_bad_host(env: dict[str, str]) -> None:

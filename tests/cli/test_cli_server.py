@@ -88,9 +88,9 @@ def test_rm_prints_one_line_per_model(
     assert re.fullmatch(
         rf"moved a to trash \(frees {SIZE} when it expires {WHEN}; hangar trash restore a\)", moved
     )
-    assert invalid == "invalid name: ../bad"
+    assert invalid.startswith('invalid model name "../bad": the namespace part may only hold letters')
     assert refused == "refused c: deployment web: serves traffic"
-    assert missing == "not found: nope"
+    assert missing == 'model "nope:latest" not found'
 
     gone = run(srv, home, "rm", "--purge", "b")
     assert gone.returncode == 0 and re.fullmatch(rf"deleted b \(freed {SIZE}\)", lines(gone)[0])
@@ -117,7 +117,7 @@ def test_trash_list_restore_and_empty(
 
     restored = run(srv, home, "trash", "restore", "a")
     assert restored.returncode == 0 and lines(restored) == ["restored a:latest"]
-    one_line_error(run(srv, home, "trash", "restore", "a"), "no trash entry")
+    one_line_error(run(srv, home, "trash", "restore", "a"), 'model "a:latest" is not in the trash')
 
     assert lines(run(srv, home, "trash", "empty", "--older-than", "1h")) == ["nothing to purge"]
     preview = lines(run(srv, home, "trash", "empty", "--dry-run"))
@@ -149,7 +149,9 @@ def test_prune_prints_like_rm(srv: ServerProcess, home: Path, tmp_path: Path, ma
     assert lines(run(srv, home, "prune", "--older-than", "30d")) == ["nothing to prune"]
     assert lines(run(srv, home, "prune", "--keep-last", "1", "--match", "n*")) == ["nothing to prune"]
 
-    one_line_error(run(srv, home, "prune"), "prune needs --older-than, --unused-for, --keep-last or --untagged-for")
+    one_line_error(
+        run(srv, home, "prune"), "prune needs --older-than, --unused-for, --keep-last or --untagged-for"
+    )
     one_line_error(run(srv, home, "prune", "--older-than", "soon"), "invalid duration")
     one_line_error(run(srv, home, "prune", "--keep-last", "-1"), "greater than or equal to 0")
     listed = hangar_json("list", "--host", srv.host, home=home)

@@ -181,11 +181,18 @@ def test_round_trip_across_filesystems_copies(store: Store, tmp_path: Path, othe
     assert tree(other_fs / "out") == tree(source)
 
 
-def test_progress_reports_each_manifest(store: Store, ollama: Path) -> None:
-    calls: list[tuple[str, int, int]] = []
-    import_ollama(store, ollama, progress=lambda name, done, total: calls.append((name, done, total)))
-    assert [(done, total) for _, done, total in calls] == [(1, 3), (2, 3), (3, 3)]
-    assert {name for name, _, _ in calls} == {"llama3.2:latest", "localhost:5000/ns/m:tag", "user/tiny:q4"}
+def test_progress_counts_bytes_of_every_distinct_blob(store: Store, ollama: Path, tmp_path: Path) -> None:
+    total = sum(p.stat().st_size for p in (ollama / "blobs").iterdir())  # each blob once, shared or not
+    for run in (
+        lambda progress: import_ollama(store, ollama, progress=progress),
+        lambda progress: export_ollama(store, tmp_path / "out", progress=progress),
+    ):
+        calls: list[tuple[str, int, int]] = []
+        run(lambda *call, calls=calls: calls.append(call))
+        assert {t for _, _, t in calls} == {total}
+        done = [d for _, d, _ in calls]
+        assert done == sorted(done) and done[-1] == total
+        assert {n for n, _, _ in calls} == {"llama3.2:latest", "localhost:5000/ns/m:tag", "user/tiny:q4"}
 
 
 def test_corrupt_blob_is_refused_and_nothing_partial_stays(store: Store, ollama: Path) -> None:

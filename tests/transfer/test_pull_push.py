@@ -140,7 +140,8 @@ def test_hangar_pull_and_push(
     pushed = hangar("push", "--insecure", remote, home=b.home, host=b.host)
     assert pushed.returncode == 0, pushed.stderr
     failed = hangar("pull", "--insecure", f"127.0.0.1:{a.port}/library/nope:latest", home=b.home, host=b.host)
-    assert failed.returncode == 1 and "file does not exist" in failed.stderr
+    missing = f'hangar: model "127.0.0.1:{a.port}/library/nope:latest" not found at 127.0.0.1:{a.port}'
+    assert failed.returncode == 1 and missing in failed.stderr
 
 
 def test_a_pull_cut_off_by_a_crash_resumes_after_both_servers_restart(

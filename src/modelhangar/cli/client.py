@@ -12,6 +12,7 @@ import httpx
 
 from modelhangar import __version__
 from modelhangar.cli.errors import CliError
+from modelhangar.cli.wording import not_found
 from modelhangar.core.config import DEFAULT_PORT, parse_host
 
 CHUNK = 1 << 20
@@ -63,6 +64,8 @@ class Client:
 
     def __init__(self, host: str | None = None) -> None:
         self.url = base_url(host)
+        self.address = self.url.split("://", 1)[1]
+        """`HOST:PORT`, as errors name the server."""
         self._http = httpx.Client(
             base_url=self.url,
             timeout=httpx.Timeout(None, connect=10.0),
@@ -82,33 +85,41 @@ class Client:
         try:
             return self._http.send(request, stream=stream)
         except httpx.ConnectError as e:
-            raise CliError(f"cannot reach the server at {self.url} (is `hangar serve` running?)") from e
+            raise CliError(f"cannot reach the server at {self.address} (is `hangar serve` running?)") from e
         except httpx.TimeoutException as e:
-            raise CliError(f"the server at {self.url} did not answer in time") from e
+            raise CliError(f"the server at {self.address} did not answer in time") from e
         except httpx.HTTPError as e:
-            raise CliError(f"request to {self.url} failed: {e}") from e
+            raise CliError(f"request to the server at {self.address} failed: {e}") from e
 
     def request(
-        self, method: str, path: str, *, json_body: Any = None, allow: tuple[int, ...] = ()
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        allow: tuple[int, ...] = (),
+        model: str | None = None,
     ) -> httpx.Response:
-        """Send and return the response; statuses >= 400 not in `allow` raise with the server's text."""
+        """Send and return the response; statuses >= 400 not in `allow` raise with the server's text,
+        a 404 saying `not found` in the one wording for a missing `model`."""
         response = self._send(self._http.build_request(method, path, json=json_body))
         if response.status_code >= 400 and response.status_code not in allow:
-            raise CliError(_error_text(response))
+            raise _failure(response, model)
         return response
 
     def get_json(self, path: str) -> Any:
         return response_json(self.request("GET", path))
 
-    def post_json(self, path: str, body: Any) -> Any:
-        return response_json(self.request("POST", path, json_body=body))
+    def post_json(self, path: str, body: Any, *, model: str | None = None) -> Any:
+        return response_json(self.request("POST", path, json_body=body, model=model))
 
-    def stream_ndjson(self, path: str, body: Any) -> Iterator[dict[str, Any]]:
-        """POST and yield each NDJSON object; an `{"error": ...}` line raises CliError."""
+    def stream_ndjson(self, path: str, body: Any, *, model: str | None = None) -> Iterator[dict[str, Any]]:
+        """POST and yield each NDJSON object; an `{"error": ...}` line raises CliError (one saying
+        `not found` in the one wording for a missing `model`)."""
         response = self._send(self._http.build_request("POST", path, json=body), stream=True)
         try:
             if response.status_code >= 400:
-                raise CliError(_error_text(response))
+                raise _failure(response, model)
             for line in response.iter_lines():
                 if not line.strip():
                     continue
@@ -117,11 +128,11 @@ class Client:
                 except ValueError as e:
                     raise CliError(f"the server sent a line that is not JSON: {line[:200]!r}") from e
                 if isinstance(obj, dict) and obj.get("error"):
-                    raise CliError(str(obj["error"]))
+                    raise _worded(str(obj["error"]), model)
                 if isinstance(obj, dict):
                     yield obj
         except httpx.HTTPError as e:
-            raise CliError(f"connection to {self.url} broke: {e}") from e
+            raise CliError(f"the connection to the server at {self.address} broke: {e}") from e
         finally:
             response.close()
 
@@ -148,6 +159,15 @@ class Client:
         response = self._send(request)
         if response.status_code >= 400:
             raise CliError(f"uploading {path.name}: {_error_text(response)}")
+
+
+def _worded(text: str, model: str | None) -> CliError:
+    """The server's error; its text for a missing `model` in the one wording for that."""
+    return not_found(model) if model is not None and text.endswith("not found") else CliError(text)
+
+
+def _failure(response: httpx.Response, model: str | None) -> CliError:
+    return _worded(_error_text(response), model if response.status_code == 404 else None)
 
 
 def response_json(response: httpx.Response) -> Any:

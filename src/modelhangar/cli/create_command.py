@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,11 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from modelhangar.cli.client import CHUNK, Client
 from modelhangar.cli.errors import CliError
 from modelhangar.cli.modelfile import Modelfile, ModelfileError, local_file, parse_modelfile
-from modelhangar.cli.output import console, human_size, say
+from modelhangar.cli.output import console, human_size, print_json, say
+from modelhangar.cli.wording import model_name
 
 BIG_FILE = 32 * 1000 * 1000
+Note = Callable[[str], None]
 
 
 def _progress(total: int) -> Progress:
@@ -42,7 +45,7 @@ def _sha256(path: Path, progress: Progress) -> str:
     return f"sha256:{h.hexdigest()}"
 
 
-def upload(client: Client, path: Path) -> str:
+def upload(client: Client, path: Path, note: Note = say) -> str:
     """Make sure the server holds the file's bytes; returns its digest."""
     try:
         size = path.stat().st_size
@@ -51,11 +54,11 @@ def upload(client: Client, path: Path) -> str:
     with _progress(size) as progress:
         digest = _sha256(path, progress)
         if client.has_blob(digest):
-            say(f"using existing blob {digest} for {path.name}")
+            note(f"using existing blob {digest} for {path.name}")
             return digest
         task = progress.add_task(f"uploading {path.name}", total=size)
         client.upload_blob(digest, path, on_chunk=lambda n: progress.advance(task, n))
-    say(f"uploaded {path.name} ({human_size(size)}) as {digest}")
+    note(f"uploaded {path.name} ({human_size(size)}) as {digest}")
     return digest
 
 
@@ -83,7 +86,7 @@ def _modelfile(args: argparse.Namespace) -> tuple[Modelfile, Path]:
     return _read_modelfile(path), path.parent
 
 
-def create_body(client: Client, name: str, mf: Modelfile, root: Path) -> dict[str, Any]:
+def create_body(client: Client, name: str, mf: Modelfile, root: Path, note: Note = say) -> dict[str, Any]:
     """The `/api/create` request for a parsed Modelfile, uploading any local files it names."""
     body: dict[str, Any] = {"model": name, "stream": True}
     assert mf.base is not None
@@ -93,14 +96,14 @@ def create_body(client: Client, name: str, mf: Modelfile, root: Path) -> dict[st
     except ModelfileError as e:
         raise CliError(str(e)) from e
     if base_file is not None:
-        body["files"] = {base_file.name: upload(client, base_file)}
+        body["files"] = {base_file.name: upload(client, base_file, note)}
     else:
         body["from"] = mf.base
     adapters: dict[str, str] = {}
     for raw, path in zip(mf.adapters, adapter_files, strict=True):
         if path is None:
             raise CliError(f"ADAPTER {raw}: no such file")
-        adapters[path.name] = upload(client, path)
+        adapters[path.name] = upload(client, path, note)
     if adapters:
         body["adapters"] = adapters
     if mf.template is not None:
@@ -116,16 +119,27 @@ def create_body(client: Client, name: str, mf: Modelfile, root: Path) -> dict[st
     return body
 
 
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def cmd_create(args: argparse.Namespace) -> int:
+    name = model_name(args.model)
     mf, root = _modelfile(args)
+    note = _to_stderr if args.json else say
     with Client(args.host) as client:
-        body = create_body(client, args.model, mf, root)
+        body = create_body(client, args.model, mf, root, note)
+        base = body.get("from")
+        if isinstance(base, str):
+            model_name(base)
         last = None
-        for status in client.stream_ndjson("/api/create", body):
+        for status in client.stream_ndjson("/api/create", body, model=base):
             text = str(status.get("status") or "")
-            if text and text != last:
+            if text and text != last and not args.json:
                 say(text)
             last = text
     if last != "success":
         raise CliError("the server ended the create stream without `success`")
+    if args.json:
+        print_json({"model": name.display_shortest(), "status": last})
     return 0

@@ -57,6 +57,15 @@ def _json_opt(default: Any = False) -> Parser:
     return p
 
 
+def _yes(p: Parser, when: str) -> None:
+    p.add_argument(
+        "-y",
+        "--yes",
+        action="store_true",
+        help=f"do not ask for confirmation {when} (it is asked only on a terminal)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="hangar",
@@ -74,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("serve", store_commands.cmd_serve, "run the server (Ollama's API and modelhangar's)", [store])
+    p.add_argument("--json", action="store_true", help="log JSON lines (one object per request) on stderr")
     p.add_argument(
         "--host",
         metavar="HOST:PORT",
@@ -94,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cp",
         model_commands.cmd_cp,
         "copy a model to a new name (no bytes are copied)",
-        [client],
+        [client, js],
         aliases=["copy"],
     )
     p.add_argument("source", metavar="SRC")
@@ -106,8 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="say what would be deleted and freed; change nothing"
     )
     p.add_argument("--purge", action="store_true", help="skip the trash: free the space now")
+    _yes(p, "before purging several models")
 
-    p = add("create", create_command.cmd_create, "create a model from a Modelfile or a base model", [client])
+    p = add(
+        "create", create_command.cmd_create, "create a model from a Modelfile or a base model", [client, js]
+    )
     p.add_argument("model", metavar="NAME")
     p.add_argument("--from", dest="base", metavar="BASE", help="base model (a name, or a local .gguf file)")
     p.add_argument("-f", "--file", metavar="MODELFILE", help="path to a Modelfile (default: ./Modelfile)")
@@ -131,9 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
         "restore",
         help="restore a deleted model",
         description="restore a deleted model",
-        parents=[client_inner],
+        parents=[client_inner, js_inner],
     )
     tp.add_argument("model", metavar="NAME|ID", help="the model name it was deleted under, or its trash id")
+    tp.add_argument(
+        "--as", dest="as_name", metavar="NEWNAME", help="restore under this name (the old one is taken again)"
+    )
     tp.set_defaults(func=model_commands.cmd_trash_restore)
     tp = trash.add_parser(
         "empty",
@@ -145,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--older-than", metavar="DURATION", type=duration_text, help="only entries deleted before"
     )
     tp.add_argument("--dry-run", action="store_true", help="say what would be purged; change nothing")
+    _yes(tp, "before purging")
     tp.set_defaults(func=policy_commands.cmd_trash_empty)
 
     p = add("prune", policy_commands.cmd_prune, "delete models a retention rule selects", [client, js])
@@ -164,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match", metavar="PATTERN", default="*", help="only models whose name matches this glob")
     p.add_argument("--dry-run", action="store_true", help="say what would be deleted; change nothing")
     p.add_argument("--purge", action="store_true", help="skip the trash")
+    _yes(p, "before deleting")
 
     p = add(
         "audit",

@@ -10,9 +10,10 @@ from datetime import datetime
 from typing import Any
 
 from modelhangar.cli.client import Client, response_json
+from modelhangar.cli.confirm import asks, confirm
 from modelhangar.cli.errors import CliError
-from modelhangar.cli.output import human_size, human_time, parse_time, print_json, print_table, say
-from modelhangar.core.names import InvalidName, parse_name
+from modelhangar.cli.output import human_size, human_time, parse_time, plural, print_json, print_table, say
+from modelhangar.cli.wording import model_name, not_found, shown, trash_miss
 
 
 def _models(doc: Any) -> list[dict[str, Any]]:
@@ -110,9 +111,29 @@ def _short_value(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _missing(client: Client, raw: str) -> CliError:
+    """Not found; or, when the trash holds a model of that name, how to get it back."""
+    name = shown(raw)
+    response = client.request("GET", "/api/hangar/trash", allow=(404,))
+    doc = response_json(response) if response.status_code < 400 else None
+    entries = doc.get("entries") if isinstance(doc, dict) else None
+    for e in entries if isinstance(entries, list) else []:
+        if isinstance(e, dict) and str(e.get("model")).lower() == name.lower():
+            return CliError(
+                f'model "{name}" is in the trash (deleted {human_time(e.get("deleted_at"))}); '
+                f"restore it with: hangar trash restore {name}"
+            )
+    return not_found(raw)
+
+
 def cmd_show(args: argparse.Namespace) -> int:
+    model_name(args.model)
     with Client(args.host) as client:
-        doc = client.post_json("/api/show", {"model": args.model, "verbose": args.verbose})
+        body = {"model": args.model, "verbose": args.verbose}
+        response = client.request("POST", "/api/show", json_body=body, allow=(404,))
+        if response.status_code == 404:
+            raise _missing(client, args.model)
+        doc = response_json(response)
     if not isinstance(doc, dict):
         raise CliError("the server's answer to /api/show is not a JSON object")
     if args.json:
@@ -136,11 +157,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
+    source, destination = model_name(args.source), model_name(args.destination)
     with Client(args.host) as client:
-        client.request(
-            "POST", "/api/copy", json_body={"source": args.source, "destination": args.destination}
-        )
-    say(f"copied '{args.source}' to '{args.destination}'")
+        body = {"source": args.source, "destination": args.destination}
+        client.request("POST", "/api/copy", json_body=body, model=args.source)
+    if args.json:
+        print_json({"source": source.display_shortest(), "destination": destination.display_shortest()})
+    else:
+        say(f"copied '{args.source}' to '{args.destination}'")
     return 0
 
 
@@ -245,20 +269,42 @@ def rm_line(result: dict[str, Any]) -> str:
     return f"{status} {name}: {result.get('error') or ''}".rstrip(": ")
 
 
+def result_line(result: dict[str, Any]) -> str:
+    """`rm_line`, but a missing model or an invalid name in the server's one wording for it."""
+    if result.get("status") in ("not_found", "invalid") and result.get("error"):
+        return str(result["error"])
+    return rm_line(result)
+
+
+def _delete(client: Client, body: dict[str, Any]) -> dict[str, Any]:
+    response = client.request("POST", "/api/hangar/delete", json_body=body, allow=(404,))
+    if response.status_code == 404:
+        raise CliError(f"the server at {client.address} has no modelhangar API (POST /api/hangar/delete)")
+    doc = response_json(response)
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
+        raise CliError("the server's answer to /api/hangar/delete has no `results`")
+    return doc
+
+
+def preview_lines(doc: dict[str, Any]) -> tuple[list[str], int]:
+    """The lines of a dry run's results, and how many models it would delete."""
+    results = [r for r in doc.get("results") or [] if isinstance(r, dict)]
+    return [result_line(r) for r in results], sum(r.get("status") == "would_delete" for r in results)
+
+
 def cmd_rm(args: argparse.Namespace) -> int:
     body = {"models": args.models, "dry_run": args.dry_run, "purge": args.purge}
     with Client(args.host) as client:
-        response = client.request("POST", "/api/hangar/delete", json_body=body, allow=(404,))
-        if response.status_code == 404:
-            raise CliError(f"the server at {client.url} has no modelhangar API (POST /api/hangar/delete)")
-        doc = response_json(response)
-    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
-        raise CliError("the server's answer to /api/hangar/delete has no `results`")
+        if args.purge and len(args.models) > 1 and not args.dry_run and asks(args.yes):
+            lines, n = preview_lines(_delete(client, {**body, "dry_run": True}))
+            if n:
+                confirm(lines, f"delete {plural(n, 'model')} for good (no trash)?")
+        doc = _delete(client, body)
     if args.json:
         print_json(doc)
     else:
         for result in doc["results"]:
-            say(rm_line(result if isinstance(result, dict) else {}))
+            say(result_line(result if isinstance(result, dict) else {}))
     return 0 if doc.get("ok") else 1
 
 
@@ -355,16 +401,24 @@ def cmd_trash_list(args: argparse.Namespace) -> int:
 
 def _display(name: str) -> str:
     """Ollama's shortest form of a model name (`mine` → `mine:latest`); other text unchanged."""
-    try:
-        return parse_name(name).display_shortest()
-    except InvalidName:
-        return name
+    return shown(name)
 
 
 def cmd_trash_restore(args: argparse.Namespace) -> int:
+    if not args.model.isdigit():
+        model_name(args.model)
     ident = args.model if args.model.isdigit() else _display(args.model)
+    body: dict[str, Any] = {"model": ident}
+    if args.as_name is not None:
+        body["as"] = model_name(args.as_name).display_shortest()
     with Client(args.host) as client:
-        doc = client.post_json("/api/hangar/trash/restore", {"model": ident})
+        response = client.request("POST", "/api/hangar/trash/restore", json_body=body, allow=(404,))
+        if response.status_code == 404:
+            raise trash_miss(args.model)
+        doc = response_json(response)
     restored = doc.get("restored") if isinstance(doc, dict) else None
-    say(f"restored {restored or args.model}")
+    if args.json:
+        print_json(doc)
+    else:
+        say(f"restored {restored or args.model}")
     return 0

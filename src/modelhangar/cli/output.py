@@ -29,6 +29,11 @@ def human_size(n: int | float | None) -> str:
     return f"{int(n)} B"
 
 
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """`1 blob`, `2 blobs` (or `nouns`: `2 trash entries`)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {nouns or noun + 's'}"
+
+
 def parse_time(value: Any) -> datetime | None:
     """An RFC 3339 timestamp (Go's 9 fractional digits and `Z` too) or a Unix time, else None."""
     if isinstance(value, int | float) and not isinstance(value, bool):

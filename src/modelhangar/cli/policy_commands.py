@@ -8,9 +8,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 from modelhangar.cli.client import Client
+from modelhangar.cli.confirm import asks, confirm
 from modelhangar.cli.errors import CliError
-from modelhangar.cli.model_commands import rm_line
-from modelhangar.cli.output import human_size, print_json, print_table, say
+from modelhangar.cli.model_commands import preview_lines, result_line
+from modelhangar.cli.output import human_size, plural, print_json, print_table, say
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -26,13 +27,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "purge": args.purge,
     }
     with Client(args.host) as client:
+        if not args.dry_run and asks(args.yes):
+            lines, n = preview_lines(client.post_json("/api/hangar/prune", {**body, "dry_run": True}))
+            if n:
+                confirm(lines, f"delete {plural(n, 'model')}{' for good (no trash)' if args.purge else ''}?")
         doc = client.post_json("/api/hangar/prune", body)
     if args.json:
         print_json(doc)
     else:
         results = doc.get("results") or []
         for result in results:
-            say(rm_line(result))
+            say(result_line(result))
         if not results:
             say("nothing to prune")
     return 0 if doc.get("ok", True) else 1
@@ -41,6 +46,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_trash_empty(args: argparse.Namespace) -> int:
     body = {"older_than": args.older_than, "dry_run": args.dry_run}
     with Client(args.host) as client:
+        if not args.dry_run and asks(args.yes):
+            preview = client.post_json("/api/hangar/trash/empty", {**body, "dry_run": True})
+            if names := preview.get("purged") or []:
+                freed = human_size(preview.get("bytes_freed"))
+                lines = [*(f"would purge {n}" for n in names), f"would free {freed}"]
+                confirm(lines, f"purge {plural(len(names), 'trash entry', 'trash entries')} for good?")
         doc = client.post_json("/api/hangar/trash/empty", body)
     ok = doc.get("ok", True) is not False
     if args.json:

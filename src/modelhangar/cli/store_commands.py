@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelhangar import __version__
 from modelhangar.cli.errors import CliError
-from modelhangar.cli.output import console, human_size, print_json, say, warn
+from modelhangar.cli.output import console, human_size, plural, print_json, say, warn
 from modelhangar.cli.settings import settings_from_env, with_host
+from modelhangar.cli.wording import model_name, shown
 from modelhangar.core.config import Settings
-from modelhangar.core.errors import HangarError
+from modelhangar.core.errors import HangarError, model_not_found
 
 if TYPE_CHECKING:  # the store pulls in SQLAlchemy and Alembic: imported only by commands that open it
     from modelhangar.core.store import Actor, Store
@@ -50,6 +52,24 @@ def open_store(settings: Settings) -> Iterator[Store]:
         store.close()
 
 
+_GIVE_HOME = "give the data directory with --data-dir or HANGAR_HOME"
+
+
+def existing_store(settings: Settings) -> Settings:
+    """`settings`, if a store is there: a data directory holding the SQLite catalog file (or, with
+    a PostgreSQL catalog, the data directory itself). Checked so that gc and fsck never create one."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite":
+        catalog = Path(url.database or ":memory:")
+        if not catalog.is_file():
+            raise CliError(f"no store at {settings.home}: {catalog} does not exist ({_GIVE_HOME})")
+    elif not settings.home.is_dir():
+        raise CliError(f"no store at {settings.home}: no such directory ({_GIVE_HOME})")
+    return settings
+
+
 def _reason(e: BaseException) -> str:
     import sqlalchemy as sa
 
@@ -60,32 +80,28 @@ def _reason(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
 
 
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
 # ---------------------------------------------------------------------------------------------- gc, fsck
 
 
 def gc_summary(report: Any) -> list[str]:
     """Lines saying what a GC report reclaimed (or would)."""
     verb = "would reclaim" if report.dry_run else "reclaimed"
-    lines = [f"{verb} {_plural(len(report.blobs), 'blob')}, {human_size(report.bytes_freed)}"]
+    lines = [f"{verb} {plural(len(report.blobs), 'blob')}, {human_size(report.bytes_freed)}"]
     if report.expired_trash:
         lines.append(f"expired from the trash: {', '.join(report.expired_trash)}")
     if report.finished:
-        lines.append(f"finished {_plural(len(report.finished), 'interrupted deletion')}")
+        lines.append(f"finished {plural(len(report.finished), 'interrupted deletion')}")
     if report.orphan_files:
-        lines.append(f"removed {_plural(len(report.orphan_files), 'blob file')} the catalog did not know")
+        lines.append(f"removed {plural(len(report.orphan_files), 'blob file')} the catalog did not know")
     if report.strays:
-        lines.append(f"removed {_plural(len(report.strays), 'stale temporary file')}")
+        lines.append(f"removed {plural(len(report.strays), 'stale temporary file')}")
     return lines
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from modelhangar.core import gc
 
-    settings = settings_from_env(args.data_dir)
+    settings = existing_store(settings_from_env(args.data_dir))
     if args.grace is not None:
         settings = replace(settings, gc_grace=args.grace)
     with open_store(settings) as store:
@@ -112,7 +128,7 @@ def _counts(store: Store) -> tuple[int, int]:
 def cmd_fsck(args: argparse.Namespace) -> int:
     from modelhangar.core import gc
 
-    with open_store(settings_from_env(args.data_dir)) as store:
+    with open_store(existing_store(settings_from_env(args.data_dir))) as store:
         problems = gc.fsck(store, verify=args.verify)
         blobs, manifests = _counts(store)
     if args.json:
@@ -128,10 +144,10 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     elif problems:
         for p in problems:
             say(f"{p.kind}: {p.subject}: {p.detail}")
-        say(f"{_plural(len(problems), 'problem')} in {blobs} blobs, {manifests} manifests")
+        say(f"{plural(len(problems), 'problem')} in {blobs} blobs, {manifests} manifests")
     else:
         hashed = " (contents hashed)" if args.verify else ""
-        say(f"ok: {_plural(blobs, 'blob')}, {_plural(manifests, 'manifest')} checked{hashed}")
+        say(f"ok: {plural(blobs, 'blob')}, {plural(manifests, 'manifest')} checked{hashed}")
     return 1 if problems else 0
 
 
@@ -143,36 +159,50 @@ def default_ollama_dir() -> Path:
     return Path(os.environ.get("OLLAMA_MODELS") or Path.home() / ".ollama" / "models").expanduser()
 
 
-def _report_lines(verb: str, report: Any) -> None:
+def _report_lines(verb: str, report: Any, asked: list[str] | None = None) -> None:
     for name in report.models:
         say(f"{verb} {name}")
     for skip in report.skipped:
-        warn(f"skipped {skip.subject}: {skip.reason}")
+        if skip.reason == "not found" and skip.subject in (asked or []):
+            warn(model_not_found(shown(skip.subject)))
+        else:
+            warn(f"skipped {skip.subject}: {skip.reason}")
+
+
+@contextlib.contextmanager
+def _byte_bar(verb: str, quiet: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar in bytes on stderr (a terminal only, and not with --json); yields the
+    `progress(model, bytes_done, bytes_total)` callback of `core.ollama_layout`."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
+
+    bar = Progress(
+        TextColumn(verb),
+        BarColumn(),
+        DownloadColumn(binary_units=False),
+        TransferSpeedColumn(),
+        TextColumn("{task.description}"),
+        console=console(stderr=True),
+        transient=True,
+        disable=quiet or not sys.stderr.isatty(),
+    )
+    with bar:
+        tasks: list[TaskID] = []  # added at the first call, when the total is known
+
+        def tick(model: str, done: int, total: int) -> None:
+            if not tasks:
+                tasks.append(bar.add_task(model, total=total))
+            bar.update(tasks[0], description=model, completed=done, total=total)
+
+        yield tick
 
 
 def cmd_import_ollama(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from modelhangar.core.ollama_layout import import_ollama
 
     src = Path(args.dir).expanduser() if args.dir else default_ollama_dir()
     if not src.is_dir():
         raise CliError(f"{src}: not a directory (give Ollama's models directory, e.g. ~/.ollama/models)")
-    progress = Progress(
-        TextColumn("importing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.description}"),
-        console=console(stderr=True),
-        transient=True,
-        disable=args.json or not sys.stderr.isatty(),
-    )
-    with open_store(settings_from_env(args.data_dir)) as store, progress:
-        task = progress.add_task("", total=None)
-
-        def tick(model: str, done: int, total: int) -> None:
-            progress.update(task, description=model, completed=done, total=total)
-
+    with open_store(settings_from_env(args.data_dir)) as store, _byte_bar("importing", args.json) as tick:
         try:
             report = import_ollama(store, src, progress=tick, overwrite=args.overwrite, actor=_actor())
         except HangarError as e:
@@ -184,7 +214,7 @@ def cmd_import_ollama(args: argparse.Namespace) -> int:
         for kept in report.kept:
             warn(f"kept {kept.subject}: {kept.reason}")
         say(
-            f"imported {_plural(len(report.models), 'model')} from {src}: "
+            f"imported {plural(len(report.models), 'model')} from {src}: "
             f"{report.blobs_linked} blobs linked, {report.blobs_copied} copied, "
             f"{report.blobs_present} already present ({human_size(report.bytes)} new)"
         )
@@ -198,17 +228,20 @@ def cmd_export_ollama(args: argparse.Namespace) -> int:
     dest = Path(args.dir).expanduser()
     if dest.exists() and not dest.is_dir():
         raise CliError(f"{dest}: not a directory")
-    with open_store(settings_from_env(args.data_dir)) as store:
+    for m in args.models:
+        model_name(m)
+    settings = existing_store(settings_from_env(args.data_dir))
+    with open_store(settings) as store, _byte_bar("exporting", args.json) as tick:
         try:
-            report = export_ollama(store, dest, models=args.models or None)
+            report = export_ollama(store, dest, models=args.models or None, progress=tick)
         except HangarError as e:
             raise CliError(str(e)) from e
     if args.json:
         print_json(report.to_dict())
     else:
-        _report_lines("exported", report)
+        _report_lines("exported", report, args.models)
         say(
-            f"exported {_plural(len(report.models), 'model')} to {dest}: "
+            f"exported {plural(len(report.models), 'model')} to {dest}: "
             f"{report.blobs_linked} blobs linked, {report.blobs_copied} copied, "
             f"{report.blobs_existing} already there ({human_size(report.bytes)} written)"
         )
@@ -240,13 +273,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check_bindable(settings.host, settings.port)
     from modelhangar import server
 
-    print(
-        f"modelhangar {__version__}: serving {settings.home} at {settings.base_url}",
-        file=sys.stderr,
-        flush=True,
-    )
+    if args.json:
+        doc = {"message": "serving", "version": __version__, "home": str(settings.home)}
+        print(json.dumps({**doc, "url": settings.base_url}), file=sys.stderr, flush=True)
+    else:
+        print(
+            f"modelhangar {__version__}: serving {settings.home} at {settings.base_url}",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
-        server.run_server(settings)
+        server.run_server(settings, json_log=args.json)
     except SystemExit as e:  # uvicorn exits when startup fails, after logging why
         return 0 if e.code in (0, None) else 1
     return 0

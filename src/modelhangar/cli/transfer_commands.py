@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from typing import Any
 
 from rich.progress import (
@@ -16,15 +17,34 @@ from rich.progress import (
 )
 
 from modelhangar.cli.client import Client
+from modelhangar.cli.errors import CliError
 from modelhangar.cli.output import console, print_json, say
+from modelhangar.cli.wording import model_name
+
+
+def _events(client: Client, path: str, body: dict[str, Any], local: str) -> Iterator[dict[str, Any]]:
+    """The server's progress events; a missing model (here for a push, at the registry for a pull)
+    in the one wording for it."""
+    pull = path.endswith("pull")
+    try:
+        yield from client.stream_ndjson(path, body, model=None if pull else local)
+    except CliError as e:
+        if pull and str(e) == "pull model manifest: file does not exist":
+            name = model_name(body["model"])
+            raise CliError(f'model "{name.display_shortest()}" not found at {name.host}') from e
+        raise
 
 
 def _run(args: argparse.Namespace, path: str) -> int:
-    body = {"model": args.model, "insecure": args.insecure, "stream": True}
-    events: list[dict[str, Any]] = []
+    target = args.destination or args.model
+    model_name(args.model)
+    model_name(target)
+    body: dict[str, Any] = {"model": target, "insecure": args.insecure, "stream": True}
+    if args.destination:
+        body["source"] = args.model
     with Client(args.host) as client:
         if args.json:
-            events = list(client.stream_ndjson(path, body))
+            events = list(_events(client, path, body, args.model))
             print_json(events[-1] if events else {})
             return 0
         columns = (
@@ -36,7 +56,7 @@ def _run(args: argparse.Namespace, path: str) -> int:
         )
         tasks: dict[str, TaskID] = {}
         with Progress(*columns, console=console(stderr=True), transient=False) as progress:
-            for event in client.stream_ndjson(path, body):
+            for event in _events(client, path, body, args.model):
                 digest, total = event.get("digest"), event.get("total")
                 if digest and isinstance(total, int):
                     if digest not in tasks:
@@ -44,11 +64,15 @@ def _run(args: argparse.Namespace, path: str) -> int:
                     progress.update(tasks[digest], completed=int(event.get("completed") or 0))
                 else:
                     progress.console.print(str(event.get("status")))
-    say(f"{'pulled' if path.endswith('pull') else 'pushed'} {args.model}")
+    if path.endswith("pull"):
+        say(f"pulled {args.model}")
+    else:
+        say(f"pushed {args.model}" + (f" as {args.destination}" if args.destination else ""))
     return 0
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
+    args.destination = None
     return _run(args, "/api/pull")
 
 
@@ -58,10 +82,17 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def register(add: Any, parents: list[argparse.ArgumentParser]) -> None:
     """Add `pull` and `push` with `add(name, func, help, parents)` from main.py."""
-    for name, func, help in (
-        ("pull", cmd_pull, "pull a model from a registry (host[:port]/namespace/model:tag)"),
-        ("push", cmd_push, "push a model to the registry its name points at"),
-    ):
-        p = add(name, func, help, parents)
-        p.add_argument("model", metavar="NAME")
-        p.add_argument("--insecure", action="store_true", help="use plain HTTP (a registry on your network)")
+    p = add("pull", cmd_pull, "pull a model from a registry (host[:port]/namespace/model:tag)", parents)
+    p.add_argument("model", metavar="NAME")
+    p.add_argument("--insecure", action="store_true", help="use plain HTTP (a registry on your network)")
+    p = add(
+        "push",
+        cmd_push,
+        "push a model to the registry its name (or DEST) points at",
+        parents,
+        epilog="`hangar push tiny 127.0.0.1:5000/team/tiny:v1` pushes the local model tiny under the "
+        "remote name, without renaming it here.",
+    )
+    p.add_argument("model", metavar="NAME", help="the local model (host[:port]/namespace/model:tag)")
+    p.add_argument("destination", metavar="DEST", nargs="?", help="push it under this name (default: NAME)")
+    p.add_argument("--insecure", action="store_true", help="use plain HTTP (a registry on your network)")

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from modelhangar.core.names import InvalidName, parse_name
+from modelhangar.core.errors import model_not_found
+from modelhangar.core.names import InvalidName, display_stored, parse_name
 from modelhangar.core.planner import Plan, Planner, Target
 from modelhangar.core.store import Actor, Store
 
@@ -53,7 +54,7 @@ def delete_models(
         try:
             labeled.append((raw, model_target(raw)))
         except InvalidName as e:
-            labeled.append((raw, f'invalid model name "{raw}": {e.reason}'))
+            labeled.append((raw, e.detail))
     return delete_targets(store, labeled, actor, dry_run=dry_run, purge=purge, action=action)
 
 
@@ -81,7 +82,9 @@ def delete_targets(
         if plan is None:
             results.append(ModelDeletion(raw, "invalid", None, str(target)))
         elif plan.not_found:
-            results.append(ModelDeletion(raw, "not_found", plan, f'model "{raw}" not found'))
+            assert isinstance(target, Target)
+            shown = display_stored(target.repository, target.ref) if target.kind == "tag" else None
+            results.append(ModelDeletion(raw, "not_found", plan, model_not_found(shown or raw)))
         elif plan.blockers:
             reasons = "; ".join(f"{b.kind} {b.id}: {b.reason}" for b in plan.blockers)
             results.append(ModelDeletion(raw, "refused", plan, f"refused: {reasons}"))

@@ -46,3 +46,14 @@ class Refused(HangarError):
     def __init__(self, plan: object, message: str) -> None:
         self.plan = plan
         super().__init__(message)
+
+
+def model_not_found(model: str) -> str:
+    """`model "tiny:latest" not found`: the wording of every command and of modelhangar's own API
+    (`model` in Ollama's shortest form). Ollama's API keeps Ollama's own texts."""
+    return f'model "{model}" not found'
+
+
+def not_in_trash(ident: str) -> str:
+    """What restoring a trash entry id, or a model name (shortest form), that the trash lacks says."""
+    return f"no trash entry {ident}" if ident.isdigit() else f'model "{ident}" is not in the trash'

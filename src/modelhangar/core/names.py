@@ -38,6 +38,12 @@ _PART_RES: dict[PartKind, re.Pattern[str]] = {
     "model": re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"),
     "tag": re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"),
 }
+_RULES: dict[str, str] = {  # by PartKind: what `_PART_RES` allows, in words
+    "host": '"_", ".", ":" and "-", start with a letter, digit or "_", and be at most 350 characters',
+    "namespace": '"_" and "-", start with a letter, digit or "_", and be at most 80 characters',
+    "model": '"_", "." and "-", start with a letter, digit or "_", and be at most 80 characters',
+    "tag": '"_", "." and "-", start with a letter, digit or "_", and be at most 80 characters',
+}
 # RFC 3986 scheme; Ollama does not check it, we refuse junk such as an empty scheme.
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,31}")
 
@@ -49,6 +55,14 @@ class InvalidName(HangarError, ValueError):
         self.raw = raw
         self.reason = reason
         super().__init__("invalid model name")
+
+    @property
+    def detail(self) -> str:
+        """`invalid model name "x": why`: the wording every command and modelhangar's own API use."""
+        kind = self.reason.removeprefix("invalid ")
+        rule = _RULES.get(kind)
+        why = f"the {kind} part may only hold letters, digits, {rule}" if rule else self.reason
+        return f'invalid model name "{self.raw}": {why}'
 
 
 def is_valid_part(kind: PartKind, s: str) -> bool:

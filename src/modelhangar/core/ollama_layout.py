@@ -14,7 +14,7 @@ import hashlib
 import os
 import stat
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,8 @@ _KEPT = "kept"  # import_manifest's answer for a name left as it was
 _ATTEMPTS = 2  # a GC may reclaim a blob between its import and the manifest commit: then retry once
 
 Progress = Callable[[str, int, int], None]
+"""`progress(model, bytes_done, bytes_total)`: called as each blob is handled and after each model;
+the total is the size of every distinct blob the models name, known before the first byte moves."""
 NameKey = tuple[str, str, str, str]
 
 
@@ -116,6 +118,41 @@ def _read_nofollow(path: Path, limit: int) -> bytes:
 
 
 @dataclass
+class _Bytes:
+    """Bytes done out of a total fixed up front, each blob counted once, for a Progress callback."""
+
+    sizes: dict[str, int]
+    progress: Progress | None
+    model: str = ""
+    done: int = 0
+    counted: set[str] = field(default_factory=set)
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes.values())
+
+    def advance(self, *digests: str) -> None:
+        fresh = [d for d in digests if d in self.sizes and d not in self.counted]
+        self.counted.update(fresh)
+        self.done += sum(self.sizes[d] for d in fresh)
+        if self.progress is not None:
+            self.progress(self.model, self.done, self.total)
+
+
+def _sizes(manifests: Sequence[tuple[bytes, str | None] | None]) -> dict[str, int]:
+    """{digest: size} of every blob the (readable, valid) manifests, with their media types, name."""
+    out: dict[str, int] = {}
+    for got in manifests:
+        try:
+            refs = parse_manifest(*got) if got is not None else None
+        except InvalidManifest:
+            continue
+        for b in refs.blobs if refs is not None else ():
+            out[b.digest] = max(b.size, 0)
+    return out
+
+
+@dataclass
 class _Importer:
     store: Store
     report: ImportReport
@@ -124,6 +161,7 @@ class _Importer:
     blobs: dict[str, Path] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     handled: set[str] = field(default_factory=set)
+    bytes: _Bytes = field(default_factory=lambda: _Bytes({}, None))
 
     def skip(self, subject: str, reason: str) -> None:
         self.report.skipped.append(Skip(subject, reason))
@@ -190,6 +228,12 @@ class _Importer:
 
     def import_blob(self, digest: str) -> str | None:
         """Make `digest` present in the store; a reason if it cannot be."""
+        try:
+            return self._import_blob(digest)
+        finally:
+            self.bytes.advance(digest)
+
+    def _import_blob(self, digest: str) -> str | None:
         if digest in self.failed:
             return self.failed[digest]
         if self.store.reuse_blob(digest) is not None:
@@ -279,8 +323,8 @@ def import_ollama(
 
     A model the store already holds under the same name with another manifest is left as it is
     (listed in `kept`), unless `overwrite`: then the old version goes through the planner (to the
-    trash, refused if something depends on it). `progress(model, done, total)` is called after each
-    manifest.
+    trash, refused if something depends on it). `progress(model, bytes_done, bytes_total)` is called after
+    each blob and each manifest.
     """
     root = Path(models_dir)
     if not root.is_dir():
@@ -288,9 +332,12 @@ def import_ollama(
     imp = _Importer(store, ImportReport(), overwrite=overwrite, actor=actor or Actor())
     imp.scan_blobs(root)
     found = imp.scan_manifests(root)
+    raws = [_read_or_none(path) for _, path, _ in found]
+    imp.bytes = _Bytes(_sizes([(r, None) if r is not None else None for r in raws]), progress)
     seen: dict[NameKey, str] = {}
-    for done, (name, path, rel) in enumerate(found, 1):
+    for (name, path, rel), raw in zip(found, raws, strict=True):
         display = name.display_shortest()
+        imp.bytes.model = display
         if name.key() in seen:
             reason: str | None = f"same model as {seen[name.key()]} (names match case-insensitively)"
         else:
@@ -302,9 +349,15 @@ def import_ollama(
             imp.report.models.append(display)
         else:
             imp.skip(rel, reason)
-        if progress is not None:
-            progress(display, done, len(found))
+        imp.bytes.advance(*_sizes([(raw, None) if raw is not None else None]))  # skipped ones too
     return imp.report
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return _read_nofollow(path, MAX_MANIFEST_BYTES + 1)
+    except OSError:
+        return None
 
 
 # ---------------------------------------------------------------------- export
@@ -378,8 +431,15 @@ class _Exporter:
     root: Path
     report: ExportReport
     done: set[str] = field(default_factory=set)
+    bytes: _Bytes = field(default_factory=lambda: _Bytes({}, None))
 
     def export_blob(self, blobs_dir: Path, digest: str) -> None:
+        try:
+            self._export_blob(blobs_dir, digest)
+        finally:
+            self.bytes.advance(digest)
+
+    def _export_blob(self, blobs_dir: Path, digest: str) -> None:
         if digest in self.done:
             return
         src = self.store.blobs.local_path(digest)
@@ -442,9 +502,13 @@ class _Exporter:
         return None
 
 
-def export_ollama(store: Store, models_dir: Path, *, models: list[str] | None = None) -> ExportReport:
+def export_ollama(
+    store: Store, models_dir: Path, *, models: list[str] | None = None, progress: Progress | None = None
+) -> ExportReport:
     """Write models (all, or those named) into an Ollama models directory, blobs by hard link where
-    possible; only repositories whose names are valid Ollama names are written."""
+    possible; only repositories whose names are valid Ollama names are written.
+
+    `progress(model, bytes_done, bytes_total)` is called after each blob and each model."""
     report = ExportReport()
     root = Path(models_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -458,6 +522,7 @@ def export_ollama(store: Store, models_dir: Path, *, models: list[str] | None = 
                 report.skipped.append(Skip(m, f"invalid model name ({exc.reason})"))
     exporter = _Exporter(store, root, report)
     seen: dict[NameKey, str] = {}
+    todo: list[tuple[ModelName, str, float, str]] = []
     for rec in sorted(store.list_tags(), key=lambda r: (r.repository, r.tag)):
         label = f"{rec.repository}:{rec.tag}"
         try:
@@ -473,11 +538,18 @@ def export_ollama(store: Store, models_dir: Path, *, models: list[str] | None = 
             report.skipped.append(Skip(label, "not an Ollama model name (it has a scheme)"))
         elif key in seen:
             report.skipped.append(Skip(label, f"same model as {seen[key]} (names match case-insensitively)"))
-        elif (reason := exporter.export_model(name, rec.manifest_digest, rec.modified_at)) is not None:
+        else:
+            todo.append((name, rec.manifest_digest, rec.modified_at, label))
+        seen[key] = label
+    manifests = [store.get_manifest(digest) for _, digest, _, _ in todo]
+    exporter.bytes = _Bytes(_sizes(manifests), progress)
+    for (name, digest, modified_at, label), got in zip(todo, manifests, strict=True):
+        exporter.bytes.model = name.display_shortest()
+        if (reason := exporter.export_model(name, digest, modified_at)) is not None:
             report.skipped.append(Skip(label, reason))
         else:
             report.models.append(name.display_shortest())
-        seen[key] = label
+        exporter.bytes.advance(*_sizes([got]))
     if wanted is not None:
         report.skipped.extend(Skip(m, "not found") for k, m in wanted.items() if k not in seen)
     return report

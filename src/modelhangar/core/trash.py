@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import retrying
 from modelhangar.core.errors import Conflict, NotFound, Refused
-from modelhangar.core.names import InvalidName, parse_name
+from modelhangar.core.names import InvalidName, ModelName, parse_name
 from modelhangar.core.planner import Plan, Planner, Target
 from modelhangar.core.store import Actor, Store, now
 
@@ -85,24 +85,26 @@ def find_entry(store: Store, ident: str, matches: Any = None) -> TrashEntry:
 
 
 @retrying
-def restore(store: Store, entry_id: int, actor: Actor) -> TrashEntry:
-    """Put a trashed model back under its name, with the same digest and times."""
+def restore(store: Store, entry_id: int, actor: Actor, as_name: ModelName | None = None) -> TrashEntry:
+    """Put a trashed model back under its name (or `as_name`), with the same digest and times."""
     with store.catalog.write() as conn:
         row = conn.execute(sa.select(t.trash).where(t.trash.c.id == entry_id).with_for_update()).first()
         if row is None:
             raise NotFound(f"no trash entry {entry_id}")
         if row.owner is not None and row.owner != actor.name and not actor.admin:
             raise Refused(None, f"{actor.name} does not own {row.repository}")
-        repo_id = store._repository_id(conn, row.repository, create=True, owner=row.owner)
+        repository, tag = (row.repository, row.tag) if as_name is None else (as_name.repository, as_name.tag)
+        repo_id = store._repository_id(conn, repository, create=True, owner=row.owner)
         assert repo_id is not None
-        if row.tag:
+        if tag:
             taken = conn.execute(
                 sa.select(t.tags.c.manifest_digest).where(
-                    t.tags.c.repository_id == repo_id, t.tags.c.name_key == row.tag.lower()
+                    t.tags.c.repository_id == repo_id, t.tags.c.name_key == tag.lower()
                 )
             ).first()
             if taken is not None:
-                raise Conflict(f"{row.repository}:{row.tag} exists again; delete or rename it first")
+                again = " again" if as_name is None else ""
+                raise Conflict(f"{repository}:{tag} exists{again}; delete or rename it first")
         ts = now()
         store._insert_ignore(
             conn,
@@ -110,12 +112,12 @@ def restore(store: Store, entry_id: int, actor: Actor) -> TrashEntry:
             {"repository_id": repo_id, "manifest_digest": row.manifest_digest, "created_at": ts},
         )
         meta = json.loads(row.meta or "{}")
-        if row.tag:
+        if tag:
             conn.execute(
                 t.tags.insert().values(
                     repository_id=repo_id,
-                    name_key=row.tag.lower(),
-                    name=row.tag,
+                    name_key=tag.lower(),
+                    name=tag,
                     manifest_digest=row.manifest_digest,
                     created_at=meta.get("created_at", ts),
                     modified_at=meta.get("modified_at", ts),
@@ -129,14 +131,14 @@ def restore(store: Store, entry_id: int, actor: Actor) -> TrashEntry:
                 actor=actor.name,
                 face=actor.face,
                 action="restore",
-                target=f"{row.repository}:{row.tag}" if row.tag else row.repository,
+                target=f"{repository}:{tag}" if tag else repository,
                 dry_run=False,
                 outcome="ok",
                 bytes_freed=0,
                 detail=json.dumps({"trash_id": entry_id, "manifest": row.manifest_digest}),
             )
         )
-    return _entry(row, 0)
+    return replace(_entry(row, 0), repository=repository, tag=tag)
 
 
 def empty_trash(

@@ -27,14 +27,18 @@ PUSH_CHUNK = 16 << 20
 """Blobs larger than this go up in PATCH chunks of this size, so an interrupted push can resume."""
 
 
-def push(store: Store, name: ModelName, *, insecure: bool, emit: Emit) -> str:
-    """Send a stored model to the registry its name points at; returns the manifest digest."""
+def push(
+    store: Store, name: ModelName, *, insecure: bool, emit: Emit, source: ModelName | None = None
+) -> str:
+    """Send a stored model (`name`, or `source` pushed as `name`) to the registry `name` points at;
+    returns the manifest digest."""
+    local = source or name
     emit({"status": "retrieving manifest"})
-    record = store.get_tag(name.repository, name.tag)
+    record = store.get_tag(local.repository, local.tag)
     stored = store.get_manifest(record.manifest_digest) if record is not None else None
     if record is None or stored is None:
         emit({"status": "couldn't retrieve manifest"})
-        raise RegistryError(f"model '{name.display_shortest()}' not found", status=404)
+        raise RegistryError(f"model '{local.display_shortest()}' not found", status=404)
     content, media_type = stored
     refs = parse_manifest(content, media_type)
     if refs.children:

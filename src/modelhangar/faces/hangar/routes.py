@@ -13,7 +13,8 @@ from modelhangar.core import gc, trash
 from modelhangar.core.audit import list_audit
 from modelhangar.core.config import parse_duration
 from modelhangar.core.deletion import ModelDeletion, delete_models
-from modelhangar.core.errors import Conflict, NotFound
+from modelhangar.core.errors import Conflict, NotFound, not_in_trash
+from modelhangar.core.names import InvalidName, parse_name
 from modelhangar.core.retention import RetentionPolicy, prune
 from modelhangar.core.store import Actor, Store
 from modelhangar.core.usage import CATEGORIES, disk_usage
@@ -202,22 +203,46 @@ async def trash_list(request: Request) -> dict[str, Any]:
 
 class RestoreRequest(BaseModel):
     model: str = Field(description="A trash entry id, or the model name it was deleted under.")
+    as_name: str | None = Field(
+        None,
+        alias="as",
+        description="Restore under this name instead (when the old one was taken again meanwhile).",
+    )
 
 
-@router.post("/trash/restore", summary="Restore a deleted model under its name")
+@router.post("/trash/restore", summary="Restore a deleted model under its name, or another")
 async def trash_restore(request: Request, body: RestoreRequest) -> dict[str, Any]:
     store = _store(request)
+    try:
+        target = None if body.as_name is None else parse_name(body.as_name)
+    except InvalidName as e:
+        raise HTTPException(400, e.detail) from e
 
     def run() -> dict[str, Any]:
         entry = trash.find_entry(
             store, body.model, matches=lambda e: display(e.repository, e.tag) == body.model
         )
-        restored = trash.restore(store, entry.id, ACTOR)
+        try:
+            restored = trash.restore(store, entry.id, ACTOR, as_name=target)
+        except Conflict as e:
+            if target is not None:
+                taken = target.display_shortest()
+                raise HTTPException(409, f'model "{taken}" exists; choose another name') from e
+            raise HTTPException(
+                409,
+                f'model "{display(entry.repository, entry.tag)}" exists again; restore it under another name'
+                f" with: hangar trash restore {body.model} --as NEWNAME (or delete or rename the new one)",
+            ) from e
         return {"restored": display(restored.repository, restored.tag), "id": restored.id}
 
     try:
         return await run_in_threadpool(run)
-    except NotFound as e:
-        raise HTTPException(404, str(e)) from e
-    except Conflict as e:
-        raise HTTPException(409, str(e)) from e
+    except NotFound as e:  # no such entry, or restored or expired meanwhile
+        raise HTTPException(404, not_in_trash(_shortest(body.model))) from e
+
+
+def _shortest(ident: str) -> str:
+    try:
+        return parse_name(ident).display_shortest()
+    except InvalidName:
+        return ident
