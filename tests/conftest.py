@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import MakeGguf, ServerProcess, StartServer
+from harness import DockerRegistry, MakeGguf, ServerProcess, StartServer
 
 
 @pytest.fixture
@@ -49,6 +49,18 @@ def client(server: ServerProcess) -> Any:
     import ollama
 
     return ollama.Client(host=server.url)
+
+
+@pytest.fixture
+def docker_registry(tmp_path: Path) -> Iterator[str]:
+    """`host:port` of Debian's docker-registry, fresh for this test; skips when it is not installed."""
+    if not DockerRegistry.installed():
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+    registry = DockerRegistry(tmp_path / "docker-registry").start()
+    try:
+        yield registry.host
+    finally:
+        registry.stop()
 
 
 @pytest.fixture

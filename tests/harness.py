@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -169,6 +170,61 @@ class ServerProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class DockerRegistry:
+    """Debian's docker-registry (distribution 2.8, deletes enabled) on a free loopback port, storing
+    under `root`: the reference registry the `/v2` face is compared with."""
+
+    BINARY = "docker-registry"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def installed(cls) -> bool:
+        return shutil.which(cls.BINARY) is not None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def start(self) -> DockerRegistry:
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = self.root / "registry.yml"
+        config.write_text(
+            "version: 0.1\nlog:\n  level: error\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n"
+            f"  delete:\n    enabled: true\nhttp:\n  addr: {self.host}\n"
+        )
+        self.proc = subprocess.Popen(
+            [self.BINARY, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        if not wait_until(self._up, timeout=READY_TIMEOUT):
+            self.stop()
+            raise RuntimeError(f"docker-registry did not answer on {self.host}")
+        return self
+
+    def _up(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/v2/", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 StartServer = Callable[..., ServerProcess]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +22,9 @@ from harness import (
     assert_store_consistent,
     blob_file,
     blob_files,
-    free_port,
     hangar,
     image_manifest,
     model_blobs,
-    wait_until,
 )
 from modelhangar.core.names import parse_name
 from modelhangar.core.partials import push_record_path
@@ -212,36 +208,6 @@ def test_a_partial_left_by_an_earlier_run_is_resumed_or_dropped_when_corrupt(
 
 
 # ---------------------------------------------------------------- Debian's docker-registry
-
-
-@pytest.fixture
-def docker_registry(tmp_path: Path) -> Iterator[str]:
-    """Debian's docker-registry (distribution 2.8) on a free loopback port."""
-    if shutil.which("docker-registry") is None:
-        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
-    port = free_port()
-    config = tmp_path / "registry.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: error\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'reg'}\n"
-        f"  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n"
-    )
-    proc = subprocess.Popen(
-        ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        assert wait_until(lambda: _up(f"http://127.0.0.1:{port}/v2/"), timeout=30)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_push_to_and_pull_from_docker_registry(

@@ -116,6 +116,7 @@ class _Resolved:
     memberships: list[tuple[int, str]] = field(default_factory=list)
     untag: list[tuple[int, str]] = field(default_factory=list)
     keep_untagged: bool = False
+    whole_repos: set[int] = field(default_factory=set)
     trash_rows: list[Any] = field(default_factory=list)
     repos: dict[int, tuple[str, str | None]] = field(default_factory=dict)
 
@@ -330,6 +331,7 @@ class Planner:
                 res.memberships.append((repo_id, target.ref))
             else:
                 rows = self._lock_tags(conn, repo_id)
+                res.whole_repos.add(repo_id)
                 for m in conn.execute(
                     sa.select(t.repo_manifests.c.manifest_digest).where(
                         t.repo_manifests.c.repository_id == repo_id
@@ -381,6 +383,10 @@ class Planner:
         for repo_id, _repo_name, _tag, _digest, row in res.tag_rows:
             conn.execute(
                 t.tags.delete().where(t.tags.c.repository_id == repo_id, t.tags.c.name_key == row.name_key)
+            )
+        if res.whole_repos:  # its blob links go too: nothing of a deleted repository stays readable in it
+            conn.execute(
+                t.repo_blobs.delete().where(t.repo_blobs.c.repository_id.in_(sorted(res.whole_repos)))
             )
         return self._remove(conn, res, actor, plan, ts, keep_expiry=keep_expiry)
 

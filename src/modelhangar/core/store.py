@@ -818,7 +818,11 @@ class Store:
         has_tag = conn.execute(
             sa.select(sa.literal(1)).where(t.tags.c.repository_id == repo_id).limit(1)
         ).first()
-        if has_tag is None:  # a repository with an owner (e.g. a Replicate model) outlives its versions
+        has_link = conn.execute(  # blob links (core/repo_blobs.py) need the repository row
+            sa.select(sa.literal(1)).where(t.repo_blobs.c.repository_id == repo_id).limit(1)
+        ).first()
+        if has_tag is None and has_link is None:
+            # a repository with an owner (e.g. a Replicate model) outlives its versions
             conn.execute(
                 t.repositories.delete().where(
                     t.repositories.c.id == repo_id, t.repositories.c.owner.is_(None)
@@ -837,6 +841,7 @@ class Store:
                     continue
                 self.blobs.delete(d)
                 conn.execute(t.blobs.delete().where(t.blobs.c.digest == d, t.blobs.c.state == DELETING))
+                conn.execute(t.repo_blobs.delete().where(t.repo_blobs.c.blob_digest == d))  # links go with it
                 removed += 1
         return removed
 

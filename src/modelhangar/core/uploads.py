@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.digests import parse_digest
 from modelhangar.core.errors import HangarError, NotFound, SizeMismatch
-from modelhangar.core.store import PRESENT, Actor, BlobCommit, Released, Store, now
+from modelhangar.core.store import PRESENT, Actor, BlobCommit, Released, Statements, Store, now
 
 _ID_RE = re.compile(r"[0-9a-f]{32}")
 _COMMITTING = ".committing"
@@ -229,9 +229,12 @@ class UploadHandle:
         up = self.upload
         return Upload(up.id, up.repository, up.created_at, ts, self.offset)
 
-    def complete(self, digest: str, expected: int | None = None) -> BlobCommit:
-        """Install everything received as the blob `digest`; the session ends either way, except
-        when this request's own bytes were short (then only they are dropped).
+    def complete(
+        self, digest: str, expected: int | None = None, *, also: Statements | None = None
+    ) -> BlobCommit:
+        """Install everything received as the blob `digest` (running `also` in that transaction); the
+        session ends either way, except when this request's own bytes were short (then only they
+        are dropped).
 
         Raises DigestMismatch (nothing kept) if the content is not `digest`.
         """
@@ -255,8 +258,13 @@ class UploadHandle:
         def end_session(conn: sa.Connection) -> None:
             conn.execute(t.uploads.delete().where(t.uploads.c.id == upload_id))
 
+        def install(conn: sa.Connection) -> None:
+            end_session(conn)
+            if also is not None:
+                also(conn)
+
         try:  # the session row goes in the transaction that installs the blob
-            return self.store.import_blob_file(committing, want, known_digest=known, also=end_session)
+            return self.store.import_blob_file(committing, want, known_digest=known, also=install)
         except BaseException:
             with self.store.catalog.write() as conn:
                 end_session(conn)
@@ -374,37 +382,35 @@ def _sweep_files(store: Store, directory: Path, cutoff: float) -> list[str]:
 BlobDeletion = Literal["deleted", "referenced", "recent", "unknown"]
 
 
-def withdraw_blob(store: Store, digest: str, actor: Actor) -> BlobDeletion:
-    """Delete a blob no manifest references (e.g. an upload never used), under the row lock.
+def retire_loose_blob(
+    store: Store, conn: sa.Connection, digest: str, actor: Actor, *, target: str | None = None
+) -> tuple[BlobDeletion, Released]:
+    """In the caller's write transaction: retire a blob no manifest references, under the row lock,
+    and audit it as `target` (default: the digest). The caller commits, then calls
+    `finish_deletions` with the released blobs.
 
     `referenced`: a manifest names it, nothing changed; `recent`: a writer used it within the
-    reuse fuse, so it is left to a later GC; `unknown`: not present.
+    reuse fuse, so the reclaim timer frees it when the fuse ends; `unknown`: not present.
     """
-    d = str(parse_digest(digest))
     released = Released()
     ts = now()
-    outcome: BlobDeletion
-    with store.catalog.write() as conn:
-        store.retire_blobs(conn, [d], ts, released)
-        if released.blobs:
-            outcome = "deleted"
-            conn.execute(
-                t.audit.insert().values(
-                    at=ts,
-                    actor=actor.name,
-                    face=actor.face,
-                    action="delete-blob",
-                    target=d,
-                    dry_run=False,
-                    outcome="ok",
-                    bytes_freed=released.bytes,
-                    detail=json.dumps({"blobs": released.blobs}),
-                )
+    store.retire_blobs(conn, [digest], ts, released)
+    if released.blobs:
+        conn.execute(
+            t.audit.insert().values(
+                at=ts,
+                actor=actor.name,
+                face=actor.face,
+                action="delete-blob",
+                target=target or digest,
+                dry_run=False,
+                outcome="ok",
+                bytes_freed=released.bytes,
+                detail=json.dumps({"blobs": released.blobs}),
             )
-        elif released.deferred:
-            outcome = "recent"
-        else:
-            state = conn.execute(sa.select(t.blobs.c.state).where(t.blobs.c.digest == d)).scalar()
-            outcome = "referenced" if state == PRESENT else "unknown"
-    store.finish_deletions(released.blobs)
-    return outcome
+        )
+        return "deleted", released
+    if released.deferred:
+        return "recent", released
+    state = conn.execute(sa.select(t.blobs.c.state).where(t.blobs.c.digest == digest)).scalar()
+    return ("referenced" if state == PRESENT else "unknown"), released

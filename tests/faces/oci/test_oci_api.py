@@ -1,4 +1,8 @@
-"""The registry face (`/v2/`) through httpx against a real `hangar serve`: the spec's flows and errors."""
+"""The registry face (`/v2/`) through httpx against a real `hangar serve`: the spec's flows and errors.
+
+One server serves the whole module: every test works in repositories of its own (and blob contents
+of its own where it looks at the files on disk).
+"""
 
 from __future__ import annotations
 
@@ -50,7 +54,20 @@ def tmp_files(home: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and not p.name.endswith((".lock", ".locking"))]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The module's one server (GC grace, reuse fuse and trash retention 0)."""
+    root = tmp_path_factory.mktemp("oci-api")
+    with ServerProcess(root / "home", log_dir=root) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def home(server: ServerProcess) -> Path:
+    return server.home
+
+
+@pytest.fixture(scope="module")
 def oci(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30.0) as c:
         yield c
@@ -115,7 +132,7 @@ def test_push_pull_roundtrip_byte_exact(oci: httpx.Client, home: Path) -> None:
     assert got.headers["docker-content-digest"] == digest_of(layer)
     assert {blob_file(digest_of(config)), blob_file(digest_of(layer))} <= blob_files(home)
     assert oci.get("/v2/lib/hello/tags/list").json() == {"name": "lib/hello", "tags": ["v1"]}
-    assert oci.get("/v2/_catalog").json() == {"repositories": ["lib/hello"]}
+    assert "lib/hello" in oci.get("/v2/_catalog").json()["repositories"]
     assert_store_consistent(home)
 
 
@@ -151,9 +168,10 @@ def test_put_manifest_by_digest(oci: httpx.Client) -> None:
 
 def test_chunked_upload_as_ollama_sends_it(oci: httpx.Client, home: Path) -> None:
     data = bytes(range(256)) * 400
+    sessions = uploads_left(home)
     d = push_blob(oci, "ns/model", data, chunk=10_000)
     assert oci.get(f"/v2/ns/model/blobs/{d}").content == data
-    assert uploads_left(home) == [] and tmp_files(home) == []
+    assert uploads_left(home) == sessions and tmp_files(home) == []
 
 
 def test_chunk_with_bytes_prefix_and_streamed_chunks(oci: httpx.Client, home: Path) -> None:
@@ -178,21 +196,22 @@ def test_chunk_with_bytes_prefix_and_streamed_chunks(oci: httpx.Client, home: Pa
     assert r.headers["location"].endswith(f"/v2/lib/s/blobs/{digest_of(data)}")
     assert oci.get(f"/v2/lib/s/blobs/{digest_of(data)}").content == data
     assert_error(oci.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
-    assert uploads_left(home) == []
+    assert location.rsplit("/", 1)[1] not in uploads_left(home)
 
 
 def test_cancel_upload(oci: httpx.Client, home: Path) -> None:
+    before = uploads_left(home)
     location = oci.post("/v2/lib/c/blobs/uploads/").headers["location"]
     oci.patch(location, content=b"abc", headers={"Content-Range": "0-2"})
-    assert len(uploads_left(home)) == 1
+    assert len(uploads_left(home)) == len(before) + 1
     assert oci.delete(location).status_code == 204
-    assert uploads_left(home) == []
+    assert uploads_left(home) == before
     assert_error(oci.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
     assert_error(oci.delete(location), 404, "BLOB_UPLOAD_UNKNOWN")
 
 
 def test_wrong_digest_keeps_nothing(oci: httpx.Client, home: Path) -> None:
-    before = blob_files(home)
+    before, sessions = blob_files(home), uploads_left(home)
     data, wrong = b"payload", digest_of(b"other")
     r = oci.post("/v2/lib/w/blobs/uploads/", params={"digest": wrong}, content=data)
     assert_error(r, 400, "DIGEST_INVALID")
@@ -202,7 +221,7 @@ def test_wrong_digest_keeps_nothing(oci: httpx.Client, home: Path) -> None:
     assert_error(oci.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
     assert_error(oci.head(f"/v2/lib/w/blobs/{digest_of(data)}"), 404, "BLOB_UNKNOWN")
     assert blob_files(home) == before
-    assert uploads_left(home) == [] and tmp_files(home) == []
+    assert uploads_left(home) == sessions and tmp_files(home) == []
 
 
 def test_finish_needs_a_valid_digest_and_keeps_the_session(oci: httpx.Client) -> None:
@@ -216,6 +235,7 @@ def test_finish_needs_a_valid_digest_and_keeps_the_session(oci: httpx.Client) ->
 
 
 def test_unknown_upload_sessions(oci: httpx.Client, home: Path) -> None:
+    sessions = uploads_left(home)
     for upload_id in (uuid.uuid4().hex, "not-a-uuid", "%2E%2E", "%2e%2e%2f%2e%2e%2fcatalog.db", "A" * 32):
         base = f"/v2/lib/u/blobs/uploads/{upload_id}"
         assert_error(oci.get(base), 404, "BLOB_UPLOAD_UNKNOWN")
@@ -226,7 +246,7 @@ def test_unknown_upload_sessions(oci: httpx.Client, home: Path) -> None:
             oci.put(base, params={"digest": digest_of(b"x")}, content=b"x"), 404, "BLOB_UPLOAD_UNKNOWN"
         )
         assert_error(oci.delete(base), 404, "BLOB_UPLOAD_UNKNOWN")
-    assert uploads_left(home) == []
+    assert uploads_left(home) == sessions
     assert (home / "catalog.db").exists()
 
 
@@ -297,16 +317,27 @@ def test_busy_session_is_refused_not_corrupted(oci: httpx.Client, server: Server
 
 def test_mount_and_monolithic(oci: httpx.Client) -> None:
     d = push_blob(oci, "lib/src", b"shared layer")
+    assert_error(oci.get(f"/v2/lib/dst/blobs/{d}"), 404, "BLOB_UNKNOWN")
     r = oci.post("/v2/lib/dst/blobs/uploads/", params={"mount": d, "from": "lib/src"})
     assert r.status_code == 201 and r.headers["docker-content-digest"] == d
     assert r.headers["location"].endswith(f"/v2/lib/dst/blobs/{d}")
-    r = oci.post("/v2/lib/dst/blobs/uploads/", params={"mount": digest_of(b"absent"), "from": "lib/src"})
-    assert r.status_code == 202 and "/v2/lib/dst/blobs/uploads/" in r.headers["location"]
+    assert oci.get(f"/v2/lib/dst/blobs/{d}").content == b"shared layer"
+    # Not in `from` (absent, or only in another repository), no `from`, or a bad one: an upload instead.
+    for params in (
+        {"mount": digest_of(b"absent"), "from": "lib/src"},
+        {"mount": d, "from": "lib/elsewhere"},
+        {"mount": d},
+        {"mount": d, "from": "../lib/src"},
+    ):
+        r = oci.post("/v2/lib/dst2/blobs/uploads/", params=params)
+        assert r.status_code == 202 and "/v2/lib/dst2/blobs/uploads/" in r.headers["location"], params
+    assert_error(oci.get(f"/v2/lib/dst2/blobs/{d}"), 404, "BLOB_UNKNOWN")
     r = oci.post("/v2/lib/dst/blobs/uploads/", params={"digest": digest_of(b"")}, content=b"")
     assert r.status_code == 201
 
 
-def test_expired_sessions_are_collected(start_server: Any, home: Path) -> None:
+def test_expired_sessions_are_collected(start_server: Any, tmp_path: Path) -> None:
+    home = tmp_path / "home"
     server = start_server(home, env={"HANGAR_UPLOAD_EXPIRY": "0"})
     with httpx.Client(base_url=server.url) as c:
         location = c.post("/v2/lib/old/blobs/uploads/").headers["location"]
@@ -344,9 +375,14 @@ def test_blob_head_get_and_ranges(oci: httpx.Client, server: ServerProcess) -> N
     assert r.headers["content-range"] == f"bytes */{len(data)}"
 
 
-def test_any_present_blob_is_served_in_any_repository(oci: httpx.Client) -> None:
-    d = push_blob(oci, "lib/first", b"lenient")
-    assert oci.get(f"/v2/lib/second/blobs/{d}").content == b"lenient"
+def test_a_blob_is_served_only_by_the_repositories_that_have_it(oci: httpx.Client) -> None:
+    loose = push_blob(oci, "lib/first", b"uploaded here")
+    push_image(oci, "lib/first", "v1", b'{"n":"first"}', [b"named here"])
+    push_blob(oci, "lib/second", b"something")
+    for d in (loose, digest_of(b"named here")):
+        for method in ("GET", "HEAD"):
+            assert_error(oci.request(method, f"/v2/lib/second/blobs/{d}"), 404, "BLOB_UNKNOWN")
+            assert oci.request(method, f"/v2/lib/first/blobs/{d}").status_code == 200
 
 
 def test_delete_blob(oci: httpx.Client, home: Path) -> None:
@@ -354,26 +390,56 @@ def test_delete_blob(oci: httpx.Client, home: Path) -> None:
     assert oci.delete(f"/v2/lib/del/blobs/{loose}").status_code == 202
     assert blob_file(loose) not in blob_files(home)
     assert_error(oci.delete(f"/v2/lib/del/blobs/{loose}"), 404, "BLOB_UNKNOWN")
-    push_image(oci, "lib/del", "v1", b"{}", [b"used"])
+    manifest = push_image(oci, "lib/del", "v1", b'{"n":"del"}', [b"used"])
     r = oci.delete(f"/v2/lib/del/blobs/{digest_of(b'used')}")
-    assert_error(r, 409, "DENIED")
+    assert_error(r, 405, "UNSUPPORTED")
+    assert r.json()["errors"][0]["detail"] == {"digest": digest_of(b"used"), "manifests": [manifest]}
+    assert manifest in r.json()["errors"][0]["message"]
     assert blob_file(digest_of(b"used")) in blob_files(home)
+    assert oci.get(f"/v2/lib/del/blobs/{digest_of(b'used')}").content == b"used"
+    # Deleting it from a repository that only has it too leaves lib/del's copy alone.
+    assert oci.post("/v2/lib/del2/blobs/uploads/", params={"mount": digest_of(b"used"), "from": "lib/del"})
+    assert oci.delete(f"/v2/lib/del2/blobs/{digest_of(b'used')}").status_code == 202
+    assert_error(oci.get(f"/v2/lib/del2/blobs/{digest_of(b'used')}"), 404, "BLOB_UNKNOWN")
+    assert oci.get(f"/v2/lib/del/blobs/{digest_of(b'used')}").content == b"used"
+    assert_store_consistent(home)
+
+
+def test_delete_blob_a_trashed_manifest_holds(start_server: Any, tmp_path: Path) -> None:
+    """Gone from the repository at once; the trash keeps its copy, and restoring the entry brings it back."""
+    home = tmp_path / "home"
+    server = start_server(home, env={"HANGAR_TRASH_RETENTION": "1d", "HANGAR_REUSE_FUSE": "30s"})
+    with httpx.Client(base_url=server.url) as c:
+        manifest = push_image(c, "lib/t", "v1", b'{"n":"trashed"}', [b"trashed layer"])
+        layer = digest_of(b"trashed layer")
+        assert c.delete(f"/v2/lib/t/manifests/{manifest}").status_code == 202
+        assert c.get(f"/v2/lib/t/blobs/{layer}").status_code == 200  # still uploaded into lib/t
+        assert c.delete(f"/v2/lib/t/blobs/{layer}").status_code == 202
+        assert_error(c.get(f"/v2/lib/t/blobs/{layer}"), 404, "BLOB_UNKNOWN")
+        assert_error(c.head(f"/v2/lib/t/blobs/{layer}"), 404, "BLOB_UNKNOWN")
+        assert blob_file(layer) in blob_files(home)
+        [entry] = c.get("/api/hangar/trash").json()["entries"]
+        assert c.post("/api/hangar/trash/restore", json={"model": str(entry["id"])}).status_code == 200
+        assert c.get(f"/v2/lib/t/blobs/{layer}").content == b"trashed layer"
+        assert c.get("/v2/lib/t/manifests/v1").status_code == 200
 
 
 # ---------------------------------------------------------------------------------------------- manifests
 
 
 def test_manifest_naming_missing_blobs(oci: httpx.Client, home: Path) -> None:
-    push_blob(oci, "lib/m", b"{}")
+    config = b'{"n":"missing blobs"}'
+    push_blob(oci, "lib/m", config)
     missing = [b"absent layer 1", b"absent layer 2"]
-    body = image_manifest(b"{}", missing)
+    body = image_manifest(config, missing)
     r = oci.put("/v2/lib/m/manifests/v1", content=body, headers={"Content-Type": OCI_MANIFEST})
     assert_error(r, 400, "MANIFEST_BLOB_UNKNOWN")
     assert sorted(e["detail"]["digest"] for e in r.json()["errors"]) == sorted(map(digest_of, missing))
-    assert_error(oci.get("/v2/lib/m/manifests/v1"), 404, "NAME_UNKNOWN")
+    assert_error(oci.get("/v2/lib/m/manifests/v1"), 404, "MANIFEST_UNKNOWN")  # lib/m has a blob
+    assert oci.get("/v2/lib/m/tags/list").json() == {"name": "lib/m", "tags": []}
+    assert "lib/m" not in oci.get("/v2/_catalog").json()["repositories"]
+    assert_store_consistent(home)  # GC takes the blob nothing names (grace 0), and lib/m with it
     assert_error(oci.get("/v2/lib/m/tags/list"), 404, "NAME_UNKNOWN")
-    assert oci.get("/v2/_catalog").json() == {"repositories": []}
-    assert_store_consistent(home)
 
 
 @pytest.mark.parametrize(
@@ -398,22 +464,28 @@ def test_oversized_manifest(oci: httpx.Client) -> None:
 
 
 def test_delete_manifest_by_tag_and_by_digest(oci: httpx.Client, home: Path) -> None:
+    """By tag only the tag goes (the manifest stays pullable by digest); by digest the manifest goes."""
     d1 = push_image(oci, "lib/x", "v1", b'{"n":1}', [b"layer one", b"shared"])
     d2 = push_image(oci, "lib/x", "v2", b'{"n":2}', [b"layer two", b"shared"])
+    ours = {blob_file(digest_of(b)) for b in (b'{"n":1}', b'{"n":2}', b"layer one", b"layer two", b"shared")}
     plan = oci.delete("/v2/lib/x/manifests/v1", params={"dry_run": "true"})
     assert plan.status_code == 200 and plan.json()["executed"] is False
-    assert sorted(plan.json()["blobs"]) == sorted([digest_of(b'{"n":1}'), digest_of(b"layer one")])
+    assert plan.json()["blobs"] == [] and plan.json()["untagged"] == [d1]
     assert oci.get("/v2/lib/x/manifests/v1").status_code == 200
     assert oci.delete("/v2/lib/x/manifests/v1").status_code == 202
     assert_error(oci.get("/v2/lib/x/manifests/v1"), 404, "MANIFEST_UNKNOWN")
     assert_error(oci.delete("/v2/lib/x/manifests/v1"), 404, "MANIFEST_UNKNOWN")
+    assert oci.get(f"/v2/lib/x/manifests/{d1}").status_code == 200  # untagged, pullable by digest
+    plan = oci.delete(f"/v2/lib/x/manifests/{d1}", params={"dry_run": "true"})
+    assert sorted(plan.json()["blobs"]) == sorted([digest_of(b'{"n":1}'), digest_of(b"layer one")])
+    assert oci.delete(f"/v2/lib/x/manifests/{d1}").status_code == 202
     assert_error(oci.get(f"/v2/lib/x/manifests/{d1}"), 404, "MANIFEST_UNKNOWN")
     on_disk = blob_files(home)
     assert blob_file(digest_of(b"layer one")) not in on_disk
     assert blob_file(digest_of(b"shared")) in on_disk
     assert oci.delete(f"/v2/lib/x/manifests/{d2}").status_code == 202
     assert_error(oci.get("/v2/lib/x/manifests/v2"), 404, "NAME_UNKNOWN")
-    assert blob_files(home) == set()
+    assert not ours & blob_files(home)
     assert_store_consistent(home)
 
 
@@ -437,12 +509,21 @@ def test_tags_and_catalog_pagination(oci: httpx.Client) -> None:
     assert oci.get("/v2/lib/p/tags/list", params={"last": everything[2]}).json()["tags"] == everything[3:]
     assert_error(oci.get("/v2/lib/p/tags/list", params={"n": "-1"}), 400, "UNSUPPORTED")
     for repo in ("lib/q", "a", "z/y/x"):
+        push_blob(oci, repo, b"{}")
         assert oci.put(
             f"/v2/{repo}/manifests/t", content=body, headers={"Content-Type": OCI_MANIFEST}
         ).is_success
+    everything = oci.get("/v2/_catalog").json()["repositories"]  # other tests' repositories too
+    assert everything == sorted(everything) and {"a", "lib/p", "lib/q", "z/y/x"} <= set(everything)
     r = oci.get("/v2/_catalog", params={"n": "2"})
-    assert r.json()["repositories"] == ["a", "lib/p"] and 'rel="next"' in r.headers["link"]
-    assert oci.get(r.links["next"]["url"]).json()["repositories"] == ["lib/q", "z/y/x"]
+    assert r.json()["repositories"] == everything[:2] and 'rel="next"' in r.headers["link"]
+    seen, url = [], "/v2/_catalog?n=2"
+    while url:
+        r = oci.get(url)
+        assert len(r.json()["repositories"]) <= 2
+        seen += r.json()["repositories"]
+        url = r.links.get("next", {}).get("url", "")
+    assert seen == everything
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -457,28 +538,29 @@ def test_tags_and_catalog_pagination(oci: httpx.Client) -> None:
         ("/v2/lib//x/tags/list", 400, "NAME_INVALID"),
         ("/v2/-lib/x/blobs/uploads/", 400, "NAME_INVALID"),
         ("/v2/" + "a" * 256 + "/tags/list", 400, "NAME_INVALID"),
-        ("/v2/lib/x/manifests/%2E%2E", 400, "MANIFEST_INVALID"),
+        ("/v2/never/pushed/manifests/%2E%2E", 404, "NAME_UNKNOWN"),
         ("/v2/lib/x/manifests/sha256:..%2F..%2Fetc", 400, "DIGEST_INVALID"),
         ("/v2/lib/x/blobs/sha256:abc", 400, "DIGEST_INVALID"),
         ("/v2/lib/x/blobs/sha256:" + "A" * 64, 400, "DIGEST_INVALID"),
         ("/v2/lib/x/blobs/sha256-" + "a" * 64, 400, "DIGEST_INVALID"),
         ("/v2/lib/x/blobs/md5:abc", 400, "DIGEST_INVALID"),
         ("/v2/lib/x/blobs/sha256:" + "a" * 64, 404, "BLOB_UNKNOWN"),
-        ("/v2/lib/x/manifests/v1", 404, "NAME_UNKNOWN"),
-        ("/v2/lib/x/tags/list", 404, "NAME_UNKNOWN"),
+        ("/v2/never/pushed/manifests/v1", 404, "NAME_UNKNOWN"),
+        ("/v2/never/pushed/tags/list", 404, "NAME_UNKNOWN"),
         ("/v2/lib/x/nothing", 404, "UNSUPPORTED"),
     ],
 )
 def test_invalid_requests_get_the_envelope(
     oci: httpx.Client, home: Path, path: str, status: int, code: str
 ) -> None:
-    before = blob_files(home)
+    before, sessions = blob_files(home), uploads_left(home)
     r = oci.get(path)
     assert_error(r, status, code)
-    assert blob_files(home) == before and uploads_left(home) == []
+    assert blob_files(home) == before and uploads_left(home) == sessions
 
 
 def test_invalid_names_on_writes_create_nothing(oci: httpx.Client, home: Path) -> None:
+    before, sessions = blob_files(home), uploads_left(home)
     body = image_manifest(b"{}", [])
     for name in ("..%2F..%2Fetc", "UPPER/case", "trailing/"):
         assert_error(oci.post(f"/v2/{name}/blobs/uploads/"), 400, "NAME_INVALID")
@@ -486,7 +568,7 @@ def test_invalid_names_on_writes_create_nothing(oci: httpx.Client, home: Path) -
         assert_error(r, 400, "NAME_INVALID")
     r = oci.post("/v2/lib/x/blobs/uploads/", params={"digest": "sha256:../../etc/passwd"}, content=b"x")
     assert_error(r, 400, "DIGEST_INVALID")
-    assert blob_files(home) == set() and uploads_left(home) == [] and tmp_files(home) == []
+    assert blob_files(home) == before and uploads_left(home) == sessions and tmp_files(home) == []
 
 
 def test_unsupported_method(oci: httpx.Client) -> None:
@@ -530,11 +612,12 @@ def test_ollama_model_is_pullable_through_v2(
 
 
 def test_manifest_pushed_through_v2_is_an_ollama_model(oci: httpx.Client, client: Any, home: Path) -> None:
-    push_image(oci, "lib/hello", "v1", b'{"architecture":"amd64"}', [b"hello layer"])
-    assert "lib/hello:v1" in {m.model for m in client.list().models}
-    client.delete("lib/hello:v1")
-    assert_error(oci.get("/v2/lib/hello/manifests/v1"), 404, "NAME_UNKNOWN")
-    assert blob_files(home) == set()
+    config, layer = b'{"architecture":"amd64","n":"via-v2"}', b"via-v2 layer"
+    push_image(oci, "lib/via-v2", "v1", config, [layer])
+    assert "lib/via-v2:v1" in {m.model for m in client.list().models}
+    client.delete("lib/via-v2:v1")
+    assert_error(oci.get("/v2/lib/via-v2/manifests/v1"), 404, "NAME_UNKNOWN")
+    assert not {blob_file(digest_of(config)), blob_file(digest_of(layer))} & blob_files(home)
 
 
 # ---------------------------------------------------------------------------------------------- referrers

@@ -5,7 +5,8 @@ Reference graph (what keeps what alive):
   trash entry -> manifest, parent manifest (index) -> child manifest,
   manifest -> blob (manifest_blobs).
 A manifest row exists only while something holds it; a blob file is deleted only when no
-manifest_blobs row names it (see `core/store.py` for the locking protocol).
+manifest_blobs row names it (see `core/store.py` for the locking protocol). A repository's blob
+links (repo_blobs) make a blob visible there but do not keep it alive: they go with its row.
 Times are POSIX seconds (float) so SQLite and PostgreSQL compare them alike.
 """
 
@@ -85,6 +86,18 @@ repo_manifests = sa.Table(
     # retention's `untagged_for` counts from here.
     sa.Column("untagged_at", sa.Float, nullable=True),
     sa.Index("ix_repo_manifests_manifest", "manifest_digest"),
+)
+
+# Blobs uploaded or mounted into a repository, as distribution's repository links: a blob is
+# visible in a repository through a link or through a manifest of the repository that names it
+# (see `core/repo_blobs.py`). A link does not hold its blob; it is deleted with the blob's row.
+repo_blobs = sa.Table(
+    "repo_blobs",
+    metadata,
+    sa.Column("repository_id", sa.Integer, sa.ForeignKey("repositories.id"), primary_key=True),
+    sa.Column("blob_digest", DIGEST, primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_repo_blobs_blob", "blob_digest"),
 )
 
 tags = sa.Table(

@@ -6,7 +6,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from modelhangar.core import uploads
+from modelhangar.core import repo_blobs, uploads
 from modelhangar.core.errors import DigestMismatch, NotFound, SizeMismatch
 from modelhangar.core.store import BlobCommit
 from modelhangar.faces.oci.errors import OciError
@@ -37,16 +37,16 @@ def _blob_headers(request: Request, name: str, digest: str, size: int) -> dict[s
 
 
 async def get_blob(request: Request, name: str, digest: str) -> Response:
-    """Any present blob, whichever repository pushed it (the catalog is one content-addressed store)."""
-    repository_of(name)
+    """A blob of this repository: uploaded or mounted into it, or named by one of its manifests."""
+    repository = repository_of(name)
     d = blob_digest(digest)
     store = store_of(request)
     if request.method == "HEAD":  # a pusher's HEAD is a claim on the blob: it resets the GC fuse
-        size = await run_in_threadpool(store.reuse_blob, d)
+        size = await run_in_threadpool(repo_blobs.claim, store, repository, d)
         if size is None:
             raise OciError("BLOB_UNKNOWN", detail={"digest": d})
         return Response(status_code=200, headers=_blob_headers(request, name, d, size))
-    size = await run_in_threadpool(store.blob_size, d)
+    size = await run_in_threadpool(repo_blobs.blob_size, store, repository, d)
     if size is None:
         raise OciError("BLOB_UNKNOWN", detail={"digest": d})
     try:
@@ -69,30 +69,20 @@ async def get_blob(request: Request, name: str, digest: str) -> Response:
 
 
 async def delete_blob(request: Request, name: str, digest: str) -> Response:
-    """Only a blob no manifest references; a referenced one goes with the last manifest naming it."""
-    repository_of(name)
+    """Remove a blob from this repository (202); one a manifest of the repository names stays (405),
+    so no manifest ever points at a missing blob. The bytes go once nothing else uses them."""
+    repository = repository_of(name)
     d = blob_digest(digest)
-    store = store_of(request)
-    outcome = await run_in_threadpool(uploads.withdraw_blob, store, d, ACTOR)
-    if outcome == "deleted":
+    result = await run_in_threadpool(repo_blobs.withdraw, store_of(request), repository, d, ACTOR)
+    if result.outcome == "deleted":
         return Response(status_code=202, headers={"Content-Length": "0"})
-    if outcome == "unknown":
+    if result.outcome == "unknown":
         raise OciError("BLOB_UNKNOWN", detail={"digest": d})
-    if outcome == "referenced":
-        raise OciError(
-            "DENIED",
-            "blob is referenced by a manifest (or a trashed one): delete the manifests that name it, "
-            "their unshared blobs go with them",
-            {"digest": d},
-            status=409,
-        )
-    fuse = max(int(store.reuse_fuse), 1)
     raise OciError(
-        "DENIED",
-        f"blob was uploaded or reused in the last {fuse}s; retry later or let GC reclaim it",
-        {"digest": d},
-        status=409,
-        headers={"Retry-After": str(fuse)},
+        "UNSUPPORTED",
+        f"blob is referenced by manifests of {name}: {', '.join(result.manifests)}; delete those first",
+        {"digest": d, "manifests": result.manifests},
+        headers={"Allow": "GET, HEAD"},
     )
 
 
@@ -130,6 +120,16 @@ def _check_size(expected: int | None, got: int) -> None:
         raise OciError("SIZE_INVALID", f"received {got} bytes, expected {expected}", {"size": got})
 
 
+def _mount_source(raw: str | None) -> str | None:
+    """The repository a mount names in `from`, if it is a valid name (else the client uploads)."""
+    if not raw:
+        return None
+    try:
+        return repository_of(raw)
+    except OciError:
+        return None
+
+
 async def start_upload(request: Request, name: str) -> Response:
     """A new session (202), a cross-repository mount (201), or a whole blob in one POST (201)."""
     repository = repository_of(name)
@@ -138,20 +138,20 @@ async def start_upload(request: Request, name: str) -> Response:
     algorithm = query.get("digest-algorithm")
     if algorithm not in (None, "", "sha256"):
         raise OciError("DIGEST_INVALID", "unsupported digest algorithm", {"digest-algorithm": algorithm[:50]})
-    mount = query.get("mount")
-    if mount and mount.startswith("sha256:"):
+    mount, source = query.get("mount"), _mount_source(query.get("from"))
+    if mount and mount.startswith("sha256:") and source is not None:  # else a session, as the spec says
         d = blob_digest(mount)
-        size = await run_in_threadpool(store.reuse_blob, d)
+        size = await run_in_threadpool(repo_blobs.mount, store, repository, source, d)
         if size is not None:
             return _created(request, name, BlobCommit(digest=d, size=size, created=False))
     digest = query.get("digest")
     if digest is not None:
-        return await _monolithic(request, name, blob_digest(digest))
+        return await _monolithic(request, name, repository, blob_digest(digest))
     upload = await run_in_threadpool(uploads.start, store, repository)
     return Response(status_code=202, headers=_session_headers(request, name, upload))
 
 
-async def _monolithic(request: Request, name: str, digest: str) -> Response:
+async def _monolithic(request: Request, name: str, repository: str, digest: str) -> Response:
     store = store_of(request)
     expected = _content_length(request)
     writer = store.blob_writer()
@@ -162,7 +162,9 @@ async def _monolithic(request: Request, name: str, digest: str) -> Response:
         writer.discard()
         raise
     try:
-        commit = await run_in_threadpool(store.commit_blob, writer, digest)
+        commit = await run_in_threadpool(
+            lambda: store.commit_blob(writer, digest, also=repo_blobs.linker(store, repository, digest))
+        )
     except DigestMismatch as e:
         raise OciError("DIGEST_INVALID", str(e), {"expected": e.expected, "actual": e.actual}) from None
     return _created(request, name, commit)
@@ -227,7 +229,8 @@ async def finish_upload(request: Request, name: str, upload_id: str) -> Response
     handle = await _acquire(request, name, repository, upload_id)
     await guarded(pump(request, handle.write), handle.abort)
     try:
-        commit = await run_in_threadpool(handle.complete, digest, length)
+        link = repo_blobs.linker(store_of(request), repository, digest)
+        commit = await run_in_threadpool(lambda: handle.complete(digest, length, also=link))
     except DigestMismatch as e:
         raise OciError("DIGEST_INVALID", str(e), {"expected": e.expected, "actual": e.actual}) from None
     except (SizeMismatch, NotFound) as e:

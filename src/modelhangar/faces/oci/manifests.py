@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from modelhangar.core import repo_blobs
 from modelhangar.core.digests import sha256_digest
 from modelhangar.core.errors import BlobUnknown, Conflict, InvalidManifest, Refused
 from modelhangar.core.manifests import MAX_MANIFEST_BYTES, OCI_INDEX, parse_manifest
@@ -32,16 +33,22 @@ def store_of(request: Request) -> Store:
     return store
 
 
-def repository_known(store: Store, repository: str) -> bool:
-    key = repository.lower()
-    return any(r.lower() == key for r in store.list_repositories())
-
-
 async def unknown(store: Store, repository: str, code: str, detail: Any) -> OciError:
     """`code` (e.g. MANIFEST_UNKNOWN), or NAME_UNKNOWN when the repository itself does not exist."""
-    if not await run_in_threadpool(repository_known, store, repository):
+    if not await run_in_threadpool(repo_blobs.repository_known, store, repository):
         return OciError("NAME_UNKNOWN", detail={"name": oci_name(repository)})
     return OciError(code, detail=detail)
+
+
+async def existing_reference(store: Store, repository: str, raw: str) -> tuple[Literal["tag", "digest"], str]:
+    """The reference of a read or delete: no manifest has an invalid tag, so that is MANIFEST_UNKNOWN
+    (404); MANIFEST_INVALID is for a pushed manifest only."""
+    try:
+        return parse_reference(raw)
+    except OciError as e:
+        if e.code != "MANIFEST_INVALID":
+            raise
+    raise await unknown(store, repository, "MANIFEST_UNKNOWN", {"reference": raw[:200]})
 
 
 def _lookup(store: Store, repository: str, kind: str, ref: str) -> tuple[str, bytes, str] | None:
@@ -60,8 +67,8 @@ def _lookup(store: Store, repository: str, kind: str, ref: str) -> tuple[str, by
 
 async def get_manifest(request: Request, name: str, reference: str) -> Response:
     repository = repository_of(name)
-    kind, ref = parse_reference(reference)
     store = store_of(request)
+    kind, ref = await existing_reference(store, repository, reference)
     found = await run_in_threadpool(_lookup, store, repository, kind, ref)
     if found is None:
         raise await unknown(store, repository, "MANIFEST_UNKNOWN", {"reference": reference})
@@ -166,11 +173,11 @@ def _truthy(value: str | None) -> bool:
 async def delete_manifest(request: Request, name: str, reference: str) -> Response:
     """Untag (by tag) or remove from the repository (by digest) through the one deletion planner."""
     repository = repository_of(name)
-    kind, ref = parse_reference(reference)
+    store = store_of(request)
+    kind, ref = await existing_reference(store, repository, reference)
     # By tag only the tag goes: the manifest stays pullable by digest (README, "the registry face").
     target = Target("untag" if kind == "tag" else "manifest", repository, ref)
     dry_run = _truthy(request.query_params.get("dry_run"))
-    store = store_of(request)
     plan = await run_in_threadpool(lambda: Planner(store).delete([target], ACTOR, dry_run=dry_run))
     if plan.not_found:
         raise await unknown(store, repository, "MANIFEST_UNKNOWN", {"reference": reference})
@@ -187,7 +194,7 @@ async def list_tags(request: Request, name: str) -> Response:
     repository = repository_of(name)
     store = store_of(request)
     tags = sorted(r.tag for r in await run_in_threadpool(store.list_tags, repository))
-    if not tags and not await run_in_threadpool(repository_known, store, repository):
+    if not tags and not await run_in_threadpool(repo_blobs.repository_known, store, repository):
         raise OciError("NAME_UNKNOWN", detail={"name": name})
     out, headers = page(request, tags, f"/v2/{name}/tags/list")
     return JSONResponse({"name": name, "tags": out}, headers=headers)

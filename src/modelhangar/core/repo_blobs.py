@@ -1,0 +1,189 @@
+"""Blobs belong to repositories (README "A short tour"), as distribution's repository links do.
+
+A blob is visible in repository R when R links it (it was uploaded or mounted into R) or when a
+manifest that is a member of R names it. A link never keeps a blob alive: GC and deletes reclaim
+an unreferenced blob as before, and its links go with its row (`Store.finish_deletions`).
+Visibility is one indexed query that goes from R's link, or from R's memberships to the
+(manifest, blob) primary key of `manifest_blobs`, so its cost does not grow with the number of
+manifests elsewhere that share a blob.
+
+Lock order is the store's: the repository row, then the blob row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+from modelhangar.core import uploads
+from modelhangar.core.catalog import schema as t
+from modelhangar.core.catalog.db import retrying
+from modelhangar.core.store import PRESENT, Actor, Released, Statements, Store, now
+from modelhangar.core.uploads import BlobDeletion
+
+MAX_NAMED = 20
+"""At most this many manifests are named when a delete is refused because they use the blob."""
+
+
+def _members_naming(repo_id: Any, digest: str) -> sa.Select[Any]:
+    """R's manifests that name `digest`: R's memberships, each probing manifest_blobs' primary key.
+
+    The probe is a correlated EXISTS, not a join, so that SQLite (which keeps no statistics of how
+    widely a blob is shared) cannot start from every manifest naming the blob instead.
+    """
+    names = sa.exists().where(
+        t.manifest_blobs.c.manifest_digest == t.repo_manifests.c.manifest_digest,
+        t.manifest_blobs.c.blob_digest == digest,
+    )
+    return sa.select(t.repo_manifests.c.manifest_digest).where(
+        t.repo_manifests.c.repository_id == repo_id, names
+    )
+
+
+def _linked(repo_id: Any, digest: str) -> sa.Select[Any]:
+    return sa.select(sa.literal(1)).where(
+        t.repo_blobs.c.repository_id == repo_id, t.repo_blobs.c.blob_digest == digest
+    )
+
+
+def _visible(repo_id: Any, digest: str) -> sa.ColumnElement[bool]:
+    return sa.or_(sa.exists(_linked(repo_id, digest)), sa.exists(_members_naming(repo_id, digest)))
+
+
+def _size_in(conn: sa.Connection, repository: str, digest: str) -> int | None:
+    """The size of a present blob visible in `repository`, in one query (None if not)."""
+    q = (
+        sa.select(t.blobs.c.size)
+        .select_from(t.blobs.join(t.repositories, t.repositories.c.name_key == repository.lower()))
+        .where(t.blobs.c.digest == digest, t.blobs.c.state == PRESENT, _visible(t.repositories.c.id, digest))
+    )
+    size = conn.execute(q).scalar()
+    return None if size is None else int(size)
+
+
+def blob_size(store: Store, repository: str, digest: str) -> int | None:
+    """Size of a blob that `repository` may serve, or None."""
+    with store.catalog.read() as conn:
+        return _size_in(conn, repository, digest)
+
+
+def claim(store: Store, repository: str, digest: str) -> int | None:
+    """`Store.reuse_blob`, for a blob visible in `repository` only: a pusher's HEAD resets the fuse."""
+    with store.catalog.write() as conn:
+        row = store._lock_blob(conn, digest)
+        if row is None or row.state != PRESENT or not store.blobs.exists(digest):
+            return None
+        size = _size_in(conn, repository, digest)
+        if size is None:
+            return None
+        conn.execute(t.blobs.update().where(t.blobs.c.digest == digest).values(touched_at=now()))
+        return size
+
+
+def add_link(store: Store, conn: sa.Connection, repository: str, digest: str) -> None:
+    """Link `digest` into `repository` (created if need be) inside the caller's transaction."""
+    repo_id = store._repository_id(conn, repository, create=True)
+    store._insert_ignore(
+        conn, t.repo_blobs, {"repository_id": repo_id, "blob_digest": digest, "created_at": now()}
+    )
+
+
+def linker(store: Store, repository: str, digest: str) -> Statements:
+    """The `also=` hook of `Store.commit_blob`/`import_blob_file` that links the blob it installs."""
+    return lambda conn: add_link(store, conn, repository, digest)
+
+
+@retrying
+def mount(store: Store, repository: str, source: str, digest: str) -> int | None:
+    """Link a blob visible in `source` into `repository` (a reuse: it resets the fuse); returns its
+    size, or None (nothing changes) when `source` cannot serve it."""
+    with store.catalog.transaction() as (conn, trans):
+        repo_id = store._repository_id(conn, repository, create=True)
+        row = store._lock_blob(conn, digest)
+        if row is None or row.state != PRESENT or not store.blobs.exists(digest):
+            return None
+        size = _size_in(conn, source, digest)
+        if size is None:
+            return None  # the transaction rolls back: no empty repository is left behind
+        ts = now()
+        store._insert_ignore(
+            conn, t.repo_blobs, {"repository_id": repo_id, "blob_digest": digest, "created_at": ts}
+        )
+        conn.execute(t.blobs.update().where(t.blobs.c.digest == digest).values(touched_at=ts))
+        trans.commit()
+        return size
+
+
+def repository_known(store: Store, repository: str) -> bool:
+    """Does the repository hold anything: a manifest, a tag or a blob link?"""
+    repo = t.repositories.c.id
+    q = sa.select(sa.literal(1)).where(
+        t.repositories.c.name_key == repository.lower(),
+        sa.or_(
+            sa.exists().where(t.repo_manifests.c.repository_id == repo),
+            sa.exists().where(t.tags.c.repository_id == repo),
+            sa.exists().where(t.repo_blobs.c.repository_id == repo),
+        ),
+    )
+    with store.catalog.read() as conn:
+        return conn.execute(q).first() is not None
+
+
+BlobWithdrawal = Literal["deleted", "referenced", "unknown"]
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """What an explicit blob delete in one repository did."""
+
+    outcome: BlobWithdrawal
+    manifests: list[str] = field(default_factory=list)
+    """When `referenced`: (some of) the repository's manifests that name the blob."""
+    blob: BlobDeletion | None = None
+    """When `deleted`: what became of the blob itself, if nothing linked or named it any longer."""
+
+
+@retrying
+def withdraw(store: Store, repository: str, digest: str, actor: Actor) -> Withdrawal:
+    """Delete a blob from one repository: drop its link there, unless a manifest of the repository
+    names it (`referenced`: nothing changes) or the repository cannot serve it (`unknown`).
+
+    Once no repository links it, the blob itself is retired as any unreferenced blob is (a live or
+    trashed manifest elsewhere keeps it; a writer's recent use leaves it to GC, the reuse fuse).
+    """
+    released = Released()
+    blob: BlobDeletion | None = None
+    with store.catalog.transaction() as (conn, trans):
+        repo_id = conn.execute(
+            sa.select(t.repositories.c.id)
+            .where(t.repositories.c.name_key == repository.lower())
+            .with_for_update()  # no manifest of the repository can be pushed meanwhile
+        ).scalar()
+        if repo_id is None:
+            return Withdrawal("unknown")
+        row = store._lock_blob(conn, digest)
+        if row is None or row.state != PRESENT:
+            return Withdrawal("unknown")
+        named = conn.execute(_members_naming(repo_id, digest).limit(MAX_NAMED)).scalars().all()
+        if named:
+            return Withdrawal("referenced", sorted(named))
+        unlinked = conn.execute(
+            t.repo_blobs.delete().where(
+                t.repo_blobs.c.repository_id == repo_id, t.repo_blobs.c.blob_digest == digest
+            )
+        ).rowcount
+        if not unlinked:
+            return Withdrawal("unknown")
+        store._drop_repository_if_empty(conn, repo_id)
+        linked_elsewhere = conn.execute(
+            sa.select(sa.literal(1)).where(t.repo_blobs.c.blob_digest == digest).limit(1)
+        ).first()
+        if linked_elsewhere is None:
+            blob, released = uploads.retire_loose_blob(
+                store, conn, digest, actor, target=f"{repository}@{digest}"
+            )
+        trans.commit()
+    store.finish_deletions(released.blobs)
+    return Withdrawal("deleted", blob=blob)
