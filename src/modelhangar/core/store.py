@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
+from modelhangar.core import jsonsafe
 from modelhangar.core.blobstore import COPY_CHUNK, BlobWriter, LocalBlobStore, sha256_file
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import Catalog, retrying
@@ -412,7 +413,7 @@ class Store:
         if cfg is None or cfg.media_type != OLLAMA_CONFIG or cfg.size > MAX_CONFIG_BYTES:
             return None
         try:
-            doc = json.loads(self.read_blob(cfg.digest, MAX_CONFIG_BYTES))
+            doc = jsonsafe.loads(self.read_blob(cfg.digest, MAX_CONFIG_BYTES))
         except (ValueError, OSError, NotFound):
             return None
         from modelhangar.core.gguf_info import details_from_config  # imports numpy: only when needed
