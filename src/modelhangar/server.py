@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,12 +16,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from modelhangar import __version__, guards
+from modelhangar import __version__, connections, guards
 from modelhangar.core import gc
 from modelhangar.core.config import Settings
 from modelhangar.core.errors import TooLarge
 from modelhangar.core.retention import policy_from_config, prune
 from modelhangar.core.store import Actor, Store
+from modelhangar.faces.hangar import docs
 from modelhangar.faces.hangar.routes import router as hangar_router
 from modelhangar.faces.hangar.routes import validation_items
 from modelhangar.faces.oci import routes as oci
@@ -83,6 +85,8 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description="modelhangar's own API. Ollama's API (`/api/...`) is served beside it, as Ollama has it.",
         lifespan=lifespan,
+        docs_url=None,  # served from the package by faces/hangar/docs.py
+        redoc_url=None,
     )
     handlers: dict[Any, Any] = {
         **ollama.EXCEPTION_HANDLERS,
@@ -94,6 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
     for exc, handler in handlers.items():
         app.add_exception_handler(exc, handler)
     app.include_router(hangar_router)
+    app.router.routes.extend(docs.routes())
     app.router.routes.extend(ollama.routes())
     app.router.routes.extend(transfer_routes.routes())
     app.router.routes.extend(oci.routes())
@@ -125,5 +130,14 @@ def run_server(settings: Settings) -> None:
     """Serve until interrupted."""
     import uvicorn
 
+    os.umask(0o077)  # the data directory is the server's alone: directories 0700, files 0600
+    connections.raise_fd_limit()
     app = guards.Guards(create_app(settings), settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        **connections.uvicorn_options(settings),
+    )

@@ -238,7 +238,7 @@ class UploadHandle:
         want = str(parse_digest(digest))
         try:
             self._check_length(expected)
-            os.fchmod(self._fileno(), 0o644)  # the inode may become the blob file itself
+            os.fchmod(self._fileno(), 0o600)  # the inode may become the blob file itself
             os.fsync(self._fileno())
         except BaseException:
             self.abort()

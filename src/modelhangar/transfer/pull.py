@@ -3,8 +3,9 @@
 Every digest the remote manifest names is validated (`parse_manifest`) before any request for a
 blob or any path is made from it (CVE-2024-37032). A blob is downloaded into
 `<home>/partials/sha256-<hex>.partial`, which survives restarts: the next pull continues it with
-`Range: bytes=<have>-` (or starts over when the registry ignores ranges). The store accepts a
-blob only once its content hashes to its digest.
+`Range: bytes=<have>-` (or starts over when the registry ignores ranges); a pull that fails for any
+other reason than being cut off removes its partial at once. The store accepts a blob only once
+its content hashes to its digest, and a manifest only if its sizes are the blobs' sizes.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ import shutil
 from collections.abc import Sequence
 from typing import BinaryIO
 
-from modelhangar.core.errors import BlobUnknown, DigestMismatch, InvalidManifest
+import httpx
+
+from modelhangar.core.errors import BlobUnknown, DigestMismatch, InvalidManifest, SizeMismatch
 from modelhangar.core.manifests import Descriptor, ManifestRefs, parse_manifest
 from modelhangar.core.names import ModelName
 from modelhangar.core.partials import locked, partial_path
-from modelhangar.core.store import Store
+from modelhangar.core.store import Actor, Store
 from modelhangar.transfer import parallel
 from modelhangar.transfer.errors import RegistryError
+from modelhangar.transfer.net import TransferLimits, TransferTooSlow
 from modelhangar.transfer.progress import Emit, Progress
 from modelhangar.transfer.registry_client import RegistryClient, RemoteManifest
 
@@ -31,19 +35,26 @@ PLATFORM = {"os": "linux", "architecture": "amd64"}
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
 
 
-def pull(store: Store, name: ModelName, *, insecure: bool, emit: Emit) -> str:
-    """Fetch a model into the store under its full name; returns the manifest digest."""
+def pull(store: Store, name: ModelName, *, insecure: bool, emit: Emit, actor: Actor) -> str:
+    """Fetch a model into the store under its full name; returns the manifest digest.
+
+    Where it may fetch from, and how long and slowly, depends on the settings and the actor
+    (`net.TransferLimits`)."""
     emit({"status": "pulling manifest"})
-    with RegistryClient(name, insecure=insecure) as remote:
+    http = TransferLimits.of(store.settings, actor).client(pull=True)
+    with RegistryClient(name, insecure=insecure, http=http) as remote:
         manifest, refs = _manifest(remote)
         _fetch_blobs(store, remote, refs.blobs, emit)
         emit({"status": "verifying sha256 digest"})
         emit({"status": "writing manifest"})
         try:
-            digest, _ = store.put_manifest(name.repository, name.tag, manifest.content, refs.media_type)
-        except BlobUnknown:  # a GC took a fresh blob before the manifest held it: fetch it again
-            _fetch_blobs(store, remote, refs.blobs, emit)
-            digest, _ = store.put_manifest(name.repository, name.tag, manifest.content, refs.media_type)
+            try:
+                digest, _ = store.put_manifest(name.repository, name.tag, manifest.content, refs.media_type)
+            except BlobUnknown:  # a GC took a fresh blob before the manifest held it: fetch it again
+                _fetch_blobs(store, remote, refs.blobs, emit)
+                digest, _ = store.put_manifest(name.repository, name.tag, manifest.content, refs.media_type)
+        except SizeMismatch as e:
+            raise RegistryError(f"pull model manifest: {e}", status=400) from None
     emit({"status": "success"})
     return digest
 
@@ -52,7 +63,7 @@ def _parse(manifest: RemoteManifest) -> ManifestRefs:
     try:
         return parse_manifest(manifest.content, manifest.media_type)
     except InvalidManifest as e:
-        raise RegistryError(f"pull model manifest: {str(e)[:300]}") from e
+        raise RegistryError(f"pull model manifest: {e.reason[:300]}", status=400) from e
 
 
 def _manifest(remote: RegistryClient) -> tuple[RemoteManifest, ManifestRefs]:
@@ -118,8 +129,16 @@ def _fetch_blob(store: Store, remote: RegistryClient, blob: Descriptor, emit: Em
         if have > blob.size:
             f.truncate(0)
             have = 0
-        if have < blob.size:
-            have = _download(remote, blob, f, have, progress)
+        try:
+            if have < blob.size:
+                have = _download(remote, blob, f, have, progress)
+        except BaseException as e:
+            # Kept only to resume a transfer that was cut off after some bytes came; anything the
+            # registry answered wrongly leaves nothing behind.
+            cut_off = isinstance(e, httpx.TransportError | TransferTooSlow)
+            if not (cut_off and os.fstat(f.fileno()).st_size > 0):
+                path.unlink(missing_ok=True)
+            raise
         f.flush()
         os.fsync(f.fileno())
         progress(have, force=True)
