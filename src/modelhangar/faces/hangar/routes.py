@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -30,7 +30,7 @@ from modelhangar.core.usage import disk_usage
 from modelhangar.faces.ollama.wire import display, display_plan, timestamp
 
 ACTOR = Actor(name="local", face="hangar", admin=True)
-DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d|w)?)+$"
+DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d|w))*[0-9]+(\.[0-9]+)?(ms|s|m|h|d|w)?$"
 """What `parse_duration` reads, as the schema states it: `90`, `30m`, `1h30m`, `7d`."""
 MAX_AUDIT = 100_000
 
@@ -86,6 +86,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(strict=True)
 
 
+def _integral(value: Any) -> Any:
+    """JSON Schema's integers include `3.0`; strict validation would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Count = Annotated[int, Field(ge=0), BeforeValidator(_integral)]
+"""A non-negative JSON integer."""
+
+
 router = APIRouter(
     prefix="/api/hangar",
     tags=["hangar"],
@@ -131,16 +140,20 @@ def _duration(text: str | None, field: str) -> float | None:
         raise HTTPException(400, f"{field}: {e}") from e
 
 
+_DURATION_SCHEMA: dict[str, JsonValue] = {"type": "string", "pattern": DURATION}
+_CRITERIA: dict[str, JsonValue] = {
+    "older_than": _DURATION_SCHEMA,
+    "unused_for": _DURATION_SCHEMA,
+    "keep_last": {"type": "integer", "minimum": 0},
+}
+
+
 class PruneRequest(Strict):
     model_config = ConfigDict(
         strict=True,
         json_schema_extra={
             "description": "At least one of older_than, unused_for and keep_last is required.",
-            "anyOf": [
-                {"required": ["older_than"], "properties": {"older_than": {"type": "string"}}},
-                {"required": ["unused_for"], "properties": {"unused_for": {"type": "string"}}},
-                {"required": ["keep_last"], "properties": {"keep_last": {"type": "integer"}}},
-            ],
+            "anyOf": [{"required": [k], "properties": {k: v}} for k, v in _CRITERIA.items()],
         },
     )
     older_than: str | None = Field(
@@ -149,8 +162,8 @@ class PruneRequest(Strict):
     unused_for: str | None = Field(
         None, pattern=DURATION, description="Only models not pulled, shown or used for this long."
     )
-    keep_last: int | None = Field(
-        None, ge=0, description="Keep the N most recently modified tags per repository."
+    keep_last: Count | None = Field(
+        None, description="Keep the N most recently modified tags per repository."
     )
     match: str = Field("*", description="A glob over model names, e.g. `scratch-*`.")
     dry_run: bool = False
