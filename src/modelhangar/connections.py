@@ -114,6 +114,16 @@ class _LimitedHttp(HttpToolsProtocol):
             return
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if self.cycle is None or self.transport.is_closing():
+            return  # a request refused before it got a cycle
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.cycle is None or self.transport.is_closing():
+            return
+        super().on_message_complete()
+
 
 def protocol(settings: Settings) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol with this server's connection limits."""

@@ -75,9 +75,10 @@ def show_model(store: Store, record: TagRecord, verbose: bool = False) -> dict[s
         if mt == PROJECTOR:
             has_projector = True
             continue
-        if mt == ADAPTER or layer.size > MAX_TEXT:
+        max_text = max(MAX_TEXT, store.settings.max_text)  # what create may have stored
+        if mt == ADAPTER or layer.size > max_text:
             continue
-        text = store.read_blob(layer.digest, MAX_TEXT).decode("utf-8", "replace")
+        text = store.read_blob(layer.digest, max_text).decode("utf-8", "replace")
         if mt in (TEMPLATE, LEGACY_PROMPT):
             texts["template"] = text
         elif mt == SYSTEM:
