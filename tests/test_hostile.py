@@ -479,6 +479,21 @@ def test_blob_redirects_reach_no_further_than_three_hops_never_echo_and_leave_no
         chain.close()
 
 
+def test_a_failed_pull_leaves_no_partial_behind(srv: ServerProcess, registry: FakeRegistry) -> None:
+    weights = b"partial weights" * 1000
+    registry.add_model("library/p:latest", CONFIG, [weights])
+    partials = srv.home / "partials"
+    registry.script.oversize = b"one byte too many"
+    _, message, _ = pull_error(srv, f"{registry.host}/library/p:latest")
+    assert "larger than" in message
+    assert not list(partials.glob("*.partial"))
+    registry.script.oversize = b""
+    del registry.script.blobs[digest_of(weights)]
+    _, message, _ = pull_error(srv, f"{registry.host}/library/p:latest")
+    assert "file does not exist" in message
+    assert not list(partials.glob("*.partial"))
+
+
 @pytest.fixture(scope="module")
 def fenced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A server with HANGAR_PULL_FROM naming a registry and its CDN only (a 3s deadline, no minimum
@@ -620,6 +635,7 @@ def test_a_trickling_registry_fails_the_pull_and_others_are_served(srv: ServerPr
         r = pull(srv, f"{tarpit.host}/library/x:latest")
         took = time.monotonic() - started
         assert r.status_code == 504 and "HANGAR_TRANSFER_MIN_RATE" in r.json()["error"], r.text
+        print(f"a pull from a registry trickling a byte every 0.5s failed after {took:.1f}s")
         assert took < 60, took
         lines = pull(srv, f"{tarpit.host}/library/x:latest", stream=True).text.splitlines()
         assert "HANGAR_TRANSFER_MIN_RATE" in json.loads(lines[-1])["error"]
