@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import socket
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,16 +15,18 @@ from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import JSONResponse, Response
 
-from modelhangar import __version__
+from modelhangar import __version__, connections, guards
 from modelhangar.access_log import AccessLog, configure_logging
 from modelhangar.core import gc, reclaim
 from modelhangar.core.config import Settings
+from modelhangar.core.errors import TooLarge
 from modelhangar.core.retention import policy_from_config, prune
 from modelhangar.core.store import Actor, Store
+from modelhangar.faces.hangar import docs
 from modelhangar.faces.hangar.routes import router as hangar_router
+from modelhangar.faces.hangar.routes import validation_items
 from modelhangar.faces.oci import routes as oci
 from modelhangar.faces.ollama import routes as ollama
 from modelhangar.faces.ollama import transfer_routes
@@ -33,41 +34,10 @@ from modelhangar.faces.ollama import transfer_routes
 log = logging.getLogger("modelhangar")
 
 
-def _is_local_host(host: str) -> bool:
-    """Ollama's DNS-rebinding rule: loopback-bound servers answer only local Host names."""
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
-    name = name.strip("[]").lower()
-    if name in ("", "localhost", socket.gethostname().lower()):
-        return True
-    if name.endswith((".localhost", ".local", ".internal")):
-        return True
-    try:
-        ip = ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_unspecified
-
-
-class HostGuard:
-    """Refuses requests whose Host header is not local when bound to loopback (CVE-2024-28224)."""
-
-    def __init__(self, app: ASGIApp, enabled: bool) -> None:
-        self.app = app
-        self.enabled = enabled
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.enabled and scope["type"] == "http":
-            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
-            if not _is_local_host(host):
-                await PlainTextResponse("forbidden host", status_code=403)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def _error_body(request: Request, status: int, message: str) -> Response:
-    if request.url.path.startswith("/api/") and not request.url.path.startswith("/api/hangar"):
-        return JSONResponse({"error": message}, status_code=status)
-    return JSONResponse({"detail": message}, status_code=status)
+def _error_body(
+    request: Request, status: int, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    return guards.error_response(request.url.path, status, message, headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -77,7 +47,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         message = "404 page not found"
     elif exc.status_code == 405:
         message = "405 method not allowed"
-    return _error_body(request, exc.status_code, message)
+    return _error_body(request, exc.status_code, message, dict(exc.headers or {}))
+
+
+async def _too_large(request: Request, exc: Exception) -> Response:
+    return _error_body(request, 413, str(exc))
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
@@ -87,7 +61,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    return JSONResponse({"detail": exc.errors()}, status_code=400)
+    return JSONResponse({"detail": validation_items(exc.errors())}, status_code=400)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -118,16 +92,20 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description="modelhangar's own API. Ollama's API (`/api/...`) is served beside it, as Ollama has it.",
         lifespan=lifespan,
+        docs_url=None,  # served from the package by faces/hangar/docs.py
+        redoc_url=None,
     )
     handlers: dict[Any, Any] = {
         **ollama.EXCEPTION_HANDLERS,
         StarletteHTTPException: _http_error,
         RequestValidationError: _validation_error,
+        TooLarge: _too_large,
         Exception: _unexpected_error,
     }
     for exc, handler in handlers.items():
         app.add_exception_handler(exc, handler)
     app.include_router(hangar_router)
+    app.router.routes.extend(docs.routes())
     app.router.routes.extend(ollama.routes())
     app.router.routes.extend(transfer_routes.routes())
     app.router.routes.extend(oci.routes())
@@ -187,7 +165,15 @@ def run_server(settings: Settings, *, json_log: bool = False) -> None:
     """Serve until interrupted."""
     import uvicorn
 
-    loopback = settings.host in ("127.0.0.1", "::1", "localhost")
+    os.umask(0o077)  # the data directory is the server's alone: directories 0700, files 0600
+    connections.raise_fd_limit()
     configure_logging(settings.log_level, as_json=json_log)
-    app = AccessLog(HostGuard(create_app(settings), enabled=loopback))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    app = AccessLog(guards.Guards(create_app(settings), settings))
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        **connections.uvicorn_options(settings),
+    )

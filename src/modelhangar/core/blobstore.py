@@ -162,7 +162,7 @@ class LocalBlobStore:
     def install(self, writer: BlobWriter, digest: str) -> None:
         assert isinstance(writer, _FileWriter)
         final = self.path(digest)
-        os.chmod(writer.path, 0o644)
+        os.chmod(writer.path, 0o600)
         os.replace(writer.path, final)
         _fsync_dir(self.blobs_dir)
 

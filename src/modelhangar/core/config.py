@@ -107,6 +107,33 @@ def _fuse(text: str) -> float:
     return seconds
 
 
+def _count(text: str) -> int:
+    n = int(text.strip())
+    if n < 1:
+        raise ValueError(f"must be at least 1 (got {text!r})")
+    return n
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """A comma- or space-separated list, e.g. `https://app.example, chrome-extension://*`."""
+    return tuple(x for x in re.split(r"[\s,]+", text.strip()) if x)
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """(bytes, seconds) of a minimum rate such as `64KiB/30s`: at least that many bytes in every
+    such span of waiting; `0` turns the check off."""
+    s = text.strip()
+    if s in ("0", ""):
+        return 0, 0.0
+    size, sep, span = s.partition("/")
+    if not sep:
+        raise ValueError(f"invalid rate {text!r}: use e.g. 64KiB/30s")
+    seconds = parse_duration(span)
+    if seconds <= 0:
+        raise ValueError(f"invalid rate {text!r}: the span must be longer than 0")
+    return parse_size(size), seconds
+
+
 def _log_level(text: str) -> str:
     level = text.strip().lower()
     if level not in ("debug", "info", "warning", "error", "critical"):
@@ -192,8 +219,121 @@ KNOBS: tuple[Knob, ...] = (
         "HANGAR_UPLOAD_EXPIRY",
         "gc.upload_expiry",
         parse_duration,
+        "1h",
+        "an unfinished `/v2` upload session idle this long expires (GC then reclaims it at once); an "
+        "abandoned partial download is kept this long",
+    ),
+    Knob(
+        "origins",
+        "HANGAR_ORIGINS",
+        "server.origins",
+        _names,
+        "",
+        "web origins allowed besides the server's own and Ollama's defaults (localhost, 127.0.0.1 and "
+        "0.0.0.0 on any port, `app://`, `file://`, `tauri://`, `vscode-webview://`), comma-separated, `*` "
+        "as a wildcard; a request from any other origin is refused with 403",
+    ),
+    Knob(
+        "max_body",
+        "HANGAR_MAX_BODY",
+        "server.max_body",
+        parse_size,
+        "4MiB",
+        "the largest request body other than a blob upload (JSON requests, manifests); larger ones get 413",
+    ),
+    Knob(
+        "max_text",
+        "HANGAR_MAX_TEXT",
+        "server.max_text",
+        parse_size,
+        "1MiB",
+        "the largest text layer `/api/create` stores (each system, template, license and the messages)",
+    ),
+    Knob(
+        "max_connections",
+        "HANGAR_MAX_CONNECTIONS",
+        "server.max_connections",
+        _count,
+        "1000",
+        "connections served at once; more are answered 503 and closed (the server also raises its "
+        "open-file limit to the hard limit at start)",
+    ),
+    Knob(
+        "header_timeout",
+        "HANGAR_HEADER_TIMEOUT",
+        "server.header_timeout",
+        parse_duration,
+        "10s",
+        "a connection that has not sent a whole request head this long after opening (or after starting "
+        "one) is closed",
+    ),
+    Knob(
+        "keep_alive",
+        "HANGAR_KEEP_ALIVE",
+        "server.keep_alive",
+        parse_duration,
+        "5s",
+        "an idle keep-alive connection is closed after this long",
+    ),
+    Knob(
+        "upload_sessions_per_client",
+        "HANGAR_UPLOAD_SESSIONS_PER_CLIENT",
+        "uploads.per_client",
+        _count,
+        "64",
+        "unfinished `/v2` upload sessions one client (an IP address) may hold; more are refused with 429",
+    ),
+    Knob(
+        "upload_sessions",
+        "HANGAR_UPLOAD_SESSIONS",
+        "uploads.total",
+        _count,
+        "1024",
+        "unfinished `/v2` upload sessions all clients together may hold; more are refused with 429",
+    ),
+    Knob(
+        "pull_from",
+        "HANGAR_PULL_FROM",
+        "transfer.pull_from",
+        _names,
+        "",
+        "registry hosts pulls may fetch from (`host`, `host:port`, `*.example.com`, `*`), comma-separated. "
+        "Unset: admins pull from anywhere, others from any public address. Set: everyone, admins included, "
+        "only from a listed host; loopback, private and link-local addresses only for admins or when "
+        "listed by name",
+    ),
+    Knob(
+        "transfers",
+        "HANGAR_TRANSFERS",
+        "transfer.concurrency",
+        _count,
+        "4",
+        "pulls and pushes run at once, off the threads that answer requests",
+    ),
+    Knob(
+        "transfer_queue",
+        "HANGAR_TRANSFER_QUEUE",
+        "transfer.queue",
+        _count,
+        "16",
+        "pulls and pushes that may wait for a turn; beyond that they are answered 503 with `Retry-After`",
+    ),
+    Knob(
+        "transfer_deadline",
+        "HANGAR_TRANSFER_DEADLINE",
+        "transfer.deadline",
+        parse_duration,
         "24h",
-        "how long an unfinished `/v2` upload session, or an abandoned partial download, is kept",
+        "the longest a pull or push may take",
+    ),
+    Knob(
+        "transfer_min_rate",
+        "HANGAR_TRANSFER_MIN_RATE",
+        "transfer.min_rate",
+        parse_rate,
+        "64KiB/30s",
+        "a pull or push whose registry sends or takes less than this (bytes per span of waiting) fails; `0` "
+        "turns it off",
     ),
 )
 _BY_KEY = {k.key: k for k in KNOBS}
@@ -215,7 +355,20 @@ class Settings:
     reuse_fuse: float = 30.0
     trash_retention: float = 86400.0
     gc_interval: float = 600.0
-    upload_expiry: float = 86400.0
+    upload_expiry: float = 3600.0
+    origins: tuple[str, ...] = ()
+    max_body: int = 4 << 20
+    max_text: int = 1 << 20
+    max_connections: int = 1000
+    header_timeout: float = 10.0
+    keep_alive: float = 5.0
+    upload_sessions_per_client: int = 64
+    upload_sessions: int = 1024
+    pull_from: tuple[str, ...] = ()
+    transfers: int = 4
+    transfer_queue: int = 16
+    transfer_deadline: float = 86400.0
+    transfer_min_rate: tuple[int, float] = (64 << 10, 30.0)
     # Retention policies from the config file's [[retention]] tables, run by the server's schedule.
     policies: tuple[dict[str, object], ...] = ()
     config_path: Path | None = field(default=None, compare=False)

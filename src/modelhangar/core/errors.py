@@ -32,8 +32,23 @@ class SizeMismatch(HangarError):
     """Uploaded content is not as long as the client said it is."""
 
 
+class TooLarge(HangarError):
+    """An input (a request body, a text) is longer than its limit."""
+
+    def __init__(self, limit: int, what: str = "request body") -> None:
+        self.limit = limit
+        super().__init__(f"{what} is larger than the {limit}-byte limit")
+
+
 class InvalidManifest(HangarError):
-    """A manifest is not JSON, or not a manifest, or names an invalid digest."""
+    """A manifest is not JSON, or not a manifest, or names an invalid digest.
+
+    `reason` is the message without any value quoted from the manifest (for answers about a
+    manifest someone else's server sent)."""
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class Conflict(HangarError):

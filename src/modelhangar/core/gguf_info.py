@@ -6,6 +6,8 @@ import math
 import os
 import stat
 import struct
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import IO, Any, Final, TypeAlias
 
@@ -115,6 +117,8 @@ class GGUFMetadata:
     tensor_count: int
     array_lengths: dict[str, int] = field(default_factory=dict)
     """True length of every array KV, including those left unread (whose `kv` value is `[]`)."""
+    cost: int = field(default=0, compare=False)
+    """Estimated bytes of Python objects this metadata holds (what the cache counts)."""
 
 
 class _Invalid(Exception):
@@ -350,6 +354,7 @@ def _parse(f: IO[bytes], size: int, max_array_len: int | None) -> GGUFMetadata:
         file_type=ft if isinstance(ft, int) and not isinstance(ft, bool) else None,
         tensor_count=len(tensors),
         array_lengths=lengths,
+        cost=METADATA_BUDGET - p.budget.left,
     )
 
 
@@ -380,6 +385,63 @@ def read_gguf_metadata(
             return _parse(f, st.st_size, max_array_len)
     except Exception:  # malformed, truncated or hostile files are "not GGUF", never a crash (CVE-2024-39720)
         return None
+
+
+CACHE_ENTRIES: Final = 64
+CACHE_BUDGET: Final = 128 << 20
+"""The metadata cache holds at most this many entries and estimated bytes."""
+
+
+class _Cache:
+    """Parsed metadata of blobs by digest (blobs never change under a digest), least recently used
+    first out; one parse per blob at a time, however many requests ask for it at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, int | None], tuple[GGUFMetadata | None, int]] = OrderedDict()
+        self._cost = 0
+        self._gates: dict[tuple[str, int | None], threading.Lock] = {}
+
+    def _get(self, key: tuple[str, int | None]) -> tuple[GGUFMetadata | None] | None:
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        self._entries.move_to_end(key)
+        return (hit[0],)
+
+    def get(
+        self, path: str | os.PathLike[str], digest: str, max_array_len: int | None
+    ) -> GGUFMetadata | None:
+        key = (digest, max_array_len)
+        with self._lock:
+            if (hit := self._get(key)) is not None:
+                return hit[0]
+            gate = self._gates.setdefault(key, threading.Lock())
+        with gate:
+            with self._lock:
+                if (hit := self._get(key)) is not None:
+                    return hit[0]
+            meta = read_gguf_metadata(path, max_array_len=max_array_len)
+            cost = 256 + (meta.cost if meta is not None else 0)
+            with self._lock:
+                self._gates.pop(key, None)
+                if cost <= CACHE_BUDGET // 4 and key not in self._entries:
+                    self._entries[key] = (meta, cost)
+                    self._cost += cost
+                    while len(self._entries) > CACHE_ENTRIES or self._cost > CACHE_BUDGET:
+                        _, (_, dropped) = self._entries.popitem(last=False)
+                        self._cost -= dropped
+            return meta
+
+
+_cache = _Cache()
+
+
+def blob_metadata(
+    path: str | os.PathLike[str], digest: str, *, max_array_len: int | None = None
+) -> GGUFMetadata | None:
+    """`read_gguf_metadata` of the blob `digest` stored at `path`, parsed once and then cached."""
+    return _cache.get(path, digest, max_array_len)
 
 
 def model_info(meta: GGUFMetadata, verbose: bool = False) -> dict[str, JSONValue]:

@@ -6,6 +6,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from modelhangar.core import jsonsafe
 from modelhangar.core.digests import parse_digest
 from modelhangar.core.errors import InvalidManifest
 
@@ -16,6 +17,8 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OLLAMA_CONFIG = "application/vnd.docker.container.image.v1+json"
 INDEX_TYPES = frozenset({DOCKER_LIST, OCI_INDEX})
 MAX_MANIFEST_BYTES = 4 << 20
+MAX_SIZE = (1 << 63) - 1
+"""The largest size a descriptor may state (and a manifest's total): the catalog's BIGINT."""
 # RFC 6838 type/subtype (with an optional +suffix), as the image spec requires of artifactType.
 _MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
 
@@ -58,10 +61,12 @@ def _descriptor(obj: object, where: str) -> Descriptor:
     try:
         d = str(parse_digest(digest))
     except ValueError as e:
-        raise InvalidManifest(f"{where}: invalid digest {digest!r}") from e
+        raise InvalidManifest(
+            f"{where}: invalid digest {digest[:100]!r}", reason=f"{where}: invalid digest"
+        ) from e
     if not digest.startswith("sha256:"):
         raise InvalidManifest(f"{where}: digest must be sha256:<hex>")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_SIZE:
         raise InvalidManifest(f"{where}: invalid size")
     media = obj.get("mediaType", "")
     return Descriptor(media_type=media if isinstance(media, str) else "", digest=d, size=size)
@@ -72,8 +77,8 @@ def parse_manifest(content: bytes, media_type: str | None = None) -> ManifestRef
     if len(content) > MAX_MANIFEST_BYTES:
         raise InvalidManifest("manifest too large")
     try:
-        doc = json.loads(content)
-    except (ValueError, UnicodeDecodeError) as e:
+        doc = jsonsafe.loads(content)
+    except jsonsafe.InvalidJSON as e:
         raise InvalidManifest(f"manifest is not JSON: {e}") from e
     if not isinstance(doc, dict):
         raise InvalidManifest("manifest is not a JSON object")
@@ -94,14 +99,20 @@ def parse_manifest(content: bytes, media_type: str | None = None) -> ManifestRef
         if not isinstance(items, list):
             raise InvalidManifest("index without a manifests list")
         children = tuple(_descriptor(m, f"manifests[{i}]") for i, m in enumerate(items))
-        return ManifestRefs(mt, None, (), children, subject, declared)
+        return _checked(ManifestRefs(mt, None, (), children, subject, declared))
     config = _descriptor(doc.get("config"), "config")
     layers_doc = doc.get("layers", [])
     if not isinstance(layers_doc, list):
         raise InvalidManifest("layers is not a list")
     layers = tuple(_descriptor(layer, f"layers[{i}]") for i, layer in enumerate(layers_doc))
     artifact_type = declared or config.media_type or None
-    return ManifestRefs(mt, config, layers, (), subject, artifact_type)
+    return _checked(ManifestRefs(mt, config, layers, (), subject, artifact_type))
+
+
+def _checked(refs: ManifestRefs) -> ManifestRefs:
+    if refs.total_size > MAX_SIZE:
+        raise InvalidManifest("the sizes add up to more than a store can hold")
+    return refs
 
 
 def manifest_annotations(content: bytes) -> dict[str, str]:

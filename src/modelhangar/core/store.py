@@ -38,12 +38,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
+from modelhangar.core import jsonsafe
 from modelhangar.core.blobstore import COPY_CHUNK, BlobWriter, LocalBlobStore, sha256_file
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import Catalog, retrying
 from modelhangar.core.config import Settings
 from modelhangar.core.digests import parse_digest, sha256_digest
-from modelhangar.core.errors import BlobUnknown, Conflict, DigestMismatch, NotFound, Refused
+from modelhangar.core.errors import BlobUnknown, Conflict, DigestMismatch, NotFound, Refused, SizeMismatch
 from modelhangar.core.manifests import OLLAMA_CONFIG, ManifestRefs, manifest_annotations, parse_manifest
 
 PRESENT = "present"
@@ -133,7 +134,7 @@ class Store:
 
     def __init__(self, settings: Settings, *, migrate: bool = True) -> None:
         self.settings = settings
-        settings.home.mkdir(parents=True, exist_ok=True)
+        settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.catalog = Catalog(settings.database_url, lock_dir=settings.home)
         self.blobs = LocalBlobStore(settings.blobs_dir, settings.tmp_dir)
         if migrate:
@@ -428,7 +429,7 @@ class Store:
         if cfg is None or cfg.media_type != OLLAMA_CONFIG or cfg.size > MAX_CONFIG_BYTES:
             return None
         try:
-            doc = json.loads(self.read_blob(cfg.digest, MAX_CONFIG_BYTES))
+            doc = jsonsafe.loads(self.read_blob(cfg.digest, MAX_CONFIG_BYTES))
         except (ValueError, OSError, NotFound):
             return None
         from modelhangar.core.gguf_info import details_from_config  # imports numpy: only when needed
@@ -491,23 +492,34 @@ class Store:
                     self._insert_ignore(conn, t.manifests, manifest_row)
                     if conn.execute(lock_manifest).first() is not None:
                         break
-                missing = []
+                missing: list[str] = []
+                wrong: list[tuple[str, int, int]] = []  # digest, stored size, a size the manifest says
+                said: dict[str, set[int]] = {}
+                for desc in (*refs.blobs, *refs.children):
+                    said.setdefault(desc.digest, set()).add(desc.size)
                 for d in sorted({b.digest for b in refs.blobs}):
                     row = self._lock_blob(conn, d)
                     if row is None or row.state != PRESENT or not self.blobs.exists(d):
                         missing.append(d)
                         continue
+                    wrong += [(d, int(row.size), n) for n in said[d] if n != row.size]
                     conn.execute(
                         t.blobs.update()
                         .where(t.blobs.c.digest == d)
                         .values(touched_at=ts, ever_referenced=True)
                     )
                 for child in sorted({c.digest for c in refs.children}):
-                    q = sa.select(t.manifests.c.digest).where(t.manifests.c.digest == child).with_for_update()
-                    if conn.execute(q).first() is None:
+                    q = sa.select(t.manifests.c.size).where(t.manifests.c.digest == child).with_for_update()
+                    found = conn.execute(q).first()
+                    if found is None:
                         missing.append(child)
+                        continue
+                    wrong += [(child, int(found.size), n) for n in said[child] if n != found.size]
                 if missing:
                     raise BlobUnknown(missing)
+                if wrong:  # sizes are what every client trusts to allocate and to bound its reads
+                    d, size, claimed = wrong[0]
+                    raise SizeMismatch(f"{d} is {size} bytes, the manifest says {claimed}")
                 for b in {b.digest for b in refs.blobs}:
                     self._insert_ignore(conn, t.manifest_blobs, {"manifest_digest": digest, "blob_digest": b})
                 for c in {c.digest for c in refs.children}:

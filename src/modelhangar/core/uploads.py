@@ -11,8 +11,12 @@ Completing renames the file away from its session name first, then installs it t
 later request can ever reach the inode that became a blob. The bytes are hashed as they are
 written, and the hash state is kept in memory between the chunks of a session, so completing
 does not read the blob back (a session whose chunks went to several processes is hashed once at
-the end instead). Sessions expire a while after their
-last chunk (`HANGAR_UPLOAD_EXPIRY`, default 24h); GC removes them with `expire`.
+the end instead). A session expires when it has been idle for `HANGAR_UPLOAD_EXPIRY` (default
+1h): from then on it is unknown to every request, and the next GC removes it with `expire`.
+
+Sessions are capped, so that no client can fill the disk and the catalog with them: at most
+HANGAR_UPLOAD_SESSIONS_PER_CLIENT open sessions per client (the face says who the client is) and
+HANGAR_UPLOAD_SESSIONS in all; past either, `start` raises TooManyUploads.
 """
 
 from __future__ import annotations
@@ -72,6 +76,10 @@ class UploadUnknown(NotFound):
     """No such upload session (never started, cancelled, completed or expired)."""
 
 
+class TooManyUploads(HangarError):
+    """The client, or everyone together, holds as many open sessions as the settings allow."""
+
+
 class UploadBusy(HangarError):
     """Another request is working on this upload session right now."""
 
@@ -94,8 +102,12 @@ class Upload:
 
 
 def upload_expiry(store: Store) -> float:
-    """Seconds a session lives after its last chunk (HANGAR_UPLOAD_EXPIRY, default 24h)."""
+    """Seconds a session lives after its last chunk (HANGAR_UPLOAD_EXPIRY, default 1h)."""
     return store.settings.upload_expiry
+
+
+def _live(store: Store, upload: Upload | None) -> bool:
+    return upload is not None and upload.updated_at > now() - upload_expiry(store)
 
 
 def uploads_dir(store: Store) -> Path:
@@ -120,18 +132,35 @@ def _row(conn: sa.Connection, upload_id: str) -> Upload | None:
     return Upload(row.id, row.repository, row.created_at, row.updated_at, int(row.size))
 
 
-def start(store: Store, repository: str) -> Upload:
-    """Open a new, empty session for a repository."""
+def _check_caps(store: Store, conn: sa.Connection, client: str | None, ts: float) -> None:
+    live = t.uploads.c.updated_at > ts - upload_expiry(store)
+    count = sa.select(sa.func.count()).select_from(t.uploads)
+    settings = store.settings
+    if client is not None:
+        mine = conn.execute(count.where(live, t.uploads.c.client == client)).scalar_one()
+        if mine >= settings.upload_sessions_per_client:
+            raise TooManyUploads(
+                f"this client holds {mine} unfinished uploads, the most allowed "
+                "(HANGAR_UPLOAD_SESSIONS_PER_CLIENT): finish or cancel one first"
+            )
+    if conn.execute(count.where(live)).scalar_one() >= settings.upload_sessions:
+        raise TooManyUploads("too many unfinished uploads on this server (HANGAR_UPLOAD_SESSIONS): try later")
+
+
+def start(store: Store, repository: str, client: str | None = None) -> Upload:
+    """Open a new, empty session for a repository, on behalf of `client`; raises TooManyUploads."""
     upload_id = uuid.uuid4().hex
-    directory = uploads_dir(store)
-    directory.mkdir(parents=True, exist_ok=True)
-    os.close(os.open(directory / upload_id, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
     ts = now()
     upload = Upload(upload_id, repository, ts, ts, 0)
-    with store.catalog.write() as conn:
+    with store.catalog.write() as conn:  # the count and the insert in one transaction
+        _check_caps(store, conn, client, ts)
+        directory = uploads_dir(store)
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / upload_id, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
         conn.execute(
             t.uploads.insert().values(
-                id=upload_id, repository=repository, created_at=ts, updated_at=ts, size=0
+                id=upload_id, repository=repository, created_at=ts, updated_at=ts, size=0, client=client
             )
         )
     return upload
@@ -142,7 +171,7 @@ def get(store: Store, upload_id: str, repository: str) -> Upload:
     _path(store, upload_id)
     with store.catalog.read() as conn:
         upload = _row(conn, upload_id)
-    if upload is None or upload.repository.lower() != repository.lower():
+    if upload is None or not _live(store, upload) or upload.repository.lower() != repository.lower():
         raise UploadUnknown(f"upload {upload_id} unknown")
     return upload
 
@@ -241,7 +270,7 @@ class UploadHandle:
         want = str(parse_digest(digest))
         try:
             self._check_length(expected)
-            os.fchmod(self._fileno(), 0o644)  # the inode may become the blob file itself
+            os.fchmod(self._fileno(), 0o600)  # the inode may become the blob file itself
             os.fsync(self._fileno())
         except BaseException:
             self.abort()
@@ -302,7 +331,7 @@ def acquire(store: Store, upload_id: str, repository: str, *, start_at: int | No
             raise UploadBusy(f"upload {upload_id} is busy with another request")
         with store.catalog.read() as conn:  # after the lock: sees a cancel, expiry or completion
             upload = _row(conn, upload_id)
-        if upload is None or upload.repository.lower() != repository.lower():
+        if upload is None or not _live(store, upload) or upload.repository.lower() != repository.lower():
             raise UploadUnknown(f"upload {upload_id} unknown")
         size = os.fstat(fd).st_size
         offset = min(size, upload.size)

@@ -1,14 +1,18 @@
-"""Transfer errors (worded as Ollama words them) and bounded reads of registry responses."""
+"""Transfer errors (worded as Ollama words them) and bounded reads of registry responses.
+
+A registry's error body is never repeated to our client: the registry may be a service the
+client could not reach itself (an internal host, or one a redirect pointed at), and its body
+would carry that service's answer out. An error names the status and its standard reason only.
+"""
 
 from __future__ import annotations
 
+import http
 import ssl
 
 import httpx
 
 from modelhangar.core.errors import HangarError
-
-MAX_ERROR_BODY = 4 << 10
 
 
 class RegistryError(HangarError):
@@ -32,29 +36,27 @@ def read_bounded(response: httpx.Response, limit: int, too_large: str) -> bytes:
     return bytes(body)
 
 
-def error_text(response: httpx.Response) -> str:
-    """At most a few KiB of an error body, on one line."""
-    body = bytearray()
+def reason(code: int) -> str:
+    """The standard reason phrase of a status (never the one the registry sent)."""
     try:
-        for chunk in response.iter_bytes():
-            body += chunk
-            if len(body) >= MAX_ERROR_BODY:
-                break
-    except httpx.HTTPError:
-        pass
-    return " ".join(body[:MAX_ERROR_BODY].decode("utf-8", "replace").split())
+        return http.HTTPStatus(code).phrase
+    except ValueError:
+        return "unknown status"
 
 
 def check(response: httpx.Response, what: str) -> None:
-    """Raise Ollama's errors for a failed registry request: 404 is `file does not exist`."""
+    """Raise Ollama's errors for a failed registry request: 404 is `file does not exist`; a redirect
+    (followed only for blob GETs, by the caller) is an error here."""
     code = response.status_code
-    if code < 400:
+    if code < 300:
         return
+    if code < 400:
+        raise RegistryError(f"{what}: unexpected redirect ({code} {reason(code)}), not followed")
     if code == 404:
         raise RegistryError(f"{what}: file does not exist", status=404)
     if code == 401:
         raise RegistryError("unauthorized: access denied", status=401)
-    raise RegistryError(f"{what}: {code}: {error_text(response)}")
+    raise RegistryError(f"{what}: {code} {reason(code)}")
 
 
 TRANSFER_ERRORS = (HangarError, OSError, httpx.HTTPError, httpx.InvalidURL)

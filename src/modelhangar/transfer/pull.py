@@ -3,8 +3,9 @@
 Every digest the remote manifest names is validated (`parse_manifest`) before any request for a
 blob or any path is made from it (CVE-2024-37032). A blob is downloaded into
 `<home>/partials/sha256-<hex>.partial`, which survives restarts: the next pull continues it with
-`Range: bytes=<have>-` (or starts over when the registry ignores ranges). The store accepts a
-blob only once its content hashes to its digest.
+`Range: bytes=<have>-` (or starts over when the registry ignores ranges); a pull that fails for any
+other reason than being cut off removes its partial at once. The store accepts a blob only once
+its content hashes to its digest, and a manifest only if its sizes are the blobs' sizes.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ import shutil
 from collections.abc import Sequence
 from typing import BinaryIO
 
-from modelhangar.core.errors import BlobUnknown, DigestMismatch, InvalidManifest, Refused
+import httpx
+
+from modelhangar.core.errors import BlobUnknown, DigestMismatch, InvalidManifest, Refused, SizeMismatch
 from modelhangar.core.manifests import Descriptor, ManifestRefs, parse_manifest
 from modelhangar.core.names import ModelName
 from modelhangar.core.partials import locked, partial_path
 from modelhangar.core.store import Actor, Store
 from modelhangar.transfer import parallel
 from modelhangar.transfer.errors import RegistryError
+from modelhangar.transfer.net import TransferLimits, TransferTooSlow
 from modelhangar.transfer.progress import Emit, Progress
 from modelhangar.transfer.registry_client import RegistryClient, RemoteManifest
 
@@ -32,14 +36,17 @@ PLATFORM = {"os": "linux", "architecture": "amd64"}
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
 
 
-def pull(store: Store, name: ModelName, *, insecure: bool, emit: Emit, actor: Actor | None = None) -> str:
+def pull(store: Store, name: ModelName, *, insecure: bool, emit: Emit, actor: Actor) -> str:
     """Fetch a model into the store under its full name; returns the manifest digest.
 
     Pulling onto a name the store holds with another manifest overwrites it as `actor`: the old version
     goes through the planner (to the trash), and a blocker refuses the pull (409) with nothing changed.
-    """
+
+    Where it may fetch from, and how long and slowly, depends on the settings and the actor
+    (`net.TransferLimits`)."""
     emit({"status": "pulling manifest"})
-    with RegistryClient(name, insecure=insecure) as remote:
+    http = TransferLimits.of(store.settings, actor).client(pull=True)
+    with RegistryClient(name, insecure=insecure, http=http) as remote:
         manifest, refs = _manifest(remote)
         _fetch_blobs(store, remote, refs.blobs, emit)
         emit({"status": "verifying sha256 digest"})
@@ -55,6 +62,8 @@ def pull(store: Store, name: ModelName, *, insecure: bool, emit: Emit, actor: Ac
                 digest, _ = put()
         except Refused as e:
             raise RegistryError(str(e), status=409) from e
+        except SizeMismatch as e:
+            raise RegistryError(f"pull model manifest: {e}", status=400) from None
     emit({"status": "success"})
     return digest
 
@@ -63,7 +72,7 @@ def _parse(manifest: RemoteManifest) -> ManifestRefs:
     try:
         return parse_manifest(manifest.content, manifest.media_type)
     except InvalidManifest as e:
-        raise RegistryError(f"pull model manifest: {str(e)[:300]}") from e
+        raise RegistryError(f"pull model manifest: {e.reason[:300]}", status=400) from e
 
 
 def _manifest(remote: RegistryClient) -> tuple[RemoteManifest, ManifestRefs]:
@@ -129,8 +138,16 @@ def _fetch_blob(store: Store, remote: RegistryClient, blob: Descriptor, emit: Em
         if have > blob.size:
             f.truncate(0)
             have = 0
-        if have < blob.size:
-            have = _download(remote, blob, f, have, progress)
+        try:
+            if have < blob.size:
+                have = _download(remote, blob, f, have, progress)
+        except BaseException as e:
+            # Kept only to resume a transfer that was cut off after some bytes came; anything the
+            # registry answered wrongly leaves nothing behind.
+            cut_off = isinstance(e, httpx.TransportError | TransferTooSlow)
+            if not (cut_off and os.fstat(f.fileno()).st_size > 0):
+                path.unlink(missing_ok=True)
+            raise
         f.flush()
         os.fsync(f.fileno())
         progress(have, force=True)

@@ -15,10 +15,11 @@ from modelhangar.core.digests import parse_digest
 from modelhangar.core.manifests import Descriptor, parse_manifest
 from modelhangar.core.names import InvalidName, ModelName, parse_name
 from modelhangar.core.partials import locked, push_record_path
-from modelhangar.core.store import Store
+from modelhangar.core.store import Actor, Store
 from modelhangar.transfer import parallel
 from modelhangar.transfer.auth import same_host
 from modelhangar.transfer.errors import TRANSFER_ERRORS, RegistryError
+from modelhangar.transfer.net import TransferLimits
 from modelhangar.transfer.progress import Emit, Progress
 from modelhangar.transfer.registry_client import RegistryClient
 
@@ -28,7 +29,13 @@ PUSH_CHUNK = 16 << 20
 
 
 def push(
-    store: Store, name: ModelName, *, insecure: bool, emit: Emit, source: ModelName | None = None
+    store: Store,
+    name: ModelName,
+    *,
+    insecure: bool,
+    emit: Emit,
+    actor: Actor,
+    source: ModelName | None = None,
 ) -> str:
     """Send a stored model (`name`, or `source` pushed as `name`) to the registry `name` points at;
     returns the manifest digest."""
@@ -44,7 +51,8 @@ def push(
     if refs.children:
         raise RegistryError("push: a manifest list is not a model; push its entries by digest over /v2")
     sources = mount_sources(content, name)
-    with RegistryClient(name, insecure=insecure) as remote:
+    http = TransferLimits.of(store.settings, actor).client(pull=False)
+    with RegistryClient(name, insecure=insecure, http=http) as remote:
         blobs = list({b.digest: b for b in refs.blobs}.values())
         parallel.each(lambda b: _push_blob(store, remote, b, sources.get(b.digest), emit), blobs, name="push")
         emit({"status": "pushing manifest"})

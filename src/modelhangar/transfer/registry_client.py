@@ -2,11 +2,15 @@
 
 Plain HTTP only when asked to be insecure. Anonymous: a registry answering 401 with a Bearer
 challenge gets one token request, to a realm on its own host only (see `auth`). Every response
-body we keep is size-bounded; blob bodies are bounded by their caller.
+body we keep is size-bounded; blob bodies are bounded by their caller. Redirects are followed only
+for blob GETs (registries on object storage answer those with a 307), only to http(s), at most
+MAX_REDIRECTS, and never with the registry's token; every hop is checked where it connects (see
+`net`). A registry's error bodies are never repeated in our answers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -16,7 +20,6 @@ from urllib.parse import quote
 
 import httpx
 
-from modelhangar import __version__
 from modelhangar.core.digests import sha256_digest
 from modelhangar.core.manifests import DOCKER_LIST, DOCKER_V2, OCI_INDEX, OCI_MANIFEST
 from modelhangar.core.names import ModelName
@@ -24,6 +27,7 @@ from modelhangar.transfer.auth import fetch_token, parse_challenge, same_host
 from modelhangar.transfer.errors import RegistryError, check, read_bounded
 
 MAX_MANIFEST = 4 << 20
+MAX_REDIRECTS = 3
 MANIFEST_TYPES = (DOCKER_V2, OCI_MANIFEST, DOCKER_LIST, OCI_INDEX)
 ACCEPT = ", ".join(MANIFEST_TYPES)
 _UPLOAD_RANGE = re.compile(r"(?:bytes=)?0-(\d+)")
@@ -42,7 +46,7 @@ class RemoteManifest:
 class RegistryClient:
     """Talks to the registry a model name points at: `host[:port]/namespace/model:tag`."""
 
-    def __init__(self, name: ModelName, *, insecure: bool) -> None:
+    def __init__(self, name: ModelName, *, insecure: bool, http: httpx.Client) -> None:
         if name.scheme not in (None, "http", "https"):
             raise RegistryError(f"unsupported protocol scheme {name.scheme!r}", status=400)
         if name.scheme == "http" and not insecure:
@@ -55,12 +59,7 @@ class RegistryClient:
         self.tag = name.tag
         self._token: str | None = None
         self._lock = threading.Lock()
-        self.http = httpx.Client(
-            timeout=httpx.Timeout(60.0, connect=10.0),
-            follow_redirects=True,  # httpx drops Authorization on a redirect to another origin
-            max_redirects=10,
-            headers={"User-Agent": f"modelhangar/{__version__}", "Accept-Encoding": "identity"},
-        )
+        self.http = http  # follows no redirect itself
 
     def close(self) -> None:
         self.http.close()
@@ -139,15 +138,40 @@ class RegistryClient:
         A 416 is handed back too (the caller starts over); other errors raise.
         """
         headers = {"Range": f"bytes={start}-"} if start else {}
-        with self.request("GET", self.url("blobs", digest), headers=headers) as r:
+        what = f"pull blob {digest}"
+        with contextlib.ExitStack() as stack:
+            r = stack.enter_context(self.request("GET", self.url("blobs", digest), headers=headers))
+            for _ in range(MAX_REDIRECTS):
+                if not r.is_redirect:
+                    break
+                target = self._redirect_target(r, what)
+                r.close()
+                request = self.http.build_request("GET", target, headers=headers)  # no token
+                r = self.http.send(request, stream=True)
+                stack.callback(r.close)
+            if r.is_redirect:
+                raise RegistryError(f"{what}: more than {MAX_REDIRECTS} redirects")
             if r.status_code != 416:
-                check(r, f"pull blob {digest}")
+                check(r, what)
             yield r
+
+    def _redirect_target(self, response: httpx.Response, what: str) -> httpx.URL:
+        try:
+            target = response.url.join(response.headers["location"])
+        except (httpx.InvalidURL, KeyError):
+            raise RegistryError(f"{what}: redirected to an invalid URL") from None
+        if target.scheme not in ("http", "https") or not target.host:
+            raise RegistryError(f"{what}: redirected to a URL that is not http(s)")
+        if target.scheme == "http" and self.base.scheme == "https":
+            raise RegistryError(f"{what}: redirected from https to plain http")
+        return target
 
     def has_blob(self, digest: str) -> bool:
         with self.request("HEAD", self.url("blobs", digest)) as r:
             if r.status_code == 404:
                 return False
+            if r.is_redirect:  # to where the registry keeps it: present
+                return True
             check(r, f"push blob {digest}")
             return True
 

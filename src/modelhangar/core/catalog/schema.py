@@ -189,5 +189,8 @@ uploads = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     # Bytes received so far (the offset the next chunk must start at).
     sa.Column("size", sa.BigInteger, nullable=False),
+    # Who opened it (a client address today, a user once there are accounts): per-client caps.
+    sa.Column("client", sa.String(255), nullable=True),
     sa.Index("ix_uploads_updated", "updated_at"),
+    sa.Index("ix_uploads_client", "client", "updated_at"),
 )

@@ -1,15 +1,25 @@
-"""Routes of modelhangar's own API; shapes are documented in the OpenAPI schema at `/docs`."""
+"""Routes of modelhangar's own API; shapes are documented in the OpenAPI schema at `/docs`.
+
+Every client error is a 400 (or 404, 409, ...) with `{"detail": ...}`: a string, or for a body
+or query that fails validation, the list of what failed; the schema declares exactly that. Bodies
+are read with the server's one JSON reader (`core/jsonsafe.py`) and validated strictly (a boolean
+is `true` or `false`, not `"yes"`).
+"""
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from pydantic import BaseModel, Field
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
 
-from modelhangar.core import gc, trash
+from modelhangar.core import gc, jsonsafe, trash
 from modelhangar.core.audit import list_audit
 from modelhangar.core.config import parse_duration
 from modelhangar.core.deletion import ModelDeletion, delete_models
@@ -20,8 +30,78 @@ from modelhangar.core.store import Actor, Store
 from modelhangar.core.usage import CATEGORIES, disk_usage
 from modelhangar.faces.ollama.wire import display, display_plan, timestamp
 
-router = APIRouter(prefix="/api/hangar", tags=["hangar"])
 ACTOR = Actor(name="local", face="hangar", admin=True)
+DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d|w))*[0-9]+(\.[0-9]+)?(ms|s|m|h|d|w)?$"
+"""What `parse_duration` reads, as the schema states it: `90`, `30m`, `1h30m`, `7d`."""
+MAX_AUDIT = 100_000
+
+
+class ValidationItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every client error: a message, or what failed validation."""
+
+    detail: str | list[ValidationItem]
+
+
+def validation_items(errors: Any) -> list[dict[str, Any]]:
+    """FastAPI's validation errors as `ValidationItem`s: no `input` or `ctx`, which may hold bytes or
+    objects no JSON encoder takes (a `text/plain` body, an exception)."""
+    return [
+        {
+            "loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())],
+            "msg": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
+        for e in errors
+    ]
+
+
+class _JsonSafeRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            try:
+                self._json = jsonsafe.loads(await self.body())
+            except jsonsafe.InvalidJSON as e:  # FastAPI answers it as a validation error
+                raise json.JSONDecodeError(str(e), "", 0) from None
+        return self._json
+
+
+class _JsonSafeRoute(APIRoute):
+    """Routes whose JSON bodies go through `core/jsonsafe.py` (depth, surrogates, constants)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            return await handler(_JsonSafeRequest(request.scope, request.receive))
+
+        return route
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's integers include `3.0`; strict validation would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Count = Annotated[int, Field(ge=0), BeforeValidator(_integral)]
+"""A non-negative JSON integer."""
+
+
+router = APIRouter(
+    prefix="/api/hangar",
+    tags=["hangar"],
+    route_class=_JsonSafeRoute,
+    responses={"4XX": {"model": ErrorBody, "description": "Bad request, not found or refused"}},
+)
 
 
 def _store(request: Request) -> Store:
@@ -29,7 +109,7 @@ def _store(request: Request) -> Store:
     return store
 
 
-class DeleteRequest(BaseModel):
+class DeleteRequest(Strict):
     models: list[str] = Field(description="Model names, e.g. `llama3.2` or `ns/model:tag`.")
     dry_run: bool = Field(False, description="Only say what would be deleted and freed; change nothing.")
     purge: bool = Field(False, description="Skip the trash: delete at once.")
@@ -61,11 +141,30 @@ def _duration(text: str | None, field: str) -> float | None:
         raise HTTPException(400, f"{field}: {e}") from e
 
 
-class PruneRequest(BaseModel):
-    older_than: str | None = Field(None, description="Only models modified longer ago than this, e.g. `30d`.")
-    unused_for: str | None = Field(None, description="Only models not pulled, shown or used for this long.")
-    keep_last: int | None = Field(
-        None, ge=0, description="Keep the N most recently modified tags per repository."
+_DURATION_SCHEMA: dict[str, JsonValue] = {"type": "string", "pattern": DURATION}
+_CRITERIA: dict[str, JsonValue] = {
+    "older_than": _DURATION_SCHEMA,
+    "unused_for": _DURATION_SCHEMA,
+    "keep_last": {"type": "integer", "minimum": 0},
+}
+
+
+class PruneRequest(Strict):
+    model_config = ConfigDict(
+        strict=True,
+        json_schema_extra={
+            "description": "At least one of older_than, unused_for and keep_last is required.",
+            "anyOf": [{"required": [k], "properties": {k: v}} for k, v in _CRITERIA.items()],
+        },
+    )
+    older_than: str | None = Field(
+        None, pattern=DURATION, description="Only models modified longer ago than this, e.g. `30d`."
+    )
+    unused_for: str | None = Field(
+        None, pattern=DURATION, description="Only models not pulled, shown or used for this long."
+    )
+    keep_last: Count | None = Field(
+        None, description="Keep the N most recently modified tags per repository."
     )
     untagged_for: str | None = Field(
         None, description="Also delete manifests untagged this long (pullable only by digest)."
@@ -93,9 +192,9 @@ async def prune_models(request: Request, body: PruneRequest) -> dict[str, Any]:
     return _results(results)
 
 
-class EmptyTrashRequest(BaseModel):
+class EmptyTrashRequest(Strict):
     older_than: str | None = Field(
-        None, description="Only entries deleted longer ago than this; all when null."
+        None, pattern=DURATION, description="Only entries deleted longer ago than this; all when null."
     )
     dry_run: bool = False
 
@@ -122,8 +221,10 @@ async def trash_empty(request: Request, body: EmptyTrashRequest) -> dict[str, An
 @router.get("/audit", summary="The audit log, newest first")
 async def audit_log(
     request: Request,
-    since: str | None = Query(None, description="Only entries newer than this duration, e.g. `1h`."),
-    limit: int = Query(1000, ge=1, description="At most this many entries."),
+    since: str | None = Query(
+        None, pattern=DURATION, description="Only entries newer than this duration, e.g. `1h`."
+    ),
+    limit: int = Query(1000, ge=1, le=MAX_AUDIT, description="At most this many entries."),
 ) -> dict[str, Any]:
     seconds = _duration(since, "since")
     entries = await run_in_threadpool(
@@ -181,7 +282,7 @@ async def du(
     }
 
 
-class GCRequest(BaseModel):
+class GCRequest(Strict):
     dry_run: bool = False
 
 
@@ -201,7 +302,7 @@ async def trash_list(request: Request) -> dict[str, Any]:
     }
 
 
-class RestoreRequest(BaseModel):
+class RestoreRequest(Strict):
     model: str = Field(description="A trash entry id, or the model name it was deleted under.")
     as_name: str | None = Field(
         None,

@@ -9,6 +9,7 @@ from starlette.responses import Response
 from modelhangar.core import repo_blobs, uploads
 from modelhangar.core.errors import DigestMismatch, NotFound, SizeMismatch
 from modelhangar.core.store import BlobCommit
+from modelhangar.faces.client import client_key
 from modelhangar.faces.oci.errors import OciError
 from modelhangar.faces.oci.manifests import ACTOR, store_of
 from modelhangar.faces.oci.wire import (
@@ -147,7 +148,11 @@ async def start_upload(request: Request, name: str) -> Response:
     digest = query.get("digest")
     if digest is not None:
         return await _monolithic(request, name, repository, blob_digest(digest))
-    upload = await run_in_threadpool(uploads.start, store, repository)
+    try:
+        upload = await run_in_threadpool(uploads.start, store, repository, client_key(request))
+    except uploads.TooManyUploads as e:
+        retry = str(max(1, min(60, int(uploads.upload_expiry(store)))))
+        raise OciError("TOOMANYREQUESTS", str(e), headers={"Retry-After": retry}) from None
     return Response(status_code=202, headers=_session_headers(request, name, upload))
 
 

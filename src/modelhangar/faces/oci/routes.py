@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from modelhangar.core.digests import InvalidDigest
-from modelhangar.core.errors import DigestMismatch, InvalidManifest, SizeMismatch
+from modelhangar.core.errors import DigestMismatch, InvalidManifest, SizeMismatch, TooLarge
 from modelhangar.faces.oci import blobs, manifests
 from modelhangar.faces.oci.errors import OciError
 from modelhangar.faces.oci.wire import repository_of
@@ -94,6 +94,8 @@ def _as_oci_error(exc: Exception) -> OciError | None:
         return OciError("MANIFEST_INVALID", str(exc))
     if isinstance(exc, SizeMismatch):
         return OciError("SIZE_INVALID", str(exc))
+    if isinstance(exc, TooLarge):
+        return OciError("SIZE_INVALID", str(exc), status=413)
     if isinstance(exc, ClientDisconnect):
         return OciError("BLOB_UPLOAD_INVALID", "the client went away before the body was complete")
     return None

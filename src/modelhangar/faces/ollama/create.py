@@ -7,9 +7,10 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelhangar.core import jsonsafe
 from modelhangar.core.digests import InvalidDigest, parse_digest
 from modelhangar.core.errors import BlobUnknown, Refused
-from modelhangar.core.gguf_info import config_for_model, read_gguf_metadata
+from modelhangar.core.gguf_info import blob_metadata, config_for_model
 from modelhangar.core.manifests import DOCKER_V2, OLLAMA_CONFIG, parse_manifest
 from modelhangar.core.names import ModelName
 from modelhangar.core.store import Actor, Store
@@ -68,7 +69,23 @@ def _file_map(body: dict[str, Any], key: str) -> dict[str, str]:
     return out
 
 
-def validate(body: dict[str, Any]) -> CreateRequest:
+def _text_size(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value.encode())
+    return len(json.dumps(value, separators=(",", ":")).encode())
+
+
+def _check_texts(body: dict[str, Any], max_text: int) -> None:
+    """Each text layer (system, template, every license, the messages) within HANGAR_MAX_TEXT."""
+    for key in REPLACED_BY_REQUEST:
+        value = body.get(key)
+        items = value if key == "license" and isinstance(value, list) else [value]
+        for item in items:
+            if item is not None and _text_size(item) > max_text:
+                raise OllamaError(413, f"{key} is larger than the {max_text}-byte limit (HANGAR_MAX_TEXT)")
+
+
+def validate(body: dict[str, Any], max_text: int) -> CreateRequest:
     raw = body.get("model") or body.get("name")
     if not isinstance(raw, str) or not raw:
         raise OllamaError(400, "model is required")
@@ -90,6 +107,7 @@ def validate(body: dict[str, Any]) -> CreateRequest:
     lic = body.get("license")
     if lic is not None and not isinstance(lic, str | list):
         raise OllamaError(400, "license must be a string or a list of strings")
+    _check_texts(body, max_text)
     return CreateRequest(name=name, base=base, files=files, adapters=adapters, body=body)
 
 
@@ -107,7 +125,8 @@ def _use_uploaded(store: Store, build: Build, digest: str, media_type: str) -> A
     build.statuses.append({"status": f"using existing layer {digest}"})
     build.layers.append({"mediaType": media_type, "digest": digest, "size": size})
     path = store.blobs.local_path(digest)
-    return read_gguf_metadata(path) if path is not None else None
+    # Only the architecture, parameter count and file type are needed: no array is read.
+    return blob_metadata(path, digest, max_array_len=0) if path is not None else None
 
 
 def build_model(
@@ -129,16 +148,10 @@ def build_model(
             raise OllamaError(404, f"model '{req.base.display_shortest()}' not found")
         refs = parse_manifest(raw[0], raw[1])
         if refs.config is not None:
-            try:
-                build.config = json.loads(store.read_blob(refs.config.digest, 1 << 20))
-            except ValueError:
-                build.config = {}
+            build.config = jsonsafe.loads_as(store.read_blob(refs.config.digest, 1 << 20), dict, {})
         for layer in refs.layers:
             if layer.media_type == PARAMS:
-                try:
-                    params = json.loads(store.read_blob(layer.digest, 1 << 20))
-                except ValueError:
-                    params = {}
+                params = jsonsafe.loads_as(store.read_blob(layer.digest, 1 << 20), dict, {})
                 continue
             build.layers.append(
                 {

@@ -193,7 +193,7 @@ async def post_blob(request: Request) -> Response:
 
 async def create(request: Request) -> Response:
     body = await json_body(request)
-    req = create_mod.validate(body)
+    req = create_mod.validate(body, _store(request).settings.max_text)
     stream = body.get("stream", True) is not False
     try:
         try:

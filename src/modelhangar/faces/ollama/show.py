@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from modelhangar.core import jsonsafe
 from modelhangar.core.errors import NotFound
-from modelhangar.core.gguf_info import details_from_config, model_info, read_gguf_metadata
+from modelhangar.core.gguf_info import SHOW_MAX_ARRAY, blob_metadata, details_from_config, model_info
 from modelhangar.core.manifests import parse_manifest
 from modelhangar.core.store import Store, TagRecord
 from modelhangar.faces.ollama.create import (
@@ -55,29 +56,29 @@ def show_model(store: Store, record: TagRecord, verbose: bool = False) -> dict[s
     params: dict[str, Any] = {}
     messages: list[Any] = []
     info: dict[str, Any] = {}
-    model_path = ""
     has_projector = False
     config: Any = {}
     if refs.config is not None:
         try:
-            config = json.loads(store.read_blob(refs.config.digest, MAX_TEXT))
-        except (ValueError, OSError):
+            config = jsonsafe.loads_as(store.read_blob(refs.config.digest, MAX_TEXT), dict, {})
+        except OSError:
             config = {}
     for layer in refs.layers:
         mt = layer.media_type
         if mt == MODEL:
             path = store.blobs.local_path(layer.digest)
-            model_path = str(path) if path is not None else ""
-            meta = read_gguf_metadata(path) if path is not None else None
+            limit = None if verbose else SHOW_MAX_ARRAY  # long arrays are shown only when verbose
+            meta = blob_metadata(path, layer.digest, max_array_len=limit) if path is not None else None
             if meta is not None:
                 info = model_info(meta, verbose=verbose)
             continue
         if mt == PROJECTOR:
             has_projector = True
             continue
-        if mt == ADAPTER or layer.size > MAX_TEXT:
+        max_text = max(MAX_TEXT, store.settings.max_text)  # what create may have stored
+        if mt == ADAPTER or layer.size > max_text:
             continue
-        text = store.read_blob(layer.digest, MAX_TEXT).decode("utf-8", "replace")
+        text = store.read_blob(layer.digest, max_text).decode("utf-8", "replace")
         if mt in (TEMPLATE, LEGACY_PROMPT):
             texts["template"] = text
         elif mt == SYSTEM:
@@ -85,15 +86,9 @@ def show_model(store: Store, record: TagRecord, verbose: bool = False) -> dict[s
         elif mt == LICENSE:
             licenses.append(text)
         elif mt == PARAMS:
-            try:
-                params = json.loads(text)
-            except ValueError:
-                params = {}
+            params = jsonsafe.loads_as(text, dict, {})
         elif mt == MESSAGES:
-            try:
-                messages = json.loads(text)
-            except ValueError:
-                messages = []
+            messages = jsonsafe.loads_as(text, list, [])
     name = display(record.repository, record.tag)
     arch = str(info.get("general.architecture", ""))
     capabilities = ["embedding"] if arch in EMBEDDING_ARCHS else ["completion"]
@@ -103,7 +98,7 @@ def show_model(store: Store, record: TagRecord, verbose: bool = False) -> dict[s
         capabilities.append("vision")
     out: dict[str, Any] = {
         "license": "\n".join(licenses),
-        "modelfile": _modelfile(name, model_path, texts, params, licenses, messages),
+        "modelfile": _modelfile(name, texts, params, licenses, messages),
         "parameters": format_parameters(params),
         "template": texts.get("template", ""),
         "system": texts.get("system", ""),
@@ -118,7 +113,6 @@ def show_model(store: Store, record: TagRecord, verbose: bool = False) -> dict[s
 
 def _modelfile(
     name: str,
-    model_path: str,
     texts: dict[str, str],
     params: dict[str, Any],
     licenses: list[str],
@@ -129,7 +123,7 @@ def _modelfile(
         "# To build a new Modelfile based on this, replace FROM with:",
         f"# FROM {name}",
         "",
-        f"FROM {model_path or name}",
+        f"FROM {name}",  # not the blob's path: that would tell every client where the data directory is
     ]
     if "template" in texts:
         lines.append(f'TEMPLATE """{texts["template"]}"""')

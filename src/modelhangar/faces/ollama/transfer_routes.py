@@ -1,51 +1,78 @@
-"""`POST /api/pull` and `POST /api/push`: Ollama's progress stream over modelhangar's transfers."""
+"""`POST /api/pull` and `POST /api/push`: Ollama's progress stream over modelhangar's transfers.
+
+Transfers run on their own bounded threads (`transfer/runner.py`); the request only waits for
+the result, or forwards progress events as they come, on the event loop. No thread of the
+request pool is held, however many transfers are in progress.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import queue
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from modelhangar.core.names import ModelName
-from modelhangar.core.store import Store
+from modelhangar.core.store import Actor, Store
 from modelhangar.faces.ollama.wire import error, json_body, model_field, parse_or
 from modelhangar.transfer.errors import TRANSFER_ERRORS, transfer_error_text
 from modelhangar.transfer.progress import Emit
 from modelhangar.transfer.pull import pull
 from modelhangar.transfer.push import push
+from modelhangar.transfer.runner import RETRY_AFTER, Busy, TransferRunner
 
 log = logging.getLogger("modelhangar")
 Transfer = Callable[..., object]
+ACTOR = Actor(name="local", face="ollama", admin=True)
 _DONE = object()
 
 
-def _stream(run: Callable[[Emit], object]) -> StreamingResponse:
-    """Run the transfer in a thread; each progress event becomes one NDJSON line as it happens."""
-    events: queue.Queue[object] = queue.Queue()
+def _runner(request: Request) -> TransferRunner:
+    """The app's transfer threads, started with the first transfer."""
+    state = request.app.state
+    runner: TransferRunner | None = getattr(state, "transfers", None)
+    if runner is None:
+        settings = request.app.state.store.settings
+        runner = state.transfers = TransferRunner(settings.transfers, settings.transfer_queue)
+    return runner
+
+
+def _busy() -> Response:
+    return JSONResponse({"error": str(Busy())}, status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
+
+
+def _stream(runner: TransferRunner, run: Callable[[Emit], object]) -> Response:
+    """Each progress event becomes one NDJSON line as it happens; a failure is the last line."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[object] = asyncio.Queue()
+
+    def put(event: object) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, event)
 
     def work() -> None:
         try:
-            run(events.put)
+            run(put)
         except TRANSFER_ERRORS as e:
-            events.put({"error": transfer_error_text(e)})
+            put({"error": transfer_error_text(e)})
         except Exception as e:  # a last line the client can show, instead of a cut stream
             log.exception("transfer failed")
-            events.put({"error": f"internal error: {type(e).__name__}: {e}"})
+            put({"error": f"internal error: {type(e).__name__}"})
         finally:
-            events.put(_DONE)
+            put(_DONE)
 
-    def lines() -> Iterator[bytes]:
-        threading.Thread(target=work, daemon=True).start()
-        while (event := events.get()) is not _DONE:
+    try:
+        runner.submit(work)
+    except Busy:
+        return _busy()
+
+    async def lines() -> AsyncIterator[bytes]:
+        while (event := await events.get()) is not _DONE:
             yield json.dumps(event, separators=(",", ":")).encode() + b"\n"
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
@@ -59,19 +86,22 @@ async def _transfer(request: Request, transfer: Transfer, *, takes_source: bool 
     extra: dict[str, ModelName] = {}
     if takes_source and body.get("source") is not None:  # modelhangar's own: push SOURCE as `model`
         extra["source"] = parse_or(model_field(body, "source"), 400, "invalid source model name")
+    runner = _runner(request)
 
     def run(emit: Emit) -> object:
-        return transfer(store, name, insecure=insecure, emit=emit, **extra)
+        return transfer(store, name, insecure=insecure, emit=emit, actor=ACTOR, **extra)
 
     if body.get("stream", True) is not False:
-        return _stream(run)
+        return _stream(runner, run)
     last: list[dict[str, Any]] = [{"status": "success"}]
 
     def keep(event: dict[str, Any]) -> None:
         last[0] = event
 
     try:
-        await run_in_threadpool(run, keep)
+        await asyncio.wrap_future(runner.submit(lambda: run(keep)))
+    except Busy:
+        return _busy()
     except TRANSFER_ERRORS as e:
         unreachable = isinstance(e, httpx.TransportError)  # the registry, not this server, failed
         return error(getattr(e, "status", 502 if unreachable else 500), transfer_error_text(e))

@@ -10,6 +10,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from modelhangar.core import jsonsafe
 from modelhangar.core.names import InvalidName, ModelName, display_stored, parse_name
 
 
@@ -27,14 +28,17 @@ def error(status: int, message: str) -> JSONResponse:
 
 
 async def json_body(request: Request) -> dict[str, Any]:
-    """The request's JSON object, or a 400 as Ollama words it."""
+    """The request's JSON object, or a 400 as Ollama words it (a body past the server's limit was
+    already refused with 413 by `guards`)."""
     raw = await request.body()
-    if not raw.strip():
+    if not raw or raw.isspace():
         raise OllamaError(400, "missing request body")
     try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise OllamaError(400, f"invalid JSON: {e}") from e
+        doc = jsonsafe.loads(raw)
+    except jsonsafe.TooLarge as e:
+        raise OllamaError(413, str(e)) from None
+    except jsonsafe.InvalidJSON as e:
+        raise OllamaError(400, f"invalid JSON: {e}") from None
     if not isinstance(doc, dict):
         raise OllamaError(400, "request body must be a JSON object")
     return doc
