@@ -44,7 +44,13 @@ OLLAMA_ORIGINS = (
 )
 """Ollama's default allowed origins (`envconfig.AllowedOrigins`)."""
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_OCI_CODES = {400: "UNSUPPORTED", 403: "DENIED", 413: "SIZE_INVALID", 415: "UNSUPPORTED"}
+_OCI_CODES = {
+    400: "UNSUPPORTED",
+    401: "UNAUTHORIZED",
+    403: "DENIED",
+    413: "SIZE_INVALID",
+    415: "UNSUPPORTED",
+}
 
 
 def error_response(path: str, status: int, message: str, headers: dict[str, str] | None = None) -> Response:

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from modelhangar import __version__, connections, guards
 from modelhangar.access_log import AccessLog, configure_logging
+from modelhangar.auth import Authenticate
 from modelhangar.core import gc, reclaim
 from modelhangar.core.config import Settings
 from modelhangar.core.errors import TooLarge
@@ -109,7 +110,14 @@ def create_app(settings: Settings) -> FastAPI:
     app.router.routes.extend(ollama.routes())
     app.router.routes.extend(transfer_routes.routes())
     app.router.routes.extend(oci.routes())
+    app.add_middleware(Authenticate, unauthorized=_unauthorized)
     return app
+
+
+def _unauthorized(path: str, message: str) -> Response:
+    """A 401 in the face's own format; the registry's says how to sign in (a basic-auth challenge)."""
+    headers = {"WWW-Authenticate": 'Basic realm="modelhangar"'} if path.startswith("/v2") else None
+    return guards.error_response(path, 401, message, headers)
 
 
 def _scheduled_round(store: Store) -> None:

@@ -134,6 +134,20 @@ def parse_rate(text: str) -> tuple[int, float]:
     return parse_size(size), seconds
 
 
+def _auth_mode(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in ("local", "required"):
+        raise ValueError(f"invalid auth mode {text!r}: use local or required")
+    return mode
+
+
+def _visibility(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("public", "private"):
+        raise ValueError(f"invalid visibility {text!r}: use private or public")
+    return value
+
+
 def _log_level(text: str) -> str:
     level = text.strip().lower()
     if level not in ("debug", "info", "warning", "error", "critical"):
@@ -180,6 +194,23 @@ KNOBS: tuple[Knob, ...] = (
         _log_level,
         "info",
         "the server's log: one line per request at `info`; `warning` logs only problems",
+    ),
+    Knob(
+        "auth",
+        "HANGAR_AUTH",
+        "server.auth",
+        _auth_mode,
+        "local",
+        "`local`: a request without a token from a loopback address is the local admin, any other needs "
+        "a token; `required`: every request needs one (but `GET /`, `/api/version` and the `/v2/` challenge)",
+    ),
+    Knob(
+        "default_visibility",
+        "HANGAR_DEFAULT_VISIBILITY",
+        "server.default_visibility",
+        _visibility,
+        "private",
+        "the visibility of a model when it is created (`private`: only its owner sees it; or `public`)",
     ),
     Knob(
         "trash_retention",
@@ -351,6 +382,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     log_level: str = "info"
+    auth: str = "local"
+    default_visibility: str = "private"
     gc_grace: float = 3600.0
     reuse_fuse: float = 30.0
     trash_retention: float = 86400.0

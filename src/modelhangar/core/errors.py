@@ -55,6 +55,18 @@ class Conflict(HangarError):
     """The operation clashes with the current state (e.g. restore onto a name taken again)."""
 
 
+class Denied(HangarError):
+    """The actor may see this, but may not do that to it (another account's model or namespace)."""
+
+
+class QuotaExceeded(HangarError):
+    """A push or create would take its owner past the bytes or models it may store."""
+
+
+class Unauthenticated(HangarError):
+    """A request without a valid token where one is needed (invalid, revoked or expired included)."""
+
+
 class Refused(HangarError):
     """A deletion plan has blockers; the plan says which."""
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from modelhangar.core import dependents
+from modelhangar.core import dependents, permissions
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import retrying
 from modelhangar.core.errors import Refused
@@ -91,6 +91,7 @@ class Plan:
     untagged: list[str] = field(default_factory=list)
     replaced_by: str | None = None
     executed: bool = False
+    token_name: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -117,13 +118,14 @@ class _Resolved:
     untag: list[tuple[int, str]] = field(default_factory=list)
     keep_untagged: bool = False
     whole_repos: set[int] = field(default_factory=set)
+    visibility: dict[int, str] = field(default_factory=dict)
     trash_rows: list[Any] = field(default_factory=list)
     repos: dict[int, tuple[str, str | None]] = field(default_factory=dict)
 
 
 def may_delete(actor: Actor, owner: str | None) -> bool:
-    """The one ownership rule for removing a model (README, "Safety rules")."""
-    return owner is None or owner == actor.name or actor.admin
+    """The one ownership rule for removing a model: `core/permissions.py` (README, "Safety rules")."""
+    return permissions.may_write(actor, owner)
 
 
 def dependents_of(conn: sa.Connection, target_kind: str, target: str) -> list[Blocker]:
@@ -141,6 +143,7 @@ class Planner:
             targets=[str(x) for x in targets],
             actor=actor.name,
             face=actor.face,
+            token_name=actor.token,
             dry_run=dry_run,
             trash=not purge and self.store.settings.trash_retention > 0,
         )
@@ -162,7 +165,7 @@ class Planner:
         released = Released()
         with self.store.catalog.transaction() as (conn, trans):
             ts = now()
-            res = self._resolve(conn, targets, plan)
+            res = self._resolve(conn, targets, plan, actor)
             self._find_blockers(conn, res, actor, plan)
             if plan.ok:
                 released = self._apply(conn, res, actor, plan, ts)
@@ -205,7 +208,7 @@ class Planner:
         """`preview`'s work inside the caller's transaction, which the caller must roll back."""
         plans = [self._new_plan(g, actor, dry_run=True, purge=purge) for g in groups]
         for targets, plan in zip(groups, plans, strict=True):
-            res = self._resolve(conn, targets, plan)
+            res = self._resolve(conn, targets, plan, actor)
             self._find_blockers(conn, res, actor, plan)
             if plan.ok:
                 self._apply(conn, res, actor, plan, ts, keep_expiry=True)
@@ -236,7 +239,9 @@ class Planner:
         deleted by digest or an untagged-retention rule). Blockers raise Refused; the caller audits it.
         """
         repo = conn.execute(
-            sa.select(t.repositories.c.name, t.repositories.c.owner).where(t.repositories.c.id == repo_id)
+            sa.select(t.repositories.c.name, t.repositories.c.owner, t.repositories.c.visibility).where(
+                t.repositories.c.id == repo_id
+            )
         ).one()
         target = Target("tag", repo.name, old.name)
         plan = self._new_plan([target], actor, dry_run=False, purge=False)
@@ -253,7 +258,11 @@ class Planner:
             plan.blockers += dependents_of(conn, "manifest", digest)
         if plan.blockers:
             raise Refused(plan, _refusal(plan, "overwrite"))
-        res = _Resolved(repos={repo_id: (repo.name, repo.owner)}, keep_untagged=not leaves)
+        res = _Resolved(
+            repos={repo_id: (repo.name, repo.owner)},
+            visibility={repo_id: repo.visibility},
+            keep_untagged=not leaves,
+        )
         if not still_tagged:
             if leaves:
                 res.memberships.append((repo_id, digest))
@@ -272,15 +281,21 @@ class Planner:
 
     # ------------------------------------------------------------------ resolving
 
-    def _repo(self, conn: sa.Connection, name: str, res: _Resolved) -> int | None:
+    def _repo(self, conn: sa.Connection, name: str, res: _Resolved, actor: Actor) -> int | None:
         row = conn.execute(
-            sa.select(t.repositories.c.id, t.repositories.c.name, t.repositories.c.owner)
+            sa.select(
+                t.repositories.c.id,
+                t.repositories.c.name,
+                t.repositories.c.owner,
+                t.repositories.c.visibility,
+            )
             .where(t.repositories.c.name_key == name.lower())
             .with_for_update()  # repository, then tags, then manifests, then blobs: as every writer
         ).first()
-        if row is None:
-            return None
+        if row is None or not permissions.may_read(actor, row.owner, row.visibility):
+            return None  # a private model of another account does not exist for this actor
         res.repos[int(row.id)] = (row.name, row.owner)
+        res.visibility[int(row.id)] = row.visibility
         return int(row.id)
 
     def _lock_tags(self, conn: sa.Connection, repo_id: int, *conds: Any) -> list[Any]:
@@ -294,7 +309,7 @@ class Planner:
         )
         return conn.execute(q.limit(1)).first() is not None
 
-    def _resolve(self, conn: sa.Connection, targets: list[Target], plan: Plan) -> _Resolved:
+    def _resolve(self, conn: sa.Connection, targets: list[Target], plan: Plan, actor: Actor) -> _Resolved:
         res = _Resolved()
         seen_tags: set[tuple[int, str]] = set()
         for target in targets:
@@ -304,12 +319,12 @@ class Planner:
                     row = conn.execute(
                         sa.select(t.trash).where(t.trash.c.id == int(target.ref)).with_for_update()
                     ).first()
-                if row is None:
-                    plan.not_found.append(str(target))
+                if row is None or not actor.acts_for(row.owner):
+                    plan.not_found.append(str(target))  # another account's trash entry is not there
                 else:
                     res.trash_rows.append(row)
                 continue
-            repo_id = self._repo(conn, target.repository, res)
+            repo_id = self._repo(conn, target.repository, res, actor)
             if repo_id is None:
                 plan.not_found.append(str(target))
                 continue
@@ -421,9 +436,9 @@ class Planner:
             if res.keep_untagged:
                 trashed = [x for x in trashed if (x[0], x[3]) in set(res.memberships)]
             for repo_id, repo_name, tag, digest, row in trashed:
-                meta = {}
+                meta: dict[str, Any] = {"visibility": res.visibility.get(repo_id)}
                 if row is not None:
-                    meta = {
+                    meta |= {
                         "created_at": row.created_at,
                         "modified_at": row.modified_at,
                         "last_used_at": row.last_used_at,
@@ -559,6 +574,7 @@ class Planner:
                 outcome=outcome,
                 bytes_freed=plan.bytes_now if plan.executed else 0,
                 detail=json.dumps(detail),
+                token_name=plan.token_name,
             )
         )
 

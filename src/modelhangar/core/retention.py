@@ -95,13 +95,16 @@ def select_models(records: list[TagRecord], policy: RetentionPolicy, at: float) 
     return chosen
 
 
-def select_untagged(store: Store, policy: RetentionPolicy, at: float) -> list[tuple[str, Target]]:
-    """(label, target) of each manifest untagged for `policy.untagged_for` in a matching repository."""
+def select_untagged(
+    store: Store, policy: RetentionPolicy, at: float, actor: Actor | None = None
+) -> list[tuple[str, Target]]:
+    """(label, target) of each manifest untagged for `policy.untagged_for` in a matching repository
+    (that `actor`, if given, may delete)."""
     if policy.untagged_for is None:
         return []
     rm = t.repo_manifests
     q = (
-        sa.select(t.repositories.c.name, rm.c.manifest_digest)
+        sa.select(t.repositories.c.name, t.repositories.c.owner, rm.c.manifest_digest)
         .join(t.repositories, t.repositories.c.id == rm.c.repository_id)
         .where(rm.c.untagged_at.is_not(None), rm.c.untagged_at <= at - policy.untagged_for)
         .order_by(rm.c.untagged_at)
@@ -110,6 +113,8 @@ def select_untagged(store: Store, policy: RetentionPolicy, at: float) -> list[tu
         rows = conn.execute(q).all()
     out = []
     for r in rows:
+        if actor is not None and not actor.acts_for(r.owner):
+            continue
         short = display_repository(r.name)
         if fnmatch.fnmatchcase(short, policy.match) or fnmatch.fnmatchcase(r.name, policy.match):
             out.append((f"{short}@{r.manifest_digest}", Target("manifest", r.name, r.manifest_digest)))
@@ -119,13 +124,15 @@ def select_untagged(store: Store, policy: RetentionPolicy, at: float) -> list[tu
 def prune(
     store: Store, policy: RetentionPolicy, actor: Actor, *, dry_run: bool = False, purge: bool = False
 ) -> list[ModelDeletion]:
+    """Delete what the policy selects among the models `actor` may delete (all, for an admin)."""
     at = now()
     labeled: list[tuple[str, Target | str]] = []
     if policy.selects_tags:
-        for name in select_models(store.list_tags(), policy, at):
+        mine = [r for r in store.list_tags(actor=actor) if actor.acts_for(r.owner)]
+        for name in select_models(mine, policy, at):
             try:
                 labeled.append((name, model_target(name)))
             except InvalidName as e:
                 labeled.append((name, f'invalid model name "{name}": {e.reason}'))
-    labeled += select_untagged(store, policy, at)
+    labeled += select_untagged(store, policy, at, actor)
     return delete_targets(store, labeled, actor, dry_run=dry_run, purge=purge, action="prune")

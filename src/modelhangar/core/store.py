@@ -38,13 +38,22 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from modelhangar.core import jsonsafe
+from modelhangar.core import jsonsafe, permissions
+from modelhangar.core.actors import Actor as Actor  # re-exported: faces import it from here
 from modelhangar.core.blobstore import COPY_CHUNK, BlobWriter, LocalBlobStore, sha256_file
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import Catalog, retrying
 from modelhangar.core.config import Settings
 from modelhangar.core.digests import parse_digest, sha256_digest
-from modelhangar.core.errors import BlobUnknown, Conflict, DigestMismatch, NotFound, Refused, SizeMismatch
+from modelhangar.core.errors import (
+    BlobUnknown,
+    Conflict,
+    DigestMismatch,
+    NotFound,
+    QuotaExceeded,
+    Refused,
+    SizeMismatch,
+)
 from modelhangar.core.manifests import OLLAMA_CONFIG, ManifestRefs, manifest_annotations, parse_manifest
 
 PRESENT = "present"
@@ -52,15 +61,6 @@ DELETING = "deleting"
 FUSE_REASON = "just used by an upload"
 BUSY_REASON = "in use by an upload right now"
 MAX_CONFIG_BYTES = 1 << 20
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who asks, and through which face."""
-
-    name: str = "local"
-    face: str = "cli"
-    admin: bool = True
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,13 @@ class Released:
     due: dict[str, float] = field(default_factory=dict)
     why: dict[str, str] = field(default_factory=dict)
     untagged: list[str] = field(default_factory=list)
+
+
+class _Unset:
+    """The default of an argument that may also be None."""
+
+
+UNSET = _Unset()
 
 
 def now() -> float:
@@ -293,23 +300,82 @@ class Store:
     # ------------------------------------------------------------------ repositories and tags
 
     def _repository_id(
-        self, conn: sa.Connection, name: str, *, create: bool, owner: str | None = None
+        self,
+        conn: sa.Connection,
+        name: str,
+        *,
+        create: bool,
+        actor: Actor | None = None,
+        need: permissions.Need | None = None,
+        owner: str | _Unset | None = UNSET,
+        visibility: str | None = None,
     ) -> int | None:
+        """The repository's id, checked for `need` by `actor` (NotFound / Denied); with `create`, a new
+        repository when there is none, owned as `core/permissions.py` says unless `owner` is given."""
         key = name.lower()
-        q = sa.select(t.repositories.c.id).where(t.repositories.c.name_key == key)
+        q = sa.select(t.repositories).where(t.repositories.c.name_key == key)
         if create:  # writers hold the repository row, so an emptied repository is not dropped under them
             q = q.with_for_update()
         row = conn.execute(q).first()
         if row is not None:
+            if need is not None:
+                permissions.check(actor or Actor(), need, row.name, row.owner, row.visibility)
             return int(row.id)
         if not create:
             return None
+        if isinstance(owner, _Unset):
+            owner = permissions.owner_for_new(conn, actor or Actor(), name)
         self._insert_ignore(
-            conn, t.repositories, {"name": name, "name_key": key, "owner": owner, "created_at": now()}
+            conn,
+            t.repositories,
+            {
+                "name": name,
+                "name_key": key,
+                "owner": owner,
+                "created_at": now(),
+                "visibility": visibility or self.settings.default_visibility,
+            },
         )
         row = conn.execute(q).first()
         assert row is not None
+        if need is not None:  # another writer created it first
+            permissions.check(actor or Actor(), need, row.name, row.owner, row.visibility)
         return int(row.id)
+
+    def _check_quota(self, conn: sa.Connection, repo_id: int, digest: str, total: int, new_tag: bool) -> None:
+        """Refuse (QuotaExceeded) a manifest that would take its owner past its quota (README)."""
+        owner = conn.execute(sa.select(t.repositories.c.owner).where(t.repositories.c.id == repo_id)).scalar()
+        if owner is None:
+            return
+        quota = conn.execute(
+            sa.select(t.principals.c.quota_bytes, t.principals.c.quota_models).where(
+                t.principals.c.name == owner
+            )
+        ).first()
+        if quota is None or (quota.quota_bytes is None and quota.quota_models is None):
+            return
+        owned = sa.select(t.repositories.c.id).where(t.repositories.c.owner == owner).scalar_subquery()
+        rm = t.repo_manifests
+        member = conn.execute(
+            sa.select(sa.literal(1)).where(rm.c.repository_id == repo_id, rm.c.manifest_digest == digest)
+        ).first()
+        if quota.quota_bytes is not None and member is None:
+            used = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(t.manifests.c.total_size), 0))
+                .select_from(rm.join(t.manifests, t.manifests.c.digest == rm.c.manifest_digest))
+                .where(rm.c.repository_id.in_(owned))
+            ).scalar()
+            if int(used or 0) + total > quota.quota_bytes:
+                after, cap = int(used or 0) + total, quota.quota_bytes
+                raise QuotaExceeded(f"{owner} would store {after} bytes, over its quota of {cap}")
+        if quota.quota_models is not None and new_tag:
+            count = conn.execute(
+                sa.select(sa.func.count()).select_from(t.tags).where(t.tags.c.repository_id.in_(owned))
+            ).scalar()
+            if int(count or 0) + 1 > quota.quota_models:
+                raise QuotaExceeded(
+                    f"{owner} would hold {int(count or 0) + 1} models, over its quota of {quota.quota_models}"
+                )
 
     def _tag_query(self) -> sa.Select[Any]:
         return (
@@ -334,33 +400,64 @@ class Store:
     def _tag_record(row: sa.Row[Any]) -> TagRecord:
         return TagRecord(*row)  # type: ignore[call-arg]  # the query selects the fields in order
 
-    def get_tag(self, repository: str, tag: str) -> TagRecord | None:
-        """A tag by repository and tag name, matched case-insensitively as Ollama does."""
+    @staticmethod
+    def _visible_to(q: Any, actor: Actor | None) -> Any:
+        """`q` (over repositories) kept to what `actor` may read; everything for None (the store)."""
+        clause = None if actor is None else permissions.visible(actor)
+        return q if clause is None else q.where(clause)
+
+    def get_tag(self, repository: str, tag: str, *, actor: Actor | None = None) -> TagRecord | None:
+        """A tag by repository and tag name, matched case-insensitively as Ollama does (None if `actor`
+        may not read it)."""
+        q = self._tag_query().where(
+            t.repositories.c.name_key == repository.lower(), t.tags.c.name_key == tag.lower()
+        )
         with self.catalog.read() as conn:
-            row = conn.execute(
-                self._tag_query().where(
-                    t.repositories.c.name_key == repository.lower(), t.tags.c.name_key == tag.lower()
-                )
-            ).first()
+            row = conn.execute(self._visible_to(q, actor)).first()
         return None if row is None else self._tag_record(row)
 
-    def list_tags(self, repository: str | None = None) -> list[TagRecord]:
-        """Every live tag (newest first), or those of one repository."""
+    def list_tags(self, repository: str | None = None, *, actor: Actor | None = None) -> list[TagRecord]:
+        """Every live tag (newest first) `actor` may read, or those of one repository."""
         q = self._tag_query().order_by(t.tags.c.modified_at.desc())
         if repository is not None:
             q = q.where(t.repositories.c.name_key == repository.lower())
         with self.catalog.read() as conn:
-            return [self._tag_record(r) for r in conn.execute(q)]
+            return [self._tag_record(r) for r in conn.execute(self._visible_to(q, actor))]
 
-    def list_repositories(self) -> list[str]:
-        """Repositories that hold at least one manifest, sorted."""
+    def list_repositories(self, *, actor: Actor | None = None) -> list[str]:
+        """Repositories that hold at least one manifest and `actor` may read, sorted."""
         q = (
             sa.select(t.repositories.c.name)
             .where(sa.exists().where(t.repo_manifests.c.repository_id == t.repositories.c.id))
             .order_by(t.repositories.c.name)
         )
         with self.catalog.read() as conn:
-            return [r.name for r in conn.execute(q)]
+            return [r.name for r in conn.execute(self._visible_to(q, actor))]
+
+    def repository(self, name: str, *, actor: Actor | None = None) -> Any:
+        """The repository's catalog row if it exists and `actor` may read it, else None."""
+        q = sa.select(t.repositories).where(t.repositories.c.name_key == name.lower())
+        with self.catalog.read() as conn:
+            return conn.execute(self._visible_to(q, actor)).first()
+
+    def require(self, actor: Actor, need: permissions.Need, repository: str) -> Any:
+        """The repository's row, checked for `need` by `actor` (NotFound / Denied); None if it does not
+        exist (a write may create it)."""
+        with self.catalog.read() as conn:
+            return permissions.access(conn, actor, repository, need)
+
+    @retrying
+    def set_visibility(self, repository: str, visibility: str, *, actor: Actor) -> None:
+        """Make a model public or private (its owner, its organisation's members and admins only)."""
+        if visibility not in permissions.VISIBILITIES:
+            raise ValueError(f"visibility must be one of {', '.join(permissions.VISIBILITIES)}")
+        with self.catalog.write() as conn:
+            repo_id = self._repository_id(conn, repository, create=False, actor=actor, need="write")
+            if repo_id is None:
+                raise NotFound(f"{repository} not found")
+            conn.execute(
+                t.repositories.update().where(t.repositories.c.id == repo_id).values(visibility=visibility)
+            )
 
     def get_manifest(self, digest: str) -> tuple[bytes, str] | None:
         """Bytes and media type of a live manifest."""
@@ -372,7 +469,9 @@ class Store:
             ).first()
         return None if row is None else (bytes(row.content), row.media_type)
 
-    def referrers(self, repository: str, subject: str, artifact_type: str | None = None) -> list[Referrer]:
+    def referrers(
+        self, repository: str, subject: str, artifact_type: str | None = None, *, actor: Actor | None = None
+    ) -> list[Referrer]:
         """Manifests of a repository whose `subject` is `subject` (oldest first), optionally of one type."""
         q = (
             sa.select(
@@ -386,6 +485,7 @@ class Store:
             .where(t.repositories.c.name_key == repository.lower(), t.manifests.c.subject_digest == subject)
             .order_by(t.repo_manifests.c.created_at, t.manifests.c.digest)
         )
+        q = self._visible_to(q, actor)
         if artifact_type is not None:
             q = q.where(t.manifests.c.artifact_type == artifact_type)
         with self.catalog.read() as conn:
@@ -400,7 +500,7 @@ class Store:
                 for r in conn.execute(q)
             ]
 
-    def manifest_in_repository(self, repository: str, digest: str) -> bool:
+    def manifest_in_repository(self, repository: str, digest: str, *, actor: Actor | None = None) -> bool:
         q = (
             sa.select(sa.literal(1))
             .select_from(t.repo_manifests.join(t.repositories))
@@ -408,6 +508,7 @@ class Store:
                 t.repositories.c.name_key == repository.lower(), t.repo_manifests.c.manifest_digest == digest
             )
         )
+        q = self._visible_to(q, actor)
         with self.catalog.read() as conn:
             return conn.execute(q).first() is not None
 
@@ -466,14 +567,22 @@ class Store:
             with self.catalog.write() as conn:
                 # Lock order everywhere: tag, then manifest, then blobs (sorted): no deadlocks.
                 ts = now()
-                repo_id = self._repository_id(conn, repository, create=True, owner=owner)
+                repo_id = self._repository_id(
+                    conn,
+                    repository,
+                    create=True,
+                    actor=actor,
+                    need="write",
+                    **({} if owner is None else {"owner": owner}),
+                )
                 assert repo_id is not None
+                existing_tag = None
                 if tag is not None:
-                    conn.execute(
+                    existing_tag = conn.execute(
                         sa.select(t.tags.c.name_key)
                         .where(t.tags.c.repository_id == repo_id, t.tags.c.name_key == tag.lower())
                         .with_for_update()
-                    )
+                    ).first()
                 manifest_row = {
                     "digest": digest,
                     "media_type": refs.media_type,
@@ -526,6 +635,9 @@ class Store:
                     self._insert_ignore(
                         conn, t.manifest_children, {"parent_digest": digest, "child_digest": c}
                     )
+                self._check_quota(
+                    conn, repo_id, digest, refs.total_size, new_tag=tag is not None and existing_tag is None
+                )
                 self._insert_ignore(
                     conn,
                     t.repo_manifests,
@@ -640,7 +752,7 @@ class Store:
                         .where(t.repositories.c.name_key == name)
                         .with_for_update()
                     )
-                src_repo = self._repository_id(conn, src_repository, create=False)
+                src_repo = self._repository_id(conn, src_repository, create=False, actor=actor, need="read")
                 row = None
                 if src_repo is not None:
                     row = conn.execute(
@@ -654,12 +766,15 @@ class Store:
                 conn.execute(
                     sa.select(t.manifests.c.digest).where(t.manifests.c.digest == digest).with_for_update()
                 )
-                owner = conn.execute(
-                    sa.select(t.repositories.c.owner).where(t.repositories.c.id == src_repo)
-                ).scalar()
-                dst_repo = self._repository_id(conn, dst_repository, create=True, owner=owner)
+                dst_repo = self._repository_id(conn, dst_repository, create=True, actor=actor, need="write")
                 assert dst_repo is not None
                 ts = now()
+                existing = conn.execute(
+                    sa.select(t.tags.c.name_key).where(
+                        t.tags.c.repository_id == dst_repo, t.tags.c.name_key == dst_tag.lower()
+                    )
+                ).first()
+                self._check_quota(conn, dst_repo, digest, 0, new_tag=existing is None)
                 self._insert_ignore(
                     conn,
                     t.repo_manifests,
@@ -834,11 +949,9 @@ class Store:
             sa.select(sa.literal(1)).where(t.repo_blobs.c.repository_id == repo_id).limit(1)
         ).first()
         if has_tag is None and has_link is None:
-            # a repository with an owner (e.g. a Replicate model) outlives its versions
+            # a model object of a face (a Replicate model, an OpenSearch group) outlives its versions
             conn.execute(
-                t.repositories.delete().where(
-                    t.repositories.c.id == repo_id, t.repositories.c.owner.is_(None)
-                )
+                t.repositories.delete().where(t.repositories.c.id == repo_id, t.repositories.c.kind.is_(None))
             )
 
     def finish_deletions(self, digests: Sequence[str]) -> int:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import retrying
-from modelhangar.core.errors import Conflict, NotFound, Refused
+from modelhangar.core.errors import Conflict, NotFound
 from modelhangar.core.names import InvalidName, ModelName, parse_name
 from modelhangar.core.planner import Plan, Planner, Target
 from modelhangar.core.store import Actor, Store, now
@@ -49,22 +49,25 @@ def _entry(row: Any, size: int) -> TrashEntry:
     )
 
 
-def list_trash(store: Store) -> list[TrashEntry]:
+def list_trash(store: Store, actor: Actor | None = None) -> list[TrashEntry]:
+    """The trash, newest first: everything, or what `actor` may restore (its own and its orgs')."""
     q = (
         sa.select(t.trash, t.manifests.c.total_size)
         .join(t.manifests, t.manifests.c.digest == t.trash.c.manifest_digest)
         .order_by(t.trash.c.deleted_at.desc(), t.trash.c.id.desc())
     )
     with store.catalog.read() as conn:
-        return [_entry(r, int(r.total_size)) for r in conn.execute(q)]
+        rows = conn.execute(q).all()
+    return [_entry(r, int(r.total_size)) for r in rows if actor is None or actor.acts_for(r.owner)]
 
 
-def find_entry(store: Store, ident: str, matches: Any = None) -> TrashEntry:
-    """A trash entry by id, or the newest one deleted under the model name `ident`.
+def find_entry(store: Store, ident: str, matches: Any = None, actor: Actor | None = None) -> TrashEntry:
+    """A trash entry (of those `actor` may restore) by id, or the newest one deleted under the model
+    name `ident`.
 
     Names match as everywhere else: `tiny` is `registry.ollama.ai/library/tiny:latest`, any case.
     """
-    entries = list_trash(store)
+    entries = list_trash(store, actor)
     if ident.isdigit():
         for e in entries:
             if e.id == int(ident):
@@ -89,12 +92,16 @@ def restore(store: Store, entry_id: int, actor: Actor, as_name: ModelName | None
     """Put a trashed model back under its name (or `as_name`), with the same digest and times."""
     with store.catalog.write() as conn:
         row = conn.execute(sa.select(t.trash).where(t.trash.c.id == entry_id).with_for_update()).first()
-        if row is None:
+        if row is None or not actor.acts_for(row.owner):  # another account's entry is not there
             raise NotFound(f"no trash entry {entry_id}")
-        if row.owner is not None and row.owner != actor.name and not actor.admin:
-            raise Refused(None, f"{actor.name} does not own {row.repository}")
         repository, tag = (row.repository, row.tag) if as_name is None else (as_name.repository, as_name.tag)
-        repo_id = store._repository_id(conn, repository, create=True, owner=row.owner)
+        meta = json.loads(row.meta or "{}")
+        if as_name is None:
+            repo_id = store._repository_id(
+                conn, repository, create=True, owner=row.owner, visibility=meta.get("visibility"), actor=actor
+            )
+        else:  # under another name it is a new model of whoever restores it, as a copy would be
+            repo_id = store._repository_id(conn, repository, create=True, actor=actor, need="write")
         assert repo_id is not None
         if tag:
             taken = conn.execute(
@@ -111,7 +118,6 @@ def restore(store: Store, entry_id: int, actor: Actor, as_name: ModelName | None
             t.repo_manifests,
             {"repository_id": repo_id, "manifest_digest": row.manifest_digest, "created_at": ts},
         )
-        meta = json.loads(row.meta or "{}")
         if tag:
             conn.execute(
                 t.tags.insert().values(
@@ -136,6 +142,7 @@ def restore(store: Store, entry_id: int, actor: Actor, as_name: ModelName | None
                 outcome="ok",
                 bytes_freed=0,
                 detail=json.dumps({"trash_id": entry_id, "manifest": row.manifest_digest}),
+                token_name=actor.token,
             )
         )
     return replace(_entry(row, 0), repository=repository, tag=tag)
@@ -144,14 +151,15 @@ def restore(store: Store, entry_id: int, actor: Actor, as_name: ModelName | None
 def empty_trash(
     store: Store, actor: Actor, *, older_than: float | None = None, dry_run: bool = False
 ) -> list[Plan]:
-    """Purge the trash entries deleted at least `older_than` seconds ago (all when None), or preview it.
+    """Purge the trash entries (those `actor` may restore) deleted at least `older_than` seconds ago (all
+    when None), or preview it.
 
     All of them go through one planner call (audited as `purge`), so a preview counts the blobs only
     the purged entries share, exactly as the purge frees them. Entries restored or expired meanwhile
     are left out and the rest retried. Returns that one plan, or no plan when nothing qualifies.
     """
     cutoff = None if older_than is None else now() - older_than
-    ids = [str(e.id) for e in list_trash(store) if cutoff is None or e.deleted_at <= cutoff]
+    ids = [str(e.id) for e in list_trash(store, actor) if cutoff is None or e.deleted_at <= cutoff]
     planner = Planner(store)
     while ids:
         targets = [Target("trash", ref=i) for i in ids]

@@ -15,9 +15,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from modelhangar.core import permissions
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.planner import unique_sizes
-from modelhangar.core.store import DELETING, PRESENT, Store, now
+from modelhangar.core.store import DELETING, PRESENT, Actor, Store, now
 
 SHARERS_SHOWN = 3
 CATEGORIES = {
@@ -75,8 +76,13 @@ def disk_usage(
     offset: int = 0,
     limit: int | None = None,
     scan_files: bool = True,
+    actor: Actor | None = None,
 ) -> Usage:
-    """Usage of the whole store, models paginated; `scan_files` also counts files the catalog lacks."""
+    """Usage of the whole store, models paginated; `scan_files` also counts files the catalog lacks.
+
+    For an `actor` who is no admin: only the models it may read, and no store-wide breakdown (its
+    `breakdown` is empty and `total` 0), since that would tell the sizes of others' private models.
+    """
     mb = t.manifest_blobs
     with store.catalog.read() as conn:
         unique = unique_sizes(conn)
@@ -100,6 +106,15 @@ def disk_usage(
             .join(t.repositories, t.repositories.c.id == t.tags.c.repository_id)
             .order_by(t.repositories.c.name, t.tags.c.name)
         ).all()
+        clause = None if actor is None else permissions.visible(actor)
+        shown_rows = tag_rows
+        if clause is not None:
+            shown_rows = conn.execute(
+                sa.select(t.repositories.c.name, t.tags.c.name.label("tag"), t.tags.c.manifest_digest)
+                .join(t.repositories, t.repositories.c.id == t.tags.c.repository_id)
+                .where(clause)
+                .order_by(t.repositories.c.name, t.tags.c.name)
+            ).all()
         members = {r.manifest_digest for r in conn.execute(sa.select(t.repo_manifests.c.manifest_digest))}
         trashed = {r.manifest_digest for r in conn.execute(sa.select(t.trash.c.manifest_digest))}
     sizes = {r.digest: int(r.size) for r in blob_rows if r.state == PRESENT}
@@ -149,7 +164,9 @@ def disk_usage(
         for digest, _mtime in store.blobs.iter_blobs():
             if digest not in known:
                 breakdown["unknown_files"] += store.blobs.size(digest) or 0
-    page_rows = tag_rows[offset : None if limit is None else offset + limit]
+    if shown_rows is not tag_rows:  # no store-wide figures for who may not see the whole store
+        breakdown, waiting_until = {}, {}
+    page_rows = shown_rows[offset : None if limit is None else offset + limit]
     sharers = _sharers(tag_rows, page_rows, blobs_of) if with_sharers else {}
     models = []
     for p in page_rows:
@@ -159,7 +176,7 @@ def disk_usage(
         models.append(ModelUsage(p.name, p.tag, p.manifest_digest, size, alone, size - alone, count, first))
     return Usage(
         models=models,
-        model_count=len(tag_rows),
+        model_count=len(shown_rows),
         breakdown=breakdown,
         total=sum(breakdown.values()),
         blob_count=len(blob_rows),

@@ -24,8 +24,18 @@ repositories = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("name", sa.String(1024), nullable=False, unique=True),
     sa.Column("name_key", sa.String(1024), nullable=False, unique=True),
+    # The principal (user or organisation) that owns it; None: the local admin (models stored before
+    # accounts, or made without a token). See `core/permissions.py`.
     sa.Column("owner", sa.String(255), nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
+    # 'public' (everyone may read) or 'private' (only the owner, its members and admins).
+    sa.Column("visibility", sa.String(16), nullable=False, server_default="public"),
+    # What made it, when a face keeps a model object of its own (Replicate's models, OpenSearch's
+    # groups): such a repository outlives its last version. None: an ordinary registry repository.
+    sa.Column("kind", sa.String(32), nullable=True),
+    # That face's fields of the model (description, hardware, ...), as JSON text.
+    sa.Column("meta", sa.Text, nullable=True),
+    sa.Index("ix_repositories_owner", "owner"),
 )
 
 blobs = sa.Table(
@@ -166,6 +176,8 @@ audit = sa.Table(
     sa.Column("outcome", sa.String(16), nullable=False),
     sa.Column("bytes_freed", sa.BigInteger, nullable=False),
     sa.Column("detail", sa.Text, nullable=False),
+    # The name of the token the actor signed in with (never the token itself).
+    sa.Column("token_name", sa.String(255), nullable=True),
     sa.Index("ix_audit_at", "at"),
 )
 
@@ -193,4 +205,61 @@ uploads = sa.Table(
     sa.Column("client", sa.String(255), nullable=True),
     sa.Index("ix_uploads_updated", "updated_at"),
     sa.Index("ix_uploads_client", "client", "updated_at"),
+)
+
+# Accounts (`core/accounts.py`): users and organisations share one namespace of names.
+principals = sa.Table(
+    "principals",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),  # lower-case, as Replicate's usernames
+    sa.Column("kind", sa.String(16), nullable=False),  # 'user' or 'organization'
+    sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("display_name", sa.String(255), nullable=False, server_default=""),
+    # Backend roles (OpenSearch access control), as a JSON list of strings.
+    sa.Column("roles", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("quota_bytes", sa.BigInteger, nullable=True),
+    sa.Column("quota_models", sa.Integer, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+memberships = sa.Table(
+    "memberships",
+    metadata,
+    sa.Column("org", sa.String(64), sa.ForeignKey("principals.name"), primary_key=True),
+    sa.Column("member", sa.String(64), sa.ForeignKey("principals.name"), primary_key=True),
+    sa.Index("ix_memberships_member", "member"),
+)
+
+# API tokens: shown once, stored as a sha256 hash; `id` is the public part a listing shows.
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("principal", sa.String(64), sa.ForeignKey("principals.name"), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_used_at", sa.Float, nullable=True),
+    sa.Column("expires_at", sa.Float, nullable=True),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Index("ix_tokens_principal", "principal"),
+)
+
+# Blobs a principal uploaded through the Ollama face (`POST /api/blobs`), which has no repositories:
+# only its uploader (or a reader of a model naming it) may build a model on such a blob.
+uploader_blobs = sa.Table(
+    "uploader_blobs",
+    metadata,
+    sa.Column("principal", sa.String(64), primary_key=True),
+    sa.Column("blob_digest", DIGEST, primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_uploader_blobs_blob", "blob_digest"),
+)
+
+# Small store-wide values every server shares: the key that signs registry tokens, cluster settings.
+store_settings = sa.Table(
+    "store_settings",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
 )

@@ -1,0 +1,168 @@
+"""Who is who on each request: credentials in, an `Actor` out, the same way for every face.
+
+`Authorization: Bearer <token>` or `Token <token>` (older Replicate clients) on every face, and
+HTTP basic auth with the token as the password (what `docker login`, skopeo `--creds`, oras and
+OpenSearch's `http_auth=(user, token)` send). The middleware looks the token up in the core
+(`core/accounts.py`) and leaves the actor in the request's state; faces read it with `actor_of`.
+
+Without credentials: under `HANGAR_AUTH=local` (the default) a client on a loopback address is
+the local admin, as Ollama trusts its local users; anyone else, and everyone under
+`HANGAR_AUTH=required`, gets 401 in the face's own format, except on the few paths that must
+answer without one (`PUBLIC_PATHS`). Credentials that do not check out are always a 401, never
+taken as anonymous. The token itself is never logged nor put in an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from modelhangar.core import accounts
+from modelhangar.core.store import Actor, Store
+
+STATE_KEY = "actor"
+PUBLIC_PATHS: dict[str, frozenset[str]] = {
+    "/": frozenset({"GET", "HEAD"}),
+    "/api/version": frozenset({"GET", "HEAD"}),
+    "/docs": frozenset({"GET", "HEAD"}),
+    "/redoc": frozenset({"GET", "HEAD"}),
+    "/openapi.json": frozenset({"GET", "HEAD"}),
+}
+"""Paths (and methods) that answer without credentials; a face may add its own (`allow_anonymous`)."""
+PUBLIC_PREFIXES: list[tuple[str, frozenset[str]]] = [("/docs/", frozenset({"GET", "HEAD"}))]
+ANSWERS_ITS_OWN_401: list[str] = ["/v2/", "/v2"]
+"""Paths whose face answers a missing credential itself (the registry's token challenge)."""
+
+
+def allow_anonymous(path: str, methods: frozenset[str], *, prefix: bool = False) -> None:
+    """Let `methods` on `path` (or every path under it) through without credentials."""
+    if prefix:
+        PUBLIC_PREFIXES.append((path, methods))
+    else:
+        PUBLIC_PATHS[path] = methods
+
+
+def face_of(path: str) -> str:
+    if path.startswith("/api/hangar"):
+        return "hangar"
+    if path.startswith("/api/"):
+        return "ollama"
+    if path == "/v2" or path.startswith("/v2/"):
+        return "oci"
+    if path.startswith("/v1/"):
+        return "replicate"
+    if path.startswith("/ui"):
+        return "web"
+    if path.startswith(("/_plugins", "/_cluster", "/_ingest", "/_search")):
+        return "opensearch"
+    return "http"
+
+
+def credentials(authorization: str | None) -> str | None:
+    """The secret an `Authorization` header carries (a token, or basic auth's password), None if none.
+
+    A header that is there but unreadable yields "" (an invalid credential, not an absent one).
+    """
+    if authorization is None or not authorization.strip():
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    scheme = scheme.lower()
+    if scheme in ("bearer", "token"):
+        return value.strip()
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+        _user, sep, password = decoded.partition(":")
+        return password if sep else ""
+    return ""
+
+
+def is_loopback_client(scope: Scope) -> bool:
+    client = scope.get("client")
+    if not client:
+        return False
+    try:
+        return ipaddress.ip_address(str(client[0])).is_loopback
+    except ValueError:
+        return False
+
+
+def _public(path: str, method: str) -> bool:
+    if method in PUBLIC_PATHS.get(path, frozenset()):
+        return True
+    return any(path.startswith(p) and method in m for p, m in PUBLIC_PREFIXES)
+
+
+Authenticator = Callable[[Store, str, str], Actor | None]
+AUTHENTICATORS: list[Authenticator] = [accounts.authenticate]
+"""How a presented secret becomes an actor: API tokens, and (added by the registry face) its tokens."""
+
+
+def resolve(store: Store, secret: str, face: str) -> Actor | None:
+    for authenticate in AUTHENTICATORS:
+        actor = authenticate(store, secret, face)
+        if actor is not None:
+            return actor
+    return None
+
+
+class Authenticate:
+    """ASGI middleware inside the app (it needs the app's store): sets `request.state.actor`.
+
+    `unauthorized(path, message)` answers a 401 in the face's format.
+    """
+
+    def __init__(self, app: ASGIApp, unauthorized: Callable[[str, str], Response]) -> None:
+        self.app = app
+        self.unauthorized = unauthorized
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.concurrency import run_in_threadpool
+
+        path, method = scope["path"], scope["method"]
+        store: Store = scope["app"].state.store
+        face = face_of(path)
+        headers = dict(scope["headers"])
+        raw = headers.get(b"authorization")
+        secret = credentials(raw.decode("latin-1") if raw is not None else None)
+        actor: Actor | None = None
+        if secret is not None:
+            actor = await run_in_threadpool(resolve, store, secret, face) if secret else None
+            if actor is None:
+                await self.unauthorized(path, "invalid, revoked or expired token")(scope, receive, send)
+                return
+        elif store.settings.auth == "local" and is_loopback_client(scope):
+            actor = Actor(face=face)
+        elif not _public(path, method) and path not in ANSWERS_ITS_OWN_401:
+            await self.unauthorized(path, "authentication required: send a token")(scope, receive, send)
+            return
+        scope.setdefault("state", {})[STATE_KEY] = actor
+        await self.app(scope, receive, send)
+
+
+def actor_of(request: Request, face: str | None = None) -> Actor:
+    """The request's actor (as set by `Authenticate`), speaking through `face`."""
+    actor: Actor | None = request.scope.get("state", {}).get(STATE_KEY)
+    if actor is None:
+        from modelhangar.core.errors import Unauthenticated
+
+        raise Unauthenticated("authentication required: send a token")
+    return actor if face is None else actor.on(face)
+
+
+def maybe_actor(request: Request) -> Actor | None:
+    """The request's actor, or None on a public path reached without credentials."""
+    found: Any = request.scope.get("state", {}).get(STATE_KEY)
+    return found if isinstance(found, Actor) else None
