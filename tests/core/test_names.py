@@ -15,6 +15,7 @@ from modelhangar.core.names import (
     DEFAULT_HOST,
     DEFAULT_NAMESPACE,
     DEFAULT_TAG,
+    NAME_PATTERN,
     InvalidName,
     ModelName,
     display_stored,
@@ -431,3 +432,9 @@ def test_display_stored_agrees_with_parse_name(stored: tuple[str, str]) -> None:
     except InvalidName:
         want = None
     assert display_stored(repository, tag) == want
+
+
+@given(st.from_regex(NAME_PATTERN, fullmatch=True))
+def test_whatever_the_schema_pattern_admits_parses(raw: str) -> None:
+    """The OpenAPI schema's name pattern is never looser than the parser."""
+    parse_name(raw)

@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_NAMESPACE",
     "DEFAULT_TAG",
+    "NAME_PATTERN",
     "InvalidName",
     "ModelName",
     "PartKind",
@@ -44,6 +45,11 @@ _RULES: dict[str, str] = {  # by PartKind: what `_PART_RES` allows, in words
     "model": '"_", "." and "-", start with a letter, digit or "_", and be at most 80 characters',
     "tag": '"_", "." and "-", start with a letter, digit or "_", and be at most 80 characters',
 }
+NAME_PATTERN = (
+    r"^(?:(?:[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}/)?[A-Za-z0-9_][A-Za-z0-9_-]{0,79}/)?"
+    r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,79})?$"
+)
+"""A model name without a scheme, as a regular expression (for schemas): what matches it parses."""
 # RFC 3986 scheme; Ollama does not check it, we refuse junk such as an empty scheme.
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,31}")
 

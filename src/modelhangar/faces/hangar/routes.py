@@ -24,7 +24,7 @@ from modelhangar.core.audit import list_audit
 from modelhangar.core.config import parse_duration
 from modelhangar.core.deletion import ModelDeletion, delete_models
 from modelhangar.core.errors import Conflict, NotFound, not_in_trash
-from modelhangar.core.names import InvalidName, parse_name
+from modelhangar.core.names import NAME_PATTERN, InvalidName, parse_name
 from modelhangar.core.retention import RetentionPolicy, prune
 from modelhangar.core.store import Actor, Store
 from modelhangar.core.usage import CATEGORIES, disk_usage
@@ -146,6 +146,7 @@ _CRITERIA: dict[str, JsonValue] = {
     "older_than": _DURATION_SCHEMA,
     "unused_for": _DURATION_SCHEMA,
     "keep_last": {"type": "integer", "minimum": 0},
+    "untagged_for": _DURATION_SCHEMA,
 }
 
 
@@ -153,7 +154,7 @@ class PruneRequest(Strict):
     model_config = ConfigDict(
         strict=True,
         json_schema_extra={
-            "description": "At least one of older_than, unused_for and keep_last is required.",
+            "description": "At least one of older_than, unused_for, keep_last and untagged_for is required.",
             "anyOf": [{"required": [k], "properties": {k: v}} for k, v in _CRITERIA.items()],
         },
     )
@@ -167,7 +168,9 @@ class PruneRequest(Strict):
         None, description="Keep the N most recently modified tags per repository."
     )
     untagged_for: str | None = Field(
-        None, description="Also delete manifests untagged this long (pullable only by digest)."
+        None,
+        pattern=DURATION,
+        description="Also delete manifests untagged this long (pullable by digest only).",
     )
     match: str = Field("*", description="A glob over model names, e.g. `scratch-*`.")
     dry_run: bool = False
@@ -303,10 +306,11 @@ async def trash_list(request: Request) -> dict[str, Any]:
 
 
 class RestoreRequest(Strict):
-    model: str = Field(description="A trash entry id, or the model name it was deleted under.")
+    model: str = Field(min_length=1, description="A trash entry id, or the model name it was deleted under.")
     as_name: str | None = Field(
         None,
         alias="as",
+        pattern=NAME_PATTERN,
         description="Restore under this name instead (when the old one was taken again meanwhile).",
     )
 
