@@ -197,9 +197,21 @@ class Kit:
         return (json.dumps(doc, separators=(",", ":")) + "\n").encode()
 
     def create(
-        self, name: str, layers: Sequence[bytes], tag: str = "latest", *, owner: str | None = None
+        self,
+        name: str,
+        layers: Sequence[bytes],
+        tag: str = "latest",
+        *,
+        owner: str | None = None,
+        visibility: str = "public",
     ) -> str:
+        """A model (public unless said otherwise, so other actors see it and are refused, not misled)."""
         digest, _ = self.store.put_manifest(repo(name), tag, self.manifest(layers), owner=owner)
+        self.execute(
+            t.repositories.update()
+            .where(t.repositories.c.name_key == repo(name).lower())
+            .values(visibility=visibility)
+        )
         return digest
 
     def delete(

@@ -10,7 +10,7 @@ import pytest
 
 from modelhangar.core import gc
 from modelhangar.core.catalog import schema as t
-from modelhangar.core.errors import Conflict, Refused
+from modelhangar.core.errors import Conflict, Denied, Refused
 from modelhangar.core.planner import Target
 from modelhangar.core.retention import RetentionPolicy, prune
 from modelhangar.core.store import Actor
@@ -82,12 +82,12 @@ def test_a_version_a_dependent_pins_survives_an_overwrite(kit: Kit, pin: str) ->
 
 def test_only_the_owner_may_overwrite(kit: Kit) -> None:
     old = kit.create("theirs", [b"alice's weights"], owner="alice")
-    bob = Actor(name="bob", face="test", admin=False)
+    bob = Actor(name="bob", face="test", admin=False, principal="bob")
     content = kit.manifest([b"bob's weights"])
-    with pytest.raises(Refused, match="bob does not own"):
+    with pytest.raises(Denied, match="bob may not change"):
         kit.store.put_manifest(PREFIX + "theirs", "latest", content, actor=bob)
     assert kit.store.get_tag(PREFIX + "theirs", "latest").manifest_digest == old  # type: ignore[union-attr]
-    kit.store.put_manifest(PREFIX + "theirs", "latest", content, actor=Actor(name="alice", admin=False))
+    kit.store.put_manifest(PREFIX + "theirs", "latest", content, actor=Actor(name="alice", admin=False, principal="alice"))
 
 
 def test_a_registry_overwrite_keeps_the_old_manifest_untagged_until_retention(kit: Kit) -> None:

@@ -140,13 +140,13 @@ def test_dependents_block_the_delete_and_change_nothing(kit: Kit, target_kind: s
 def test_permission_blocks_a_non_owner(kit: Kit) -> None:
     kit.create("private", [b"w"], owner="alice")
     before = kit.snapshot()
-    plan = kit.delete("private", actor=Actor(name="bob", face="api", admin=False))
+    plan = kit.delete("private", actor=Actor(name="bob", face="api", admin=False, principal="bob"))
     assert [(b.kind, b.id) for b in plan.blockers] == [("permission", PREFIX + "private")]
     assert not plan.executed
     assert kit.snapshot() == before
     [row] = kit.audit()
     assert (row.actor, row.face, row.outcome) == ("bob", "api", "refused")
-    assert kit.delete("private", actor=Actor(name="alice", admin=False)).executed
+    assert kit.delete("private", actor=Actor(name="alice", admin=False, principal="alice")).executed
 
 
 def test_an_admin_may_delete_what_others_own(kit: Kit) -> None:
@@ -208,7 +208,7 @@ def test_audit_log_records_every_outcome(make_kit: MakeKit) -> None:
     kit = make_kit(HANGAR_TRASH_RETENTION="1h")
     three_models(kit)
     kit.create("owned", [b"o"], owner="alice")
-    bob = Actor(name="bob", face="api", admin=False)
+    bob = Actor(name="bob", face="api", admin=False, principal="bob")
     kit.delete("a", dry_run=True)
     kit.delete("a", purge=True)
     kit.delete("owned", actor=bob)
@@ -334,8 +334,44 @@ def test_a_refused_group_does_not_count_towards_later_ones(make_kit: MakeKit) ->
     kit.create("mine", [b"pair", b"b"])
     kit.execute(t.blobs.update().values(touched_at=0.0))
     groups = [[Target("tag", f"registry.ollama.ai/library/{n}", "latest")] for n in ("theirs", "mine")]
-    refused, allowed = kit.planner.preview(groups, Actor(name="bob", face="test", admin=False))
+    refused, allowed = kit.planner.preview(groups, Actor(name="bob", face="test", admin=False, principal="bob"))
     assert [b.kind for b in refused.blockers] == ["permission"]
     assert refused.blobs == [digest_of(b"a")]  # what it would remove, were it allowed
     assert digest_of(b"b") in allowed.blobs
     assert digest_of(b"pair") not in allowed.blobs  # still held: the refused delete does not happen
+
+
+def test_a_dependent_s_policy_blocks_warns_or_follows_a_shared_setting(kit: Kit) -> None:
+    from modelhangar.core import dependents, shared_settings
+
+    kit.create("m", [b"w"])
+    with kit.store.catalog.write() as conn:
+        dependents.record(
+            conn, "pipeline", "p1", "tag", PREFIX + "m:latest", reason="embeds", policy="setting:safe"
+        )
+        dependents.record(conn, "agent", "a1", "tag", PREFIX + "m:latest", reason="chats", policy="warn")
+    plan = kit.delete("m", dry_run=True)
+    assert plan.ok and [w.id for w in plan.warnings] == ["a1", "p1"]
+    shared_settings.put(kit.store, "safe", True)
+    plan = kit.delete("m", dry_run=True)
+    assert [b.id for b in plan.blockers] == ["p1"] and [w.id for w in plan.warnings] == ["a1"]
+    shared_settings.put(kit.store, "safe", False)
+    assert kit.delete("m").executed
+
+
+def test_rules_of_a_repository_kind_block_deletions(kit: Kit) -> None:
+    from modelhangar.core import model_rules
+
+    kit.create("ruled", [b"w"])
+    kit.execute(t.repositories.update().values(kind="test-kind"))
+
+    @model_rules.rule("test-kind")
+    def never_the_whole(conn: Any, removal: model_rules.Removal) -> list[tuple[str, str, str]]:
+        return [("state", removal.repository.name, "keep it")] if removal.whole else []
+
+    try:
+        plan = kit.planner.delete([Target("repository", PREFIX + "ruled")], Actor(), dry_run=True)
+        assert [b.reason for b in plan.blockers] == ["keep it"]
+        assert kit.delete("ruled", dry_run=True).ok  # a version (tag) may go
+    finally:
+        model_rules.RULES.pop("test-kind")

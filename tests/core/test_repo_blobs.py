@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from conftest import Kit, MakeKit
 
 A, B, C = (f"registry.ollama.ai/library/{n}" for n in "abc")  # what Kit.create("a") names
-ACTOR = Actor(name="anonymous", face="oci", admin=False)
+ACTOR = Actor(face="oci")
 
 
 def upload(kit: Kit, repository: str, data: bytes) -> str:
@@ -92,7 +92,7 @@ def test_delete_drops_the_link_and_the_blob_once_nothing_uses_it(kit: Kit) -> No
     assert result.outcome == "deleted" and result.blob == "deleted"
     assert d not in kit.blob_files() and links(kit) == set()
     [entry] = [a for a in kit.audit() if a.action == "delete-blob"]
-    assert entry.target == f"{B}@{d}" and entry.actor == "anonymous"
+    assert entry.target == f"{B}@{d}" and entry.actor == "local"
     assert repo_blobs.withdraw(kit.store, B, d, ACTOR).outcome == "unknown"
     assert repo_blobs.withdraw(kit.store, C, d, ACTOR).outcome == "unknown"
 

@@ -4,7 +4,10 @@ goes, so the planner finds every one with an indexed lookup and refuses a delete
 would break it (README, "Safety rules"); a new kind of user needs no new deletion code.
 
 A dependent names its target as a repository (`name`), a tag (`repository:tag`) or a manifest
-(`sha256:<hex>`); names match case-insensitively, as model names do.
+(`sha256:<hex>`); names match case-insensitively, as model names do. Its `policy` says what it does
+to a deletion: `block` (the default) refuses it; `warn` only names it in the plan (it would break);
+`setting:<key>` blocks while the shared setting `<key>` is true and warns otherwise (OpenSearch's
+safe delete).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Dependent:
     target: str
     owner: str | None
     reason: str
+    policy: str = "block"
 
 
 def record(
@@ -39,6 +43,7 @@ def record(
     *,
     reason: str,
     owner: str | None = None,
+    policy: str = "block",
 ) -> None:
     """Record (or update) that `kind` `ident` uses `target`."""
     forget(conn, kind, ident, target_kind=target_kind, target=target)
@@ -51,6 +56,7 @@ def record(
             target_key=target.lower(),
             owner=owner,
             reason=reason,
+            policy=policy,
             created_at=now(),
         )
     )
@@ -78,7 +84,7 @@ def of_target(conn: sa.Connection, target_kind: str, target: str) -> list[Depend
     """Everything that uses `target` (an indexed lookup)."""
     d = t.dependents
     q = (
-        sa.select(d.c.kind, d.c.id, d.c.target_kind, d.c.target, d.c.owner, d.c.reason)
+        sa.select(d.c.kind, d.c.id, d.c.target_kind, d.c.target, d.c.owner, d.c.reason, d.c.policy)
         .where(d.c.target_kind == target_kind, d.c.target_key == target.lower())
         .order_by(d.c.kind, d.c.id)
     )

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from modelhangar.core import dependents, permissions
+from modelhangar.core import dependents, model_rules, permissions, shared_settings
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import retrying
 from modelhangar.core.errors import Refused
@@ -84,6 +84,8 @@ class Plan:
     later: list[dict[str, Any]] = field(default_factory=list)
     reclaimed: str = "nothing"
     blockers: list[Blocker] = field(default_factory=list)
+    warnings: list[Blocker] = field(default_factory=list)
+    """Users of what goes that do not refuse it (safe delete off, say) but will break: shown, not enforced."""
     kept: list[dict[str, Any]] = field(default_factory=list)
     not_found: list[str] = field(default_factory=list)
     trash_ids: list[int] = field(default_factory=list)
@@ -119,6 +121,7 @@ class _Resolved:
     keep_untagged: bool = False
     whole_repos: set[int] = field(default_factory=set)
     visibility: dict[int, str] = field(default_factory=dict)
+    rows: dict[int, Any] = field(default_factory=dict)
     trash_rows: list[Any] = field(default_factory=list)
     repos: dict[int, tuple[str, str | None]] = field(default_factory=dict)
 
@@ -129,7 +132,21 @@ def may_delete(actor: Actor, owner: str | None) -> bool:
 
 
 def dependents_of(conn: sa.Connection, target_kind: str, target: str) -> list[Blocker]:
-    return [Blocker(d.kind, d.id, d.reason) for d in dependents.of_target(conn, target_kind, target)]
+    """What uses `target` and refuses its removal now (see `core/dependents.py` for the policies)."""
+    return _weigh(conn, target_kind, target)[0]
+
+
+def _weigh(conn: sa.Connection, target_kind: str, target: str) -> tuple[list[Blocker], list[Blocker]]:
+    """(blockers, warnings): the users of `target` that refuse its removal, and those it would break."""
+    blocking: list[Blocker] = []
+    warning: list[Blocker] = []
+    for d in dependents.of_target(conn, target_kind, target):
+        policy = d.policy or "block"
+        blocks = policy == "block" or (
+            policy.startswith("setting:") and shared_settings.is_true(conn, policy.removeprefix("setting:"))
+        )
+        (blocking if blocks else warning).append(Blocker(d.kind, d.id, d.reason))
+    return blocking, warning
 
 
 class Planner:
@@ -283,12 +300,7 @@ class Planner:
 
     def _repo(self, conn: sa.Connection, name: str, res: _Resolved, actor: Actor) -> int | None:
         row = conn.execute(
-            sa.select(
-                t.repositories.c.id,
-                t.repositories.c.name,
-                t.repositories.c.owner,
-                t.repositories.c.visibility,
-            )
+            sa.select(t.repositories)
             .where(t.repositories.c.name_key == name.lower())
             .with_for_update()  # repository, then tags, then manifests, then blobs: as every writer
         ).first()
@@ -296,6 +308,7 @@ class Planner:
             return None  # a private model of another account does not exist for this actor
         res.repos[int(row.id)] = (row.name, row.owner)
         res.visibility[int(row.id)] = row.visibility
+        res.rows[int(row.id)] = row
         return int(row.id)
 
     def _lock_tags(self, conn: sa.Connection, repo_id: int, *conds: Any) -> list[Any]:
@@ -377,7 +390,14 @@ class Planner:
             digests |= {m for i, m in res.memberships if i == repo_id}
             keys += [("manifest", d) for d in sorted(digests)]
             for kind, target in keys:
-                plan.blockers += dependents_of(conn, kind, target)
+                blocking, warning = _weigh(conn, kind, target)
+                plan.blockers += blocking
+                plan.warnings += warning
+            if repo_id in res.rows:
+                removal = model_rules.Removal(
+                    res.rows[repo_id], repo_id in res.whole_repos, frozenset(digests), actor
+                )
+                plan.blockers += [Blocker(*b) for b in model_rules.blockers(conn, removal)]
 
     # ------------------------------------------------------------------ applying
 
@@ -555,6 +575,7 @@ class Planner:
             "blobs": plan.blobs,
             "trash_ids": plan.trash_ids,
             "blockers": [asdict(b) for b in plan.blockers],
+            "warnings": [asdict(b) for b in plan.warnings],
             "not_found": plan.not_found,
             "reclaimed": plan.reclaimed,
             "later": [{k: v for k, v in x.items() if k != "blobs"} for x in plan.later],

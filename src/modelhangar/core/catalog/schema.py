@@ -160,6 +160,8 @@ dependents = sa.Table(
     sa.Column("owner", sa.String(255), nullable=True),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    # 'block', 'warn', or 'setting:<key>' (blocks while that shared setting is true): core/dependents.py
+    sa.Column("policy", sa.String(255), nullable=False, server_default="block"),
     sa.Index("ix_dependents_target_key", "target_kind", "target_key"),
 )
 

@@ -27,6 +27,10 @@ def upgrade() -> None:
         batch_op.create_index("ix_repositories_owner", ["owner"], unique=False)
     with op.batch_alter_table("audit", schema=None) as batch_op:
         batch_op.add_column(sa.Column("token_name", sa.String(length=255), nullable=True))
+    with op.batch_alter_table("dependents", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("policy", sa.String(length=255), nullable=False, server_default="block")
+        )
     op.create_table(
         "principals",
         sa.Column("name", sa.String(length=64), nullable=False),
@@ -93,6 +97,8 @@ def downgrade() -> None:
         batch_op.drop_index("ix_memberships_member")
     op.drop_table("memberships")
     op.drop_table("principals")
+    with op.batch_alter_table("dependents", schema=None) as batch_op:
+        batch_op.drop_column("policy")
     with op.batch_alter_table("audit", schema=None) as batch_op:
         batch_op.drop_column("token_name")
     with op.batch_alter_table("repositories", schema=None) as batch_op:
