@@ -97,14 +97,18 @@ def create_app(settings: Settings) -> FastAPI:
         store = await run_in_threadpool(Store, settings)
         app.state.store = store
         await run_in_threadpool(store.finish_deletions, store.pending_deletions())
-        task = asyncio.create_task(_gc_loop(store, settings.gc_interval))
+        tasks = [asyncio.create_task(_gc_loop(store, settings.gc_interval))]
+        if settings.last_used_flush > 0:  # last-used times in batches (core/recency.py)
+            store.last_used.buffering = True
+            tasks.append(asyncio.create_task(_flush_loop(store, settings.last_used_flush)))
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            store.close()
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            store.close()  # writes the last-used times still pending
 
     app = FastAPI(
         title="modelhangar",
@@ -146,6 +150,15 @@ async def _gc_loop(store: Store, interval: float) -> None:
             await run_in_threadpool(_scheduled_round, store)
         except Exception:  # keep serving; the next round retries
             log.exception("background gc failed")
+
+
+async def _flush_loop(store: Store, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await run_in_threadpool(store.last_used.flush)
+        except Exception:  # kept pending; the next round retries
+            log.exception("writing last-used times failed")
 
 
 def run_server(settings: Settings) -> None:

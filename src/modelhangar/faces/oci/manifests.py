@@ -44,25 +44,21 @@ async def unknown(store: Store, repository: str, code: str, detail: Any) -> OciE
     return OciError(code, detail=detail)
 
 
-def _lookup(store: Store, repository: str, kind: str, ref: str) -> tuple[str, bytes, str] | None:
-    if kind == "tag":
-        record = store.get_tag(repository, ref)
-        if record is None:
-            return None
-        digest = record.manifest_digest
-    elif store.manifest_in_repository(repository, ref):
-        digest = ref
-    else:
-        return None
-    got = store.get_manifest(digest)
-    return None if got is None else (digest, got[0], got[1])
+def _lookup(store: Store, repository: str, kind: str, ref: str, pull: bool) -> tuple[str, bytes, str] | None:
+    """The manifest, by tag or digest; a pull by tag counts as a use of that tag (one thread hop)."""
+    if kind != "tag":
+        return store.find_manifest(repository, digest=ref)
+    found = store.find_manifest(repository, tag=ref)
+    if found is not None and pull:
+        store.mark_used(repository, ref)
+    return found
 
 
 async def get_manifest(request: Request, name: str, reference: str) -> Response:
     repository = repository_of(name)
     kind, ref = parse_reference(reference)
     store = store_of(request)
-    found = await run_in_threadpool(_lookup, store, repository, kind, ref)
+    found = await run_in_threadpool(_lookup, store, repository, kind, ref, request.method == "GET")
     if found is None:
         raise await unknown(store, repository, "MANIFEST_UNKNOWN", {"reference": reference})
     digest, content, media_type = found
@@ -74,8 +70,6 @@ async def get_manifest(request: Request, name: str, reference: str) -> Response:
     }
     if request.method == "HEAD":
         return Response(status_code=200, headers=headers)
-    if kind == "tag":
-        await run_in_threadpool(store.mark_used, repository, ref)
     return Response(content, status_code=200, headers=headers)
 
 
