@@ -267,3 +267,15 @@ def test_deleting_a_repository_releases_children_through_its_index(store: Store,
     assert sorted(plan.blobs) == sorted([digest_of(b"amd64 weights"), digest_of(b"arm64 weights")])
     assert set(kit.blob_files()) == {digest_of(b"shared"), digest_of(CONFIG)}
     assert fsck(store, verify=True) == []
+
+
+def test_the_streamed_listing_is_every_tag_newest_first_across_batches(kit: Kit) -> None:
+    for i in range(5):
+        kit.create(f"m{i}", [b"layer %d" % i])
+    records = kit.store.list_tags()
+    batches = list(kit.store.iter_listing(batch=2))
+    assert [len(b) for b in batches] == [2, 2, 1]
+    rows = [tuple(r) for b in batches for r in b]
+    assert rows == [
+        (r.repository, r.tag, r.manifest_digest, r.total_size, r.details_json, r.modified_at) for r in records
+    ]

@@ -31,7 +31,7 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,21 @@ _MANIFEST_BY_TAG = (
         t.repositories.c.name_key == sa.bindparam("repo_key"), t.tags.c.name_key == sa.bindparam("tag_key")
     )
 )
+_LISTING = (
+    sa.select(
+        t.repositories.c.name,
+        t.tags.c.name,
+        t.tags.c.manifest_digest,
+        t.manifests.c.total_size,
+        t.manifests.c.details,
+        t.tags.c.modified_at,
+    )
+    .select_from(
+        t.tags.join(t.repositories).join(t.manifests, t.manifests.c.digest == t.tags.c.manifest_digest)
+    )
+    .order_by(t.tags.c.modified_at.desc())
+)
+LISTING_BATCH = 2000
 _MANIFEST_IN_REPOSITORY = (
     sa.select(*_MANIFEST_COLUMNS)
     .select_from(t.repo_manifests.join(t.repositories).join(t.manifests))
@@ -383,6 +398,13 @@ class Store:
         with self.catalog.read() as conn:
             records = [self._tag_record(r) for r in conn.execute(q)]
         return [self._recent(r) for r in records] if self.last_used.has_pending() else records
+
+    def iter_listing(self, batch: int = LISTING_BATCH) -> Generator[Sequence[Any], None, None]:
+        """Every live tag, newest first, as batches of rows of (repository, tag, manifest digest,
+        total size, details JSON text, modified at), read from one snapshot and streamed (no per-row
+        records: listings can hold 100,000 models). Close the iterator to release the snapshot."""
+        with self.catalog.read() as conn:
+            yield from conn.execution_options(yield_per=batch).execute(_LISTING).partitions()
 
     def find_manifest(
         self, repository: str, *, tag: str | None = None, digest: str | None = None
