@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
-from modelhangar.cli.client import Client
-from modelhangar.cli.output import console, print_json, say
+if TYPE_CHECKING:  # imported when a transfer runs, not when the parser is built
+    from rich.progress import TaskID
 
 
 def _run(args: argparse.Namespace, path: str) -> int:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from modelhangar.cli.client import Client
+    from modelhangar.cli.output import console, print_json, say
+
     body = {"model": args.model, "insecure": args.insecure, "stream": True}
     events: list[dict[str, Any]] = []
     with Client(args.host) as client:

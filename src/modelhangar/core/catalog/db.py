@@ -11,14 +11,13 @@ import contextlib
 import fcntl
 import functools
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -72,7 +71,12 @@ class Catalog:
 
     def migrate(self, revision: str = "head") -> None:
         """Bring the schema to `revision` (the newest by default); safe when several processes start
-        at once."""
+        at once. A catalog already at the newest revision costs one query (Alembic is not loaded)."""
+        if revision == "head" and self.at_head():
+            return
+        from alembic import command  # a second or more at start-up: only when there is work
+        from alembic.config import Config
+
         with self._migration_lock():
             cfg = Config()
             cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -80,6 +84,15 @@ class Catalog:
             with self.engine.begin() as conn:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, revision)
+
+    def at_head(self) -> bool:
+        """Is the catalog at the newest migration (the one no other migration follows)?"""
+        try:
+            with self.read() as conn:
+                current = {r[0] for r in conn.exec_driver_sql("SELECT version_num FROM alembic_version")}
+        except sa.exc.DBAPIError:  # no catalog yet
+            return False
+        return current == {head_revision()}
 
     @contextlib.contextmanager
     def _migration_lock(self) -> Iterator[None]:
@@ -127,6 +140,25 @@ class Catalog:
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
+
+
+_REVISION = re.compile(r'^(down_revision|revision)\s*(?::[^=]*)?=\s*(?:"([^"]*)"|None)', re.M)
+
+
+@functools.cache
+def head_revision() -> str:
+    """The newest migration: the revision no migration names as its `down_revision` (read from the
+    migration files' text, without loading Alembic)."""
+    revisions, parents = set(), set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        fields = dict((m.group(1), m.group(2)) for m in _REVISION.finditer(path.read_text()))
+        if "revision" in fields:
+            revisions.add(fields["revision"])
+            parents.add(fields.get("down_revision"))
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise RuntimeError(f"the catalog migrations have {len(heads)} heads: {sorted(map(str, heads))}")
+    return str(heads.pop())
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> sa.Engine:

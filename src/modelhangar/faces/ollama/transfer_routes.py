@@ -7,7 +7,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -17,10 +17,9 @@ from starlette.routing import BaseRoute, Route
 from modelhangar.core.names import ModelName
 from modelhangar.core.store import Store
 from modelhangar.faces.ollama.wire import error, json_body, model_field, parse_or
-from modelhangar.transfer.errors import TRANSFER_ERRORS
-from modelhangar.transfer.progress import Emit
-from modelhangar.transfer.pull import pull
-from modelhangar.transfer.push import push
+
+if TYPE_CHECKING:  # the transfer client (httpx) is imported by the first pull or push, not at start-up
+    from modelhangar.transfer.progress import Emit
 
 log = logging.getLogger("modelhangar")
 Transfer = Callable[..., object]
@@ -30,6 +29,8 @@ _DONE = object()
 def _stream(run: Callable[[Emit], object]) -> StreamingResponse:
     """Run the transfer in a thread; each progress event becomes one NDJSON line as it happens."""
     events: queue.Queue[object] = queue.Queue()
+
+    from modelhangar.transfer.errors import TRANSFER_ERRORS
 
     def work() -> None:
         try:
@@ -66,6 +67,8 @@ async def _transfer(request: Request, transfer: Transfer) -> Response:
     def keep(event: dict[str, Any]) -> None:
         last[0] = event
 
+    from modelhangar.transfer.errors import TRANSFER_ERRORS
+
     try:
         await run_in_threadpool(run, keep)
     except TRANSFER_ERRORS as e:
@@ -74,10 +77,14 @@ async def _transfer(request: Request, transfer: Transfer) -> Response:
 
 
 async def pull_route(request: Request) -> Response:
+    from modelhangar.transfer.pull import pull
+
     return await _transfer(request, pull)
 
 
 async def push_route(request: Request) -> Response:
+    from modelhangar.transfer.push import push
+
     return await _transfer(request, push)
 
 
