@@ -159,18 +159,36 @@ async def guarded(work: Awaitable[None], undo: Callable[[], None]) -> None:
         raise
 
 
-class BlobBody(StreamingResponse):
-    """`length` bytes of an open blob from `start`, read SEND_CHUNK at a time off the event loop.
+_PATHSEND = "http.response.pathsend"
+_FD_DIR = "/proc/self/fd"
+PATHSEND_HOLD = 60.0
+"""Seconds an open blob is kept open after handing it to the server by path (the server opens the path
+itself after `send` returns; once it has, closing ours changes nothing)."""
 
-    The file is opened before the response, so a blob deleted meanwhile still streams whole
-    (its inode lives while open); it is closed when the response ends, however it ends.
+
+class BlobBody(StreamingResponse):
+    """`length` bytes of an open blob from `start`: handed to the server as a file to send itself
+    (ASGI `http.response.pathsend`) when it offers that and the whole blob is asked for, else read
+    SEND_CHUNK at a time off the event loop and streamed (ranges; servers without the extension).
+
+    The file is opened before the response, so a blob deleted meanwhile still sends whole (its
+    inode lives while open: the server is given `/proc/self/fd/<fd>`, never the blob's name); it is
+    closed when the response ends, however it ends, or a while after the server took it.
     """
 
     def __init__(
         self, f: BinaryIO, start: int, length: int, status_code: int, headers: dict[str, str]
     ) -> None:
         self._file = f
+        self._whole = start == 0 and length == os.fstat(f.fileno()).st_size
         super().__init__(self._chunks(start, length), status_code=status_code, headers=headers)
+
+    def _can_pathsend(self, scope: Scope) -> bool:
+        return self._whole and _PATHSEND in scope.get("extensions", {}) and os.path.isdir(_FD_DIR)
+
+    async def _pathsend(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": _PATHSEND, "path": f"{_FD_DIR}/{self._file.fileno()}"})
 
     def _read(self, offset: int, n: int) -> bytes:
         return os.pread(self._file.fileno(), n, offset)
@@ -186,6 +204,14 @@ class BlobBody(StreamingResponse):
             yield data
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._can_pathsend(scope):
+            try:
+                await self._pathsend(send)
+            except BaseException:
+                self._file.close()
+                raise
+            asyncio.get_running_loop().call_later(PATHSEND_HOLD, self._file.close)
+            return
         try:
             await super().__call__(scope, receive, send)
         finally:
