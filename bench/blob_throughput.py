@@ -49,7 +49,7 @@ def upload(base: str, repo: str, path: Path, digest: str) -> None:
     sep = "&" if "?" in location else "?"
     curl(
         "-o", "/dev/null", "-X", "PUT", "-H", "Content-Type: application/octet-stream",
-        "--data-binary", f"@{path}", f"{location}{sep}digest={digest}",
+        "-H", "Expect:", "-T", str(path), f"{location}{sep}digest={digest}",
     )  # fmt: skip
 
 

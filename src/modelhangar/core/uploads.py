@@ -27,12 +27,14 @@ import re
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from modelhangar.core.blobstore import write_all_at
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.digests import parse_digest
 from modelhangar.core.errors import HangarError, NotFound, SizeMismatch
@@ -194,14 +196,17 @@ class UploadHandle:
         return self._fd
 
     def write(self, data: bytes) -> None:
-        fd = self._fileno()
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(fd, view, self.offset)
-            self.offset += n
-            view = view[n:]
+        self.write_piece([data])
+        self.hash_piece([data])
+
+    def write_piece(self, chunks: Sequence[bytes]) -> None:
+        """Append received chunks (a PieceSink: may run beside `hash_piece`)."""
+        self.offset += write_all_at(self._fileno(), chunks, self.offset)
+
+    def hash_piece(self, chunks: Sequence[bytes]) -> None:
         if self._hasher is not None:
-            self._hasher.update(data)
+            for c in chunks:
+                self._hasher.update(c)
 
     def _check_length(self, expected: int | None) -> None:
         if expected is not None and expected != self.written:
