@@ -279,3 +279,17 @@ def test_the_streamed_listing_is_every_tag_newest_first_across_batches(kit: Kit)
     assert rows == [
         (r.repository, r.tag, r.manifest_digest, r.total_size, r.details_json, r.modified_at) for r in records
     ]
+
+
+def test_repository_keys_page_in_byte_order(kit: Kit) -> None:
+    names = ["a_b", "ab", "a-b", "a.b", "a/b", "Zed", "a"]
+    for n in names:
+        kit.create(n, [b"layer of " + n.encode()])
+    kit.store.put_blob_bytes(b"x")
+    everything = kit.store.repository_keys(PREFIX)
+    assert everything == sorted(PREFIX + n.lower() for n in names)  # Python's order on every backend
+    assert kit.store.repository_keys(PREFIX, limit=3) == everything[:3]
+    assert kit.store.repository_keys(PREFIX, everything[2], 2) == everything[3:5]
+    assert kit.store.repository_keys(PREFIX + "a", limit=1) == [PREFIX + "a"]
+    assert kit.store.repository_keys("elsewhere/") == []
+    assert kit.store.repository_keys(PREFIX + "a%") == []  # the prefix is literal

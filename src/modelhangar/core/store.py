@@ -431,6 +431,26 @@ class Store:
         with self.catalog.read() as conn:
             return [r.name for r in conn.execute(q)]
 
+    def repository_keys(self, prefix: str, after: str | None = None, limit: int | None = None) -> list[str]:
+        """Keys (lowercased names) of repositories that hold a manifest and start with `prefix`, in
+        byte order, after the key `after`, at most `limit` of them: a page of a catalog in one query."""
+        key = t.repositories.c.name_key
+        order = key if self.catalog.is_sqlite else key.collate("C")  # byte order, as Python sorts
+        q = (
+            sa.select(key)
+            .where(
+                key.startswith(prefix, autoescape=True),
+                sa.exists().where(t.repo_manifests.c.repository_id == t.repositories.c.id),
+            )
+            .order_by(order)
+        )
+        if after is not None:
+            q = q.where(order > after)
+        if limit is not None:
+            q = q.limit(limit)
+        with self.catalog.read() as conn:
+            return list(conn.execute(q).scalars())
+
     def get_manifest(self, digest: str) -> tuple[bytes, str] | None:
         """Bytes and media type of a live manifest."""
         with self.catalog.read() as conn:

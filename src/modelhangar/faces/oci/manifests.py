@@ -15,10 +15,13 @@ from modelhangar.core.planner import Planner, Target
 from modelhangar.core.store import Actor, Store
 from modelhangar.faces.oci.errors import OciError
 from modelhangar.faces.oci.wire import (
+    PREFIX,
     absolute,
     blob_digest,
+    next_link,
     oci_name,
     page,
+    page_params,
     parse_reference,
     repository_of,
 )
@@ -34,7 +37,7 @@ def store_of(request: Request) -> Store:
 
 def repository_known(store: Store, repository: str) -> bool:
     key = repository.lower()
-    return any(r.lower() == key for r in store.list_repositories())
+    return store.repository_keys(key, limit=1) == [key]  # the key itself sorts first among its extensions
 
 
 async def unknown(store: Store, repository: str, code: str, detail: Any) -> OciError:
@@ -183,8 +186,33 @@ async def list_tags(request: Request, name: str) -> Response:
     return JSONResponse({"name": name, "tags": out}, headers=headers)
 
 
+CATALOG_BATCH = 1000
+
+
+def _catalog_names(store: Store, after: str | None, want: int | None) -> list[str]:
+    """OCI names of the catalog in order after `after`, at most `want` (all when None), read a batch
+    of repository keys at a time (keys without an OCI name are skipped)."""
+    names: list[str] = []
+    cursor = None if after is None else PREFIX + after
+    while want is None or len(names) < want:
+        batch = CATALOG_BATCH if want is None else max(want - len(names), 1)
+        keys = store.repository_keys(PREFIX, cursor, batch)
+        names += [n for n in map(oci_name, keys) if n is not None]
+        if len(keys) < batch:
+            break
+        cursor = keys[-1]
+    return names if want is None else names[:want]
+
+
 async def catalog(request: Request) -> Response:
-    repositories = await run_in_threadpool(store_of(request).list_repositories)
-    names = sorted({n for n in map(oci_name, repositories) if n is not None})
-    out, headers = page(request, names, "/v2/_catalog")
-    return JSONResponse({"repositories": out}, headers=headers)
+    """Repositories in OCI name order; with `n`, one page read from the catalog (n + 1 names)."""
+    n, last = page_params(request)
+    if n == 0:
+        return JSONResponse({"repositories": []})
+    store = store_of(request)
+    names = await run_in_threadpool(_catalog_names, store, last, None if n is None else n + 1)
+    headers: dict[str, str] = {}
+    if n is not None and len(names) > n:
+        names = names[:n]
+        headers = next_link("/v2/_catalog", n, names[-1])
+    return JSONResponse({"repositories": names}, headers=headers)

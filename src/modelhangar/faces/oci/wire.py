@@ -30,7 +30,8 @@ NAME_RE = re.compile(r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)
 TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 _CONTENT_RANGE = re.compile(r"(?:bytes[ =])?(\d{1,19})-(\d{1,19})(?:/(?:\d{1,19}|\*))?")
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
-_PREFIX = DEFAULT_HOST + "/"
+PREFIX = DEFAULT_HOST + "/"
+"""What OCI names are under in the catalog (`library/tiny` is `registry.ollama.ai/library/tiny`)."""
 
 
 def repository_of(name: str) -> str:
@@ -38,14 +39,14 @@ def repository_of(name: str) -> str:
     so what the Ollama face calls `tiny` is pulled as `/v2/library/tiny/...`. Raises NAME_INVALID."""
     if len(name) > MAX_NAME or not NAME_RE.fullmatch(name):
         raise OciError("NAME_INVALID", detail={"name": name[:MAX_NAME]})
-    return _PREFIX + name
+    return PREFIX + name
 
 
 def oci_name(repository: str) -> str | None:
     """The OCI name of a catalog repository, if it has one (the inverse of `repository_of`)."""
-    if not repository.lower().startswith(_PREFIX):
+    if not repository.lower().startswith(PREFIX):
         return None
-    name = repository[len(_PREFIX) :].lower()
+    name = repository[len(PREFIX) :].lower()
     return name if len(name) <= MAX_NAME and NAME_RE.fullmatch(name) else None
 
 
@@ -109,23 +110,34 @@ def absolute(request: Request, path: str) -> str:
     return str(request.base_url).rstrip("/") + path
 
 
-def page(request: Request, items: list[str], path: str) -> tuple[list[str], dict[str, str]]:
-    """Apply `n` and `last` to a sorted list; returns the page and a `Link` header if more follow."""
-    last = request.query_params.get("last")
-    if last:
-        items = [i for i in items if i > last]
+def page_params(request: Request) -> tuple[int | None, str | None]:
+    """`n` (None when absent) and `last` of a paginated listing; a bad `n` is UNSUPPORTED."""
+    last = request.query_params.get("last") or None
     raw_n = request.query_params.get("n")
     if raw_n is None or raw_n == "":
-        return items, {}
+        return None, last
     if not raw_n.isdigit():
         raise OciError("UNSUPPORTED", "n must be a non-negative integer", {"n": raw_n[:50]}, status=400)
-    n = int(raw_n)
+    return int(raw_n), last
+
+
+def next_link(path: str, n: int, last: str) -> dict[str, str]:
+    return {"Link": f'<{path}?n={n}&last={quote(last, safe="")}>; rel="next"'}
+
+
+def page(request: Request, items: list[str], path: str) -> tuple[list[str], dict[str, str]]:
+    """Apply `n` and `last` to a sorted list; returns the page and a `Link` header if more follow."""
+    n, last = page_params(request)
+    if last:
+        items = [i for i in items if i > last]
+    if n is None:
+        return items, {}
     if n == 0:
         return [], {}
     out = items[:n]
     if len(items) <= n:
         return out, {}
-    return out, {"Link": f'<{path}?n={n}&last={quote(out[-1], safe="")}>; rel="next"'}
+    return out, next_link(path, n, out[-1])
 
 
 async def pump(request: Request, sink: PieceSink) -> None:
