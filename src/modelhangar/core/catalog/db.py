@@ -162,7 +162,10 @@ def head_revision() -> str:
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> sa.Engine:
-    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+    # Readers keep as many connections as the server runs requests at once (its 40 worker threads), so
+    # a busy server does not open and close a connection per request; writers queue for one lock anyway.
+    pool = {"pool_size": 5, "max_overflow": 10} if immediate else {"pool_size": 40, "max_overflow": 10}
+    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, **pool)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
