@@ -293,3 +293,19 @@ def test_repository_keys_page_in_byte_order(kit: Kit) -> None:
     assert kit.store.repository_keys(PREFIX + "a", limit=1) == [PREFIX + "a"]
     assert kit.store.repository_keys("elsewhere/") == []
     assert kit.store.repository_keys(PREFIX + "a%") == []  # the prefix is literal
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_read_survives_a_dropped_postgresql_connection(kit: Kit) -> None:
+    """The pool does not ping before each use; a read on a connection the server dropped runs again."""
+    digest = kit.blob(b"still here")
+    assert kit.store.blob_size(digest) == len(b"still here")  # a pooled connection now exists
+    with kit.store.catalog.engine.connect() as conn:
+        conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    assert kit.store.blob_size(digest) == len(b"still here")

@@ -202,8 +202,7 @@ class Store:
 
     def blob_size(self, digest: str) -> int | None:
         """Size of a present blob, or None (a blob being deleted looks absent)."""
-        with self.catalog.read() as conn:
-            row = conn.execute(_BLOB_ROW, {"digest": digest}).first()
+        row = self._read_one(_BLOB_ROW, digest=digest)
         return None if row is None or row.state != PRESENT else int(row.size)
 
     def reuse_blob(self, digest: str) -> int | None:
@@ -211,8 +210,7 @@ class Store:
 
         The touch is written only when the stored one is older than the touch granularity; a
         fresher one answers from a read snapshot (see `core/recency.py`)."""
-        with self.catalog.read() as conn:
-            row = conn.execute(_BLOB_ROW, {"digest": digest}).first()
+        row = self._read_one(_BLOB_ROW, digest=digest)
         if row is None or row.state != PRESENT:
             return None
         granularity = touch_granularity(self.settings.reuse_fuse)
@@ -384,10 +382,7 @@ class Store:
                 t.repositories.c.name_key == sa.bindparam("repo_key"),
                 t.tags.c.name_key == sa.bindparam("tag_key"),
             )
-        with self.catalog.read() as conn:
-            row = conn.execute(
-                self._get_tag, {"repo_key": repository.lower(), "tag_key": tag.lower()}
-            ).first()
+        row = self._read_one(self._get_tag, repo_key=repository.lower(), tag_key=tag.lower())
         return None if row is None else self._recent(self._tag_record(row))
 
     def list_tags(self, repository: str | None = None) -> list[TagRecord]:
@@ -417,9 +412,8 @@ class Store:
             row = self._read_one(_MANIFEST_IN_REPOSITORY, repo_key=repository.lower(), digest=digest)
         return None if row is None else (row.digest, bytes(row.content), row.media_type)
 
-    def _read_one(self, statement: sa.Executable, **params: Any) -> sa.Row[Any] | None:
-        with self.catalog.read() as conn:
-            return conn.execute(statement, params).first()
+    def _read_one(self, statement: sa.Executable, **params: Any) -> Any:
+        return self.catalog.read_once(statement, params)
 
     def list_repositories(self) -> list[str]:
         """Repositories that hold at least one manifest, sorted."""

@@ -65,7 +65,10 @@ class Catalog:
             self.engine = _sqlite_engine(url, immediate=True)
             self.read_engine = _sqlite_engine(url, immediate=False)
         else:
-            self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            # As many connections as the server runs requests at once, and no ping before each use (it
+            # doubles the round trips of a read): a connection the server dropped fails one statement,
+            # which invalidates the pool; `read_once` retries a read after that.
+            self.engine = sa.create_engine(url, pool_size=40, max_overflow=10, pool_recycle=300)
             self.read_engine = self.engine
         self._lock_dir = lock_dir
 
@@ -135,6 +138,18 @@ class Catalog:
         """A read-only snapshot."""
         with self.read_engine.connect() as conn:
             yield conn
+
+    def read_once(self, statement: sa.Executable, params: dict[str, Any]) -> Any:
+        """The first row of one read-only statement (or None), run again once on a fresh connection if
+        the pooled one turned out dead (a database restart)."""
+        for attempt in range(2):
+            try:
+                with self.read() as conn:
+                    return conn.execute(statement, params).first()
+            except sa.exc.DBAPIError as e:
+                if not e.connection_invalidated or attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     def dispose(self) -> None:
         self.engine.dispose()
