@@ -22,8 +22,6 @@ from modelhangar.faces.oci.errors import OciError
 MAX_NAME = 255
 CHUNK = 2 << 20
 """Request bodies are fed to the store in pieces of at least this size."""
-IN_FLIGHT = 4
-"""Pieces received ahead of the write (and of the hash) of a request body."""
 SEND_CHUNK = 4 << 20
 """Blob bodies are read in pieces of this size: 4 MiB serves ~30% faster than 1 MiB on loopback."""
 NAME_RE = re.compile(r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*")
@@ -142,30 +140,18 @@ def page(request: Request, items: list[str], path: str) -> tuple[list[str], dict
 
 async def pump(request: Request, sink: PieceSink) -> None:
     """Feed the request body to `sink` in pieces of at least CHUNK bytes (the chunks as received, never
-    joined), written and hashed on two worker threads at once, up to IN_FLIGHT pieces ahead of them.
+    joined): each piece is written and hashed on two worker threads at once while the next one is
+    received.
 
     When this returns or raises, no write or hash is still running.
     """
-    writes: asyncio.Queue[list[bytes] | None] = asyncio.Queue(IN_FLIGHT)
-    hashes: asyncio.Queue[list[bytes] | None] = asyncio.Queue(IN_FLIGHT)
+    busy: list[asyncio.Future[None]] = []
 
-    async def drain(queue: asyncio.Queue[list[bytes] | None], work: Callable[[list[bytes]], None]) -> None:
-        while (piece := await queue.get()) is not None:
-            await run_in_threadpool(work, piece)
-
-    workers = [
-        asyncio.ensure_future(drain(writes, sink.write_piece)),
-        asyncio.ensure_future(drain(hashes, sink.hash_piece)),
-    ]
-
-    async def put(piece: list[bytes] | None) -> None:
-        for queue in (writes, hashes):
-            putting = asyncio.ensure_future(queue.put(piece))
-            done, _ = await asyncio.wait([putting, *workers], return_when=asyncio.FIRST_COMPLETED)
-            if putting not in done:  # a worker failed and takes no more pieces: its error is ours
-                putting.cancel()
-                for w in done:
-                    w.result()
+    def start(piece: list[bytes]) -> None:
+        busy[:] = [
+            asyncio.ensure_future(run_in_threadpool(sink.write_piece, piece)),
+            asyncio.ensure_future(run_in_threadpool(sink.hash_piece, piece)),
+        ]
 
     try:
         piece: list[bytes] = []
@@ -176,17 +162,17 @@ async def pump(request: Request, sink: PieceSink) -> None:
             piece.append(chunk)
             size += len(chunk)
             if size >= CHUNK:
-                await put(piece)
+                await asyncio.gather(*busy)
+                start(piece)
                 piece, size = [], 0
+        await asyncio.gather(*busy)
         if piece:
-            await put(piece)
-        await put(None)
-        await asyncio.gather(*workers)
+            start(piece)
+            await asyncio.gather(*busy)
     finally:
-        for w in workers:
-            if not w.done():
-                w.cancel()
-        await asyncio.wait(workers)  # a running write finishes before the caller undoes it
+        running = [f for f in busy if not f.done()]
+        if running:
+            await asyncio.wait(running)  # let them finish before the caller undoes them
 
 
 async def guarded(work: Awaitable[None], undo: Callable[[], None]) -> None:
