@@ -1,10 +1,14 @@
 """Blob upload and download speed: modelhangar's /v2 against Debian's docker-registry, side by side.
 
-Same client for both (curl, so the client is not the bottleneck), same machine, same run,
-several rounds. Prints MB/s for each and the ratio modelhangar/docker-registry, plus the
-machine's sha256 throughput (the ceiling for a verified upload).
+Same client for both (curl, so the client is not the bottleneck), same machine, same run, several
+rounds, alternating which server goes first. Measures a single upload and download of each size
+(256 MiB and 1 GiB by default), 8 parallel uploads and 8 parallel downloads of 256 MiB blobs, and
+many small blobs; prints MB/s for each (median over the rounds), the ratio modelhangar /
+docker-registry and issue 16's target (uploads at least 2.0x, downloads at least 1.5x), beside the
+machine's ceilings: sha256 in memory (a verified upload hashes every byte) and `dd ... conv=fsync`
+(writing and syncing a file of that size).
 
-    python bench/blob_throughput.py [--big-mib 256] [--small 1000] [--rounds 3]
+    python bench/blob_throughput.py [--sizes-mib 256,1024] [--parallel 8] [--small 200] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -12,68 +16,21 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
+from peers import start_hangar, start_registry, stop, verdict
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: server exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
-
-
-def start_hangar(work: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    port = free_port()
-    env = {**os.environ, "HANGAR_HOME": str(work / "hangar"), "HANGAR_GC_INTERVAL": "24h"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelhangar.cli.main", "serve", "--host", f"127.0.0.1:{port}"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url + "/v2/", proc)
-    return url, proc
-
-
-def start_registry(work: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    port = free_port()
-    (work / "registry").mkdir()
-    config = work / "registry.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {work / 'registry'}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    proc = subprocess.Popen(
-        ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url + "/v2/", proc)
-    return url, proc
+UPLOAD_TARGET = 2.0
+DOWNLOAD_TARGET = 1.5
 
 
 def curl(*args: str) -> str:
@@ -92,80 +49,149 @@ def upload(base: str, repo: str, path: Path, digest: str) -> None:
     sep = "&" if "?" in location else "?"
     curl(
         "-o", "/dev/null", "-X", "PUT", "-H", "Content-Type: application/octet-stream",
-        "--data-binary", f"@{path}", f"{location}{sep}digest={digest}",
-    )
+        "-H", "Expect:", "-T", str(path), f"{location}{sep}digest={digest}",
+    )  # fmt: skip
 
 
-def download(base: str, repo: str, digest: str) -> None:
-    curl("-L", "-o", "/dev/null", f"{base}/v2/{repo}/blobs/{digest}")
+def download(base: str, repo: str, digest: str, size: int) -> None:
+    got = curl("-L", "-o", "/dev/null", "-w", "%{size_download}", f"{base}/v2/{repo}/blobs/{digest}")
+    if int(got) != size:
+        raise RuntimeError(f"downloaded {got} bytes of {size}")
 
 
-def timed(fn: Callable[[], None]) -> float:
+def timed(fn: Callable[[], object]) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
 
 
-def sha256_rate(path: Path) -> float:
+def parallel(calls: list[Callable[[], None]]) -> None:
+    with ThreadPoolExecutor(len(calls)) as pool:
+        for f in [pool.submit(c) for c in calls]:
+            f.result()
+
+
+def make_blob(path: Path, mib: int) -> str:
     h = hashlib.sha256()
-    t = time.perf_counter()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            chunk = os.urandom(1 << 20)
             h.update(chunk)
-    return path.stat().st_size / (time.perf_counter() - t) / 1e6
+            f.write(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def sha256_ceiling() -> float:
+    data = os.urandom(64 << 20)
+    t = time.perf_counter()
+    hashlib.sha256(data).digest()
+    return len(data) / (time.perf_counter() - t) / 1e6
+
+
+def dd_ceiling(work: Path, mib: int) -> float:
+    """MB/s of `dd` writing `mib` MiB and syncing it (what any durable upload must at least pay)."""
+    out = subprocess.run(
+        ["dd", "if=/dev/zero", f"of={work / 'dd.bin'}", "bs=1M", f"count={mib}", "conv=fsync"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stderr
+    (work / "dd.bin").unlink()
+    m = re.search(r"copied, ([\d.]+) s", out)
+    return (mib << 20) / float(m.group(1)) / 1e6 if m else float("nan")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--big-mib", type=int, default=256)
-    ap.add_argument("--small", type=int, default=1000)
+    ap.add_argument("--sizes-mib", default="256,1024", help="single-transfer sizes")
+    ap.add_argument("--parallel", type=int, default=8, help="parallel transfers of the first size")
+    ap.add_argument("--small", type=int, default=200, help="small blobs per round (0: skip)")
     ap.add_argument("--small-kib", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     if not shutil.which("docker-registry") or not shutil.which("curl"):
         sys.exit("needs docker-registry and curl (apt-get install docker-registry curl)")
+    sizes = [int(s) for s in args.sizes_mib.split(",")]
     with tempfile.TemporaryDirectory(prefix="hangar-bench-") as tmp:
         work = Path(tmp)
-        servers = {"modelhangar": start_hangar(work), "docker-registry": start_registry(work)}
+        servers = {"modelhangar": start_hangar(work / "hangar"), "docker-registry": start_registry(work)}
+        results: dict[str, dict[str, list[float]]] = {name: {} for name in servers}
+        targets: dict[str, float] = {}
+
+        def record(name: str, metric: str, nbytes: int, secs: float, target: float | None) -> None:
+            results[name].setdefault(metric, []).append(nbytes / secs / 1e6)
+            if target is not None:
+                targets[metric] = target
+
         try:
-            results: dict[str, dict[str, list[float]]] = {name: {} for name in servers}
             for rnd in range(args.rounds):
-                big = work / f"big-{rnd}"
-                big.write_bytes(os.urandom(args.big_mib << 20))
-                big_digest = "sha256:" + hashlib.sha256(big.read_bytes()).hexdigest()
+                blobs = {mib: work / f"big-{rnd}-{mib}" for mib in sizes}
+                digests = {mib: make_blob(path, mib) for mib, path in blobs.items()}
+                par = [work / f"par-{rnd}-{i}" for i in range(args.parallel)]
+                par_digests = [make_blob(p, sizes[0]) for p in par]
                 smalls = []
                 for i in range(args.small):
                     p = work / f"small-{rnd}-{i}"
                     data = os.urandom(args.small_kib << 10)
                     p.write_bytes(data)
                     smalls.append((p, "sha256:" + hashlib.sha256(data).hexdigest()))
-                for name, (base, _) in servers.items():
-                    repo = f"bench/r{rnd}"
-                    r = results[name]
-                    secs = timed(lambda: upload(base, repo, big, big_digest))  # noqa: B023
-                    r.setdefault("big up MB/s", []).append(big.stat().st_size / secs / 1e6)
-                    secs = timed(lambda: download(base, repo, big_digest))  # noqa: B023
-                    r.setdefault("big down MB/s", []).append(big.stat().st_size / secs / 1e6)
-                    total = sum(p.stat().st_size for p, _ in smalls)
-                    secs = timed(lambda: [upload(base, repo, p, d) for p, d in smalls])  # noqa: B023
-                    r.setdefault("small up MB/s", []).append(total / secs / 1e6)
-                    secs = timed(lambda: [download(base, repo, d) for _, d in smalls])  # noqa: B023
-                    r.setdefault("small down MB/s", []).append(total / secs / 1e6)
-                big.unlink()
-                for p, _ in smalls:
-                    p.unlink()
-            probe = work / "probe"
-            probe.write_bytes(os.urandom(64 << 20))
-            print(f"sha256 on this machine: {sha256_rate(probe):.0f} MB/s (ceiling for a verified upload)")
-            print(f"{'metric':<18} {'modelhangar':>12} {'docker-registry':>16} {'ratio':>7}")
+                order = list(servers) if rnd % 2 == 0 else list(reversed(servers))
+                for name in order:
+                    base, repo = servers[name][0], f"bench/r{rnd}"
+                    for mib, path in blobs.items():
+                        n = mib << 20
+                        d = digests[mib]
+                        secs = timed(lambda: upload(base, repo, path, d))  # noqa: B023
+                        record(name, f"upload {mib} MiB", n, secs, UPLOAD_TARGET)
+                        secs = timed(lambda: download(base, repo, d, n))  # noqa: B023
+                        record(name, f"download {mib} MiB", n, secs, DOWNLOAD_TARGET)
+                    if args.parallel:
+                        n = sizes[0] << 20
+                        calls = [
+                            (lambda p=p, d=d: upload(base, repo, p, d))  # type: ignore[misc]  # noqa: B023
+                            for p, d in zip(par, par_digests, strict=True)
+                        ]
+                        secs = timed(lambda: parallel(calls))  # noqa: B023
+                        record(
+                            name, f"{args.parallel}x upload {sizes[0]} MiB", n * len(par), secs, UPLOAD_TARGET
+                        )
+                        calls = [(lambda d=d: download(base, repo, d, n)) for d in par_digests]  # type: ignore[misc]  # noqa: B023
+                        secs = timed(lambda: parallel(calls))  # noqa: B023
+                        record(
+                            name,
+                            f"{args.parallel}x download {sizes[0]} MiB",
+                            n * len(par),
+                            secs,
+                            DOWNLOAD_TARGET,
+                        )
+                    if smalls:
+                        total = sum(p.stat().st_size for p, _ in smalls)
+                        secs = timed(lambda: [upload(base, repo, p, d) for p, d in smalls])  # noqa: B023
+                        record(name, f"{args.small} x {args.small_kib} KiB up", total, secs, None)
+                        secs = timed(
+                            lambda: [download(base, repo, d, args.small_kib << 10) for _, d in smalls]  # noqa: B023
+                        )
+                        record(name, f"{args.small} x {args.small_kib} KiB down", total, secs, None)
+                for path in [*blobs.values(), *par, *(p for p, _ in smalls)]:
+                    path.unlink()
+            print(
+                f"ceilings on this machine: sha256 in memory {sha256_ceiling():.0f} MB/s;"
+                f" dd conv=fsync {sizes[0]} MiB {dd_ceiling(work, sizes[0]):.0f} MB/s"
+            )
+            print(
+                f"{f'MB/s (median of {args.rounds})':<26} {'modelhangar':>12} {'docker-registry':>16}"
+                f" {'ratio':>7}"
+            )
             for metric in results["modelhangar"]:
                 ours = statistics.median(results["modelhangar"][metric])
                 theirs = statistics.median(results["docker-registry"][metric])
-                print(f"{metric:<18} {ours:>12.1f} {theirs:>16.1f} {ours / theirs:>7.2f}")
+                line = f"{metric:<26} {ours:>12.0f} {theirs:>16.0f} {ours / theirs:>7.2f}"
+                if metric in targets:
+                    line += f"  {verdict(ours / theirs, targets[metric])}"
+                print(line)
         finally:
             for _, proc in servers.values():
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=30)
+                stop(proc)
 
 
 if __name__ == "__main__":

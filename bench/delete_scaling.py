@@ -2,8 +2,11 @@
 
 For each store size: build a store of small models that share layers (blob files written through
 the store; catalog rows bulk-inserted in one transaction to keep set-up quick), start a real
-`hangar serve` on it, time single deletes through `DELETE /api/delete` and one `GET /api/tags`.
-Prints median and p99 per size and the ratio largest/smallest (target: at most 2).
+`hangar serve` on it, time its start-up, `GET /api/tags` (median of 3, and the server's memory
+growth over them) and single deletes through `DELETE /api/delete`. Prints median and p99 per size
+and the ratio largest/smallest (target: at most 2), and the listing and start-up targets at the
+largest size (issue 16: /api/tags at most 0.3 s with flat memory, start-up at most 0.3 s;
+issue 9: /api/tags at least 5x faster than 7.1 s).
 
     python bench/delete_scaling.py [--sizes 100,10000,100000] [--deletes 200] [--trash 0]
 """
@@ -125,7 +128,19 @@ def populate(home: Path, n: int) -> None:
         store.close()
 
 
-def serve(home: Path, port: int, trash: str) -> subprocess.Popen[bytes]:
+TAGS_TARGET_S = 0.3
+TAGS_BEFORE_S = 7.1  # issue 9's figure at 100,000 models; the target there is 5x faster
+STARTUP_TARGET_S = 0.3
+
+
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def serve(home: Path, port: int, trash: str) -> tuple[subprocess.Popen[bytes], float]:
     env = {
         **os.environ,
         "HANGAR_HOME": str(home),
@@ -139,13 +154,14 @@ def serve(home: Path, port: int, trash: str) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    for _ in range(600):
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 60:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/api/version", timeout=1).status_code == 200:
-                return proc
+                return proc, time.perf_counter() - t0
         except httpx.HTTPError:
             pass
-        time.sleep(0.1)
+        time.sleep(0.005)
     proc.kill()
     raise RuntimeError("server did not start")
 
@@ -161,13 +177,18 @@ def measure(n: int, deletes: int, trash: str, workdir: Path) -> dict[str, float]
     populate(home, n)
     setup = time.perf_counter() - t0
     port = free_port()
-    proc = serve(home, port, trash)
+    proc, startup = serve(home, port, trash)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
-            t1 = time.perf_counter()
-            listing = client.get("/api/tags")
-            tags_time = time.perf_counter() - t1
-            assert len(listing.json()["models"]) == n
+            rss_before = rss_mib(proc.pid)
+            tag_times = []
+            for _ in range(3):
+                t1 = time.perf_counter()
+                listing = client.get("/api/tags")
+                tag_times.append(time.perf_counter() - t1)
+                assert len(listing.json()["models"]) == n
+            tags_time = statistics.median(tag_times)
+            tags_mem = rss_mib(proc.pid, "VmHWM") - rss_before
             for i in range(min(5, n)):  # warm-up
                 client.request(
                     "DELETE", "/api/delete", json={"model": f"model{n - 1 - i}"}
@@ -187,6 +208,8 @@ def measure(n: int, deletes: int, trash: str, workdir: Path) -> dict[str, float]
         "models": n,
         "setup_s": setup,
         "tags_s": tags_time,
+        "tags_mib": tags_mem,
+        "startup_s": startup,
         "median_ms": statistics.median(times) * 1000,
         "p99_ms": percentile(times, 0.99) * 1000,
         "deletes": len(times),
@@ -203,17 +226,33 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="hangar-bench-") as tmp:
         rows = [measure(n, args.deletes, args.trash, Path(tmp)) for n in sizes]
-    print(f"{'models':>8} {'setup s':>8} {'tags s':>8} {'median ms':>10} {'p99 ms':>8} {'deletes':>8}")
+    print(
+        f"{'models':>8} {'setup s':>8} {'start s':>8} {'tags s':>8} {'tags MiB':>9} {'median ms':>10}"
+        f" {'p99 ms':>8} {'deletes':>8}"
+    )
     for r in rows:
         print(
-            f"{r['models']:>8} {r['setup_s']:>8.1f} {r['tags_s']:>8.3f} {r['median_ms']:>10.2f}"
-            f" {r['p99_ms']:>8.2f} {r['deletes']:>8}"
+            f"{r['models']:>8} {r['setup_s']:>8.1f} {r['startup_s']:>8.3f} {r['tags_s']:>8.3f}"
+            f" {r['tags_mib']:>+9.1f} {r['median_ms']:>10.2f} {r['p99_ms']:>8.2f} {r['deletes']:>8}"
         )
     small, large = rows[0], rows[-1]
     ratio_median = large["median_ms"] / small["median_ms"]
     ratio_p99 = large["p99_ms"] / small["p99_ms"]
     print(f"ratio {large['models']}/{small['models']} models: median {ratio_median:.2f}, p99 {ratio_p99:.2f}")
     print("target: at most 2 ->", "MET" if ratio_median <= 2 else "NOT MET")
+    big = large["models"]
+    tags_s, speedup = large["tags_s"], TAGS_BEFORE_S / large["tags_s"]
+    print(
+        f"GET /api/tags at {big} models: {tags_s:.3f} s, memory {large['tags_mib']:+.1f} MiB;"
+        f" target at most {TAGS_TARGET_S} s -> {'MET' if tags_s <= TAGS_TARGET_S else 'NOT MET'};"
+        f" {speedup:.1f}x issue 9's {TAGS_BEFORE_S} s, target at least 5x ->"
+        f" {'MET' if speedup >= 5 else 'NOT MET'}"
+    )
+    start = large["startup_s"]
+    print(
+        f"start-up on {big} models: {start:.3f} s (until /api/version answers);"
+        f" target at most {STARTUP_TARGET_S} s -> {'MET' if start <= STARTUP_TARGET_S else 'NOT MET'}"
+    )
 
 
 if __name__ == "__main__":

@@ -78,6 +78,9 @@ def create_app(settings: Settings) -> FastAPI:
             asyncio.create_task(_gc_loop(store, settings.gc_interval)),
             asyncio.create_task(_reclaim_loop(store)),
         ]
+        if settings.last_used_flush > 0:  # last-used times in batches (core/recency.py)
+            store.last_used.buffering = True
+            tasks.append(asyncio.create_task(_flush_loop(store, settings.last_used_flush)))
         try:
             yield
         finally:
@@ -86,7 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            store.close()
+            store.close()  # writes the last-used times still pending
 
     app = FastAPI(
         title="modelhangar",
@@ -167,6 +170,15 @@ async def _gc_loop(store: Store, interval: float) -> None:
             await run_in_threadpool(_scheduled_round, store)
         except Exception:  # keep serving; the next round retries
             log.exception("background gc failed")
+
+
+async def _flush_loop(store: Store, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await run_in_threadpool(store.last_used.flush)
+        except Exception:  # kept pending; the next round retries
+            log.exception("writing last-used times failed")
 
 
 def run_server(settings: Settings, *, json_log: bool = False) -> None:

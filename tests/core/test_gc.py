@@ -144,7 +144,7 @@ def test_a_delete_leaves_just_used_blobs_to_the_reclaim_timer(make_kit: MakeKit)
     assert plan.bytes_freed == len(b"fresh layer") + len(CONFIG) == preview.bytes_freed
     [later] = plan.later
     assert later["reason"] == "just used by an upload" and later["bytes"] == plan.bytes_freed
-    assert time.time() < later["at"] <= time.time() + 30
+    assert time.time() < later["at"] <= time.time() + kit.store.reuse_fuse
     assert digest_of(b"fresh layer") in kit.blob_files()
     assert kinds(kit) == []
     assert reclaim.run_due(kit.store).blobs == []  # not due yet
@@ -164,7 +164,7 @@ def test_gc_reclaims_once_referenced_blobs_past_their_fuse_not_the_grace(make_ki
     assert plan.deferred
     report = gc.collect(kit.store)
     assert report.blobs == [] and report.waiting[0]["bytes"] == plan.bytes_freed
-    kit.execute(t.blobs.update().values(touched_at=time.time() - 31))
+    kit.execute(t.blobs.update().values(touched_at=time.time() - kit.store.reuse_fuse - 1))
     kit.execute(t.reclaims.delete())  # as if no timer ever ran: GC alone reclaims past the fuse
     report = gc.collect(kit.store)
     assert sorted(report.blobs) == sorted(plan.deferred) and report.waiting == []
@@ -180,9 +180,10 @@ def test_a_blob_touched_again_before_its_reclaim_is_deferred_again(make_kit: Mak
     kit.execute(t.blobs.update().where(t.blobs.c.digest == layer).values(touched_at=due + 5))
     gone = reclaim.run_due(kit.store, at=due + 1)
     assert gone.blobs == [digest_of(CONFIG)] and gone.deferred == [layer]
-    assert reclaim.next_due(kit.store) == pytest.approx(due + 35)
+    fuse = kit.store.reuse_fuse
+    assert reclaim.next_due(kit.store) == pytest.approx(due + 5 + fuse)
     kit.create("again", [b"layer"])  # named by a manifest again: it stays, and leaves the timer
-    assert reclaim.run_due(kit.store, at=due + 36).blobs == []
+    assert reclaim.run_due(kit.store, at=due + 6 + fuse).blobs == []
     assert layer in kit.blob_files() and reclaim.next_due(kit.store) is None
 
 

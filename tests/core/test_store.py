@@ -267,3 +267,45 @@ def test_deleting_a_repository_releases_children_through_its_index(store: Store,
     assert sorted(plan.blobs) == sorted([digest_of(b"amd64 weights"), digest_of(b"arm64 weights")])
     assert set(kit.blob_files()) == {digest_of(b"shared"), digest_of(CONFIG)}
     assert fsck(store, verify=True) == []
+
+
+def test_the_streamed_listing_is_every_tag_newest_first_across_batches(kit: Kit) -> None:
+    for i in range(5):
+        kit.create(f"m{i}", [b"layer %d" % i])
+    records = kit.store.list_tags()
+    batches = list(kit.store.iter_listing(batch=2))
+    assert [len(b) for b in batches] == [2, 2, 1]
+    rows = [tuple(r) for b in batches for r in b]
+    assert rows == [
+        (r.repository, r.tag, r.manifest_digest, r.total_size, r.details_json, r.modified_at) for r in records
+    ]
+
+
+def test_repository_keys_page_in_byte_order(kit: Kit) -> None:
+    names = ["a_b", "ab", "a-b", "a.b", "a/b", "Zed", "a"]
+    for n in names:
+        kit.create(n, [b"layer of " + n.encode()])
+    kit.store.put_blob_bytes(b"x")
+    everything = kit.store.repository_keys(PREFIX)
+    assert everything == sorted(PREFIX + n.lower() for n in names)  # Python's order on every backend
+    assert kit.store.repository_keys(PREFIX, limit=3) == everything[:3]
+    assert kit.store.repository_keys(PREFIX, everything[2], 2) == everything[3:5]
+    assert kit.store.repository_keys(PREFIX + "a", limit=1) == [PREFIX + "a"]
+    assert kit.store.repository_keys("elsewhere/") == []
+    assert kit.store.repository_keys(PREFIX + "a%") == []  # the prefix is literal
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_read_survives_a_dropped_postgresql_connection(kit: Kit) -> None:
+    """The pool does not ping before each use; a read on a connection the server dropped runs again."""
+    digest = kit.blob(b"still here")
+    assert kit.store.blob_size(digest) == len(b"still here")  # a pooled connection now exists
+    with kit.store.catalog.engine.connect() as conn:
+        conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    assert kit.store.blob_size(digest) == len(b"still here")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import traceback
@@ -10,11 +11,34 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from modelhangar import __version__
-from modelhangar.cli import create_command, model_commands, policy_commands, store_commands, transfer_commands
+from modelhangar.cli import transfer_commands
 from modelhangar.cli.errors import CliError, UsageError
 from modelhangar.cli.settings import duration, duration_text, host_port
 
 Command = Callable[[argparse.Namespace], int]
+
+
+class _Commands:
+    """A command module imported when one of its commands runs, so each command (`hangar serve`
+    above all) imports only what it needs."""
+
+    def __init__(self, module: str) -> None:
+        self._module = f"modelhangar.cli.{module}"
+
+    def __getattr__(self, name: str) -> Command:
+        def command(args: argparse.Namespace) -> int:
+            func: Command = getattr(importlib.import_module(self._module), name)
+            return func(args)
+
+        command.__name__ = name
+        return command
+
+
+create_command = _Commands("create_command")
+model_commands = _Commands("model_commands")
+policy_commands = _Commands("policy_commands")
+store_commands = _Commands("store_commands")
+serve_command = _Commands("serve_command")
 
 EPILOG = """\
 model commands talk to a running `hangar serve` at HANGAR_HOST (default 127.0.0.1:11435) or --host;
@@ -82,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("serve", store_commands.cmd_serve, "run the server (Ollama's API and modelhangar's)", [store])
+    p = add("serve", serve_command.cmd_serve, "run the server (Ollama's API and modelhangar's)", [store])
     p.add_argument("--json", action="store_true", help="log JSON lines (one object per request) on stderr")
     p.add_argument(
         "--host",

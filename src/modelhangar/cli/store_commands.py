@@ -1,11 +1,10 @@
 """Commands that open the data directory in-process (safe beside a running server): gc, fsck,
-import-ollama, export-ollama, and `serve` itself."""
+import-ollama and export-ollama (`serve` is in `serve_command.py`)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -13,10 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelhangar import __version__
 from modelhangar.cli.errors import CliError
 from modelhangar.cli.output import console, human_size, plural, print_json, say, warn
-from modelhangar.cli.settings import settings_from_env, with_host
+from modelhangar.cli.settings import settings_from_env
 from modelhangar.cli.wording import model_name, shown
 from modelhangar.core.config import Settings
 from modelhangar.core.errors import HangarError, model_not_found
@@ -246,44 +244,3 @@ def cmd_export_ollama(args: argparse.Namespace) -> int:
             f"{report.blobs_existing} already there ({human_size(report.bytes)} written)"
         )
     return 1 if args.models and report.skipped else 0
-
-
-# ---------------------------------------------------------------------------------------------- serve
-
-
-def _check_bindable(host: str, port: int) -> None:
-    """Fail in one line before opening the store if the address cannot be listened on."""
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise CliError(f"cannot serve on {host}:{port}: {e.strerror}") from e
-    family, kind, proto, _, addr = infos[0]
-    with socket.socket(family, kind, proto) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(addr)
-        except OSError as e:
-            raise CliError(f"cannot serve on {host}:{port}: {e.strerror or e}") from e
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    settings = with_host(settings_from_env(args.data_dir), args.host)
-    _check_bindable(settings.host, settings.port)
-    from modelhangar import server
-
-    if args.json:
-        doc = {"message": "serving", "version": __version__, "home": str(settings.home)}
-        print(json.dumps({**doc, "url": settings.base_url}), file=sys.stderr, flush=True)
-    else:
-        print(
-            f"modelhangar {__version__}: serving {settings.home} at {settings.base_url}",
-            file=sys.stderr,
-            flush=True,
-        )
-    try:
-        server.run_server(settings, json_log=args.json)
-    except SystemExit as e:  # uvicorn exits when startup fails, after logging why
-        return 0 if e.code in (0, None) else 1
-    return 0

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
-from modelhangar.cli.client import Client
 from modelhangar.cli.errors import CliError
-from modelhangar.cli.output import console, print_json, say
 from modelhangar.cli.wording import model_name
+
+if TYPE_CHECKING:  # imported when a transfer runs, not when the parser is built
+    from rich.progress import TaskID
+
+    from modelhangar.cli.client import Client
 
 
 def _events(client: Client, path: str, body: dict[str, Any], local: str) -> Iterator[dict[str, Any]]:
@@ -36,6 +29,18 @@ def _events(client: Client, path: str, body: dict[str, Any], local: str) -> Iter
 
 
 def _run(args: argparse.Namespace, path: str) -> int:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from modelhangar.cli.client import Client
+    from modelhangar.cli.output import console, print_json, say
+
     target = args.destination or args.model
     model_name(args.model)
     model_name(target)

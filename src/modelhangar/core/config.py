@@ -246,6 +246,15 @@ KNOBS: tuple[Knob, ...] = (
         "how often the server runs retention policies and GC in the background",
     ),
     Knob(
+        "last_used_flush",
+        "HANGAR_LAST_USED_FLUSH",
+        "server.last_used_flush",
+        parse_duration,
+        "30s",
+        "how often the server writes when models were last pulled or shown (kept in memory meanwhile, "
+        "written at shutdown too; a crash loses at most this much); `0` writes each use at once",
+    ),
+    Knob(
         "upload_expiry",
         "HANGAR_UPLOAD_EXPIRY",
         "gc.upload_expiry",
@@ -402,6 +411,7 @@ class Settings:
     transfer_queue: int = 16
     transfer_deadline: float = 86400.0
     transfer_min_rate: tuple[int, float] = (64 << 10, 30.0)
+    last_used_flush: float = 30.0
     # Retention policies from the config file's [[retention]] tables, run by the server's schedule.
     policies: tuple[dict[str, object], ...] = ()
     config_path: Path | None = field(default=None, compare=False)

@@ -207,6 +207,7 @@ def is_valid_name(s: str) -> bool:
     return True
 
 
+_LIBRARY = f"{DEFAULT_HOST}/{DEFAULT_NAMESPACE}/"
 _STORED_RE = re.compile(
     rf"({_PART_RES['host'].pattern})/({_PART_RES['namespace'].pattern})/({_PART_RES['model'].pattern})"
 )
@@ -218,8 +219,13 @@ def display_stored(repository: str, tag: str) -> str | None:
     The same answer as `parse_name(f"{repository}:{tag}")` gives for them, at a fraction of its cost
     (listings call it once per model).
     """
+    if _PART_RES["tag"].fullmatch(tag) is None:
+        return None
+    if repository.startswith(_LIBRARY):  # the common case: `registry.ollama.ai/library/<model>`
+        start = len(_LIBRARY)
+        return f"{repository[start:]}:{tag}" if _PART_RES["model"].fullmatch(repository, start) else None
     m = _STORED_RE.fullmatch(repository)
-    if m is None or _PART_RES["tag"].fullmatch(tag) is None:
+    if m is None:
         return None
     host, namespace, model = m.groups()
     if host.lower() != DEFAULT_HOST:

@@ -10,11 +10,13 @@ Locking protocol (what keeps invariant 1 of DEVELOPERS.md true):
   place and marks the row `present`. A crash before the commit leaves a file with no row (or a
   `deleting` row): GC reclaims it, and nothing could have referenced it.
 * Reusing a blob that is already present counts as a write: it takes the row lock and bumps
-  `touched_at`. A manifest commits only if, under the row locks, every blob it names is
-  `present`; otherwise it fails with BlobUnknown and nothing changes.
+  `touched_at` (only when the stored touch is older than the touch granularity g, see
+  `core/recency.py`; a delete allows for g in its cutoff). A manifest commits only if, under
+  the row locks, every blob it names is `present`; otherwise it fails with BlobUnknown and
+  nothing changes.
 * A deleter, under the row lock, re-checks that no manifest references the blob (a fresh query
   after the lock, so it sees any manifest committed meanwhile) and that no writer touched it
-  within the reuse fuse, then marks it `deleting` and commits. Only afterwards, again under the
+  within the reuse fuse (plus g), then marks it `deleting` and commits. Only afterwards, again under the
   row lock, it unlinks the file and drops the row if the row is still `deleting` (an uploader may
   have taken the name back meanwhile). A crash between the two leaves a `deleting` row, which
   looks absent and which the next GC finishes.
@@ -29,8 +31,8 @@ import os
 import stat
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +57,50 @@ from modelhangar.core.errors import (
     SizeMismatch,
 )
 from modelhangar.core.manifests import OLLAMA_CONFIG, ManifestRefs, manifest_annotations, parse_manifest
+from modelhangar.core.recency import LastUsed, touch_granularity
 
 PRESENT = "present"
 DELETING = "deleting"
 FUSE_REASON = "just used by an upload"
 BUSY_REASON = "in use by an upload right now"
 MAX_CONFIG_BYTES = 1 << 20
+# Statements of the hot read paths, built once (building a select costs more than running it).
+_BLOB_ROW = sa.select(t.blobs.c.state, t.blobs.c.size, t.blobs.c.touched_at).where(
+    t.blobs.c.digest == sa.bindparam("digest")
+)
+_MANIFEST_COLUMNS = (t.manifests.c.digest, t.manifests.c.content, t.manifests.c.media_type)
+_MANIFEST_BY_TAG = (
+    sa.select(*_MANIFEST_COLUMNS)
+    .select_from(
+        t.tags.join(t.repositories).join(t.manifests, t.manifests.c.digest == t.tags.c.manifest_digest)
+    )
+    .where(
+        t.repositories.c.name_key == sa.bindparam("repo_key"), t.tags.c.name_key == sa.bindparam("tag_key")
+    )
+)
+_LISTING = (
+    sa.select(
+        t.repositories.c.name,
+        t.tags.c.name,
+        t.tags.c.manifest_digest,
+        t.manifests.c.total_size,
+        t.manifests.c.details,
+        t.tags.c.modified_at,
+    )
+    .select_from(
+        t.tags.join(t.repositories).join(t.manifests, t.manifests.c.digest == t.tags.c.manifest_digest)
+    )
+    .order_by(t.tags.c.modified_at.desc())
+)
+LISTING_BATCH = 2000
+_MANIFEST_IN_REPOSITORY = (
+    sa.select(*_MANIFEST_COLUMNS)
+    .select_from(t.repo_manifests.join(t.repositories).join(t.manifests))
+    .where(
+        t.repositories.c.name_key == sa.bindparam("repo_key"),
+        t.repo_manifests.c.manifest_digest == sa.bindparam("digest"),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -144,16 +184,23 @@ class Store:
         settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.catalog = Catalog(settings.database_url, lock_dir=settings.home)
         self.blobs = LocalBlobStore(settings.blobs_dir, settings.tmp_dir)
+        self.last_used = LastUsed(self.catalog)
+        self._get_tag: sa.Select[Any] | None = None
         if migrate:
             self.catalog.migrate()
 
     @property
     def reuse_fuse(self) -> float:
-        """How recently a writer must have used a blob for a delete to leave it to a timer (README)."""
-        return self.settings.reuse_fuse
+        """How recently a writer must have used a blob for a delete to leave it to a timer (README):
+        the fuse plus the touch granularity, since a reuse at t may leave the touch at t - g."""
+        fuse = self.settings.reuse_fuse
+        return fuse + touch_granularity(fuse)
 
     def close(self) -> None:
-        self.blobs.close()
+        try:
+            self.last_used.flush()
+        finally:
+            self.blobs.close()
         self.catalog.dispose()
 
     # ------------------------------------------------------------------ blob rows and locks
@@ -174,14 +221,20 @@ class Store:
 
     def blob_size(self, digest: str) -> int | None:
         """Size of a present blob, or None (a blob being deleted looks absent)."""
-        with self.catalog.read() as conn:
-            row = conn.execute(
-                sa.select(t.blobs.c.size).where(t.blobs.c.digest == digest, t.blobs.c.state == PRESENT)
-            ).first()
-        return None if row is None else int(row.size)
+        row = self._read_one(_BLOB_ROW, digest=digest)
+        return None if row is None or row.state != PRESENT else int(row.size)
 
     def reuse_blob(self, digest: str) -> int | None:
-        """Claim a present blob for an upcoming manifest (a write: it resets the GC fuse)."""
+        """Claim a present blob for an upcoming manifest (a write: it resets the GC fuse).
+
+        The touch is written only when the stored one is older than the touch granularity; a
+        fresher one answers from a read snapshot (see `core/recency.py`)."""
+        row = self._read_one(_BLOB_ROW, digest=digest)
+        if row is None or row.state != PRESENT:
+            return None
+        granularity = touch_granularity(self.settings.reuse_fuse)
+        if granularity > 0 and row.touched_at >= now() - granularity:
+            return int(row.size) if self.blobs.exists(digest) else None
         with self.catalog.write() as conn:
             row = self._lock_blob(conn, digest)
             if row is None or row.state != PRESENT or not self.blobs.exists(digest):
@@ -406,15 +459,28 @@ class Store:
         clause = None if actor is None else permissions.visible(actor)
         return q if clause is None else q.where(clause)
 
+    def _recent(self, record: TagRecord) -> TagRecord:
+        """The record with a use this process noted but has not written yet (`core/recency.py`)."""
+        used = self.last_used.pending(record.repository, record.tag)
+        return record if used is None or used <= record.last_used_at else replace(record, last_used_at=used)
+
     def get_tag(self, repository: str, tag: str, *, actor: Actor | None = None) -> TagRecord | None:
         """A tag by repository and tag name, matched case-insensitively as Ollama does (None if `actor`
         may not read it)."""
-        q = self._tag_query().where(
-            t.repositories.c.name_key == repository.lower(), t.tags.c.name_key == tag.lower()
-        )
-        with self.catalog.read() as conn:
-            row = conn.execute(self._visible_to(q, actor)).first()
-        return None if row is None else self._tag_record(row)
+        if actor is not None and not actor.admin:
+            q = self._tag_query().where(
+                t.repositories.c.name_key == repository.lower(), t.tags.c.name_key == tag.lower()
+            )
+            with self.catalog.read() as conn:
+                found = conn.execute(self._visible_to(q, actor)).first()
+            return None if found is None else self._recent(self._tag_record(found))
+        if self._get_tag is None:
+            self._get_tag = self._tag_query().where(
+                t.repositories.c.name_key == sa.bindparam("repo_key"),
+                t.tags.c.name_key == sa.bindparam("tag_key"),
+            )
+        row = self._read_one(self._get_tag, repo_key=repository.lower(), tag_key=tag.lower())
+        return None if row is None else self._recent(self._tag_record(row))
 
     def list_tags(self, repository: str | None = None, *, actor: Actor | None = None) -> list[TagRecord]:
         """Every live tag (newest first) `actor` may read, or those of one repository."""
@@ -422,7 +488,29 @@ class Store:
         if repository is not None:
             q = q.where(t.repositories.c.name_key == repository.lower())
         with self.catalog.read() as conn:
-            return [self._tag_record(r) for r in conn.execute(self._visible_to(q, actor))]
+            records = [self._tag_record(r) for r in conn.execute(self._visible_to(q, actor))]
+        return [self._recent(r) for r in records] if self.last_used.has_pending() else records
+
+    def iter_listing(self, batch: int = LISTING_BATCH) -> Generator[Sequence[Any], None, None]:
+        """Every live tag, newest first, as batches of rows of (repository, tag, manifest digest,
+        total size, details JSON text, modified at), read from one snapshot and streamed (no per-row
+        records: listings can hold 100,000 models). Close the iterator to release the snapshot."""
+        with self.catalog.read() as conn:
+            yield from conn.execution_options(yield_per=batch).execute(_LISTING).partitions()
+
+    def find_manifest(
+        self, repository: str, *, tag: str | None = None, digest: str | None = None
+    ) -> tuple[str, bytes, str] | None:
+        """A repository's manifest by tag (matched case-insensitively) or by digest, in one query:
+        (digest, content, media type), or None."""
+        if tag is not None:
+            row = self._read_one(_MANIFEST_BY_TAG, repo_key=repository.lower(), tag_key=tag.lower())
+        else:
+            row = self._read_one(_MANIFEST_IN_REPOSITORY, repo_key=repository.lower(), digest=digest)
+        return None if row is None else (row.digest, bytes(row.content), row.media_type)
+
+    def _read_one(self, statement: sa.Executable, **params: Any) -> Any:
+        return self.catalog.read_once(statement, params)
 
     def list_repositories(self, *, actor: Actor | None = None) -> list[str]:
         """Repositories that hold at least one manifest and `actor` may read, sorted."""
@@ -458,6 +546,26 @@ class Store:
             conn.execute(
                 t.repositories.update().where(t.repositories.c.id == repo_id).values(visibility=visibility)
             )
+
+    def repository_keys(self, prefix: str, after: str | None = None, limit: int | None = None) -> list[str]:
+        """Keys (lowercased names) of repositories that hold a manifest and start with `prefix`, in
+        byte order, after the key `after`, at most `limit` of them: a page of a catalog in one query."""
+        key = t.repositories.c.name_key
+        order = key if self.catalog.is_sqlite else key.collate("C")  # byte order, as Python sorts
+        q = (
+            sa.select(key)
+            .where(
+                key.startswith(prefix, autoescape=True),
+                sa.exists().where(t.repo_manifests.c.repository_id == t.repositories.c.id),
+            )
+            .order_by(order)
+        )
+        if after is not None:
+            q = q.where(order > after)
+        if limit is not None:
+            q = q.limit(limit)
+        with self.catalog.read() as conn:
+            return list(conn.execute(q).scalars())
 
     def get_manifest(self, digest: str) -> tuple[bytes, str] | None:
         """Bytes and media type of a live manifest."""
@@ -513,15 +621,9 @@ class Store:
             return conn.execute(q).first() is not None
 
     def mark_used(self, repository: str, tag: str) -> None:
-        """Record that a model was pulled, shown or otherwise used (for `prune --unused-for`)."""
-        with self.catalog.write() as conn:
-            repo_id = self._repository_id(conn, repository, create=False)
-            if repo_id is not None:
-                conn.execute(
-                    t.tags.update()
-                    .where(t.tags.c.repository_id == repo_id, t.tags.c.name_key == tag.lower())
-                    .values(last_used_at=now())
-                )
+        """Record that a model was pulled, shown or otherwise used (for `prune --unused-for`); a
+        server writes these in batches (`core/recency.py`)."""
+        self.last_used.note(repository, tag, now())
 
     # ------------------------------------------------------------------ manifests
 

@@ -31,12 +31,14 @@ import re
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from modelhangar.core.blobstore import write_all_at
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.digests import parse_digest
 from modelhangar.core.errors import HangarError, NotFound, SizeMismatch
@@ -223,14 +225,17 @@ class UploadHandle:
         return self._fd
 
     def write(self, data: bytes) -> None:
-        fd = self._fileno()
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(fd, view, self.offset)
-            self.offset += n
-            view = view[n:]
+        self.write_piece([data])
+        self.hash_piece([data])
+
+    def write_piece(self, chunks: Sequence[bytes]) -> None:
+        """Append received chunks (a PieceSink: may run beside `hash_piece`)."""
+        self.offset += write_all_at(self._fileno(), chunks, self.offset)
+
+    def hash_piece(self, chunks: Sequence[bytes]) -> None:
         if self._hasher is not None:
-            self._hasher.update(data)
+            for c in chunks:
+                self._hasher.update(c)
 
     def _check_length(self, expected: int | None) -> None:
         if expected is not None and expected != self.written:
@@ -443,3 +448,13 @@ def retire_loose_blob(
         return "recent", released
     state = conn.execute(sa.select(t.blobs.c.state).where(t.blobs.c.digest == digest)).scalar()
     return ("referenced" if state == PRESENT else "unknown"), released
+
+
+def withdraw_blob(store: Store, digest: str, actor: Actor) -> BlobDeletion:
+    """Delete a blob no manifest references (e.g. an upload never used), in a transaction of its own;
+    see `retire_loose_blob`."""
+    d = str(parse_digest(digest))
+    with store.catalog.write() as conn:
+        outcome, released = retire_loose_blob(store, conn, d, actor)
+    store.finish_deletions(released.blobs)
+    return outcome

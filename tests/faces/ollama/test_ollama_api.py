@@ -11,6 +11,7 @@ import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,19 @@ import httpx
 import ollama
 import pytest
 
-from harness import MakeGguf, ServerProcess, assert_store_consistent, blob_file, blob_files, tree_snapshot
+from harness import (
+    MakeGguf,
+    ServerProcess,
+    assert_store_consistent,
+    blob_file,
+    blob_files,
+    image_manifest,
+    tree_snapshot,
+)
+from modelhangar.core.config import load_settings
+from modelhangar.core.names import InvalidName, parse_name
+from modelhangar.core.store import Store
+from modelhangar.faces.ollama.routes import EMPTY_DETAILS
 
 TEMPLATE_A = "{{ .System }} USER: {{ .Prompt }} ASSISTANT:"
 TEMPLATE_B = "<|user|>{{ .Prompt }}<|assistant|>"
@@ -322,3 +335,60 @@ def test_list_is_empty_on_a_new_store(client: Any) -> None:
     """(A server of its own: the module's server holds other tests' models.)"""
     assert list(client.list().models) == []
     assert list(client.ps().models) == []
+
+
+def test_the_listing_is_the_catalog_as_ollama_prints_it(ctx: Ctx, three: dict[str, str]) -> None:
+    """/api/tags (streamed, built by hand) says what the catalog holds, in Ollama's shapes: the same
+    document as building it model by model from the records, and what the ollama client parses."""
+    ctx.client.create(model=f"team/{ctx.n('namespaced')}", files={"model.gguf": three["own"]})
+    config, layer = b'{"architecture":"none"}', b"not a model at all"
+    for data in (config, layer):  # an image pushed through /v2: no Ollama details
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        r = ctx.http.post(
+            f"{ctx.url}/v2/library/{ctx.n('plain')}/blobs/uploads/?digest={digest}", content=data
+        )
+        assert r.status_code == 201, r.text
+    r = ctx.http.put(
+        f"{ctx.url}/v2/library/{ctx.n('plain')}/manifests/v1",
+        content=image_manifest(config, [layer]),
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    assert r.status_code == 201, r.text
+    store = Store(load_settings({"HANGAR_HOME": str(ctx.home)}))
+    try:
+        records = store.list_tags()
+    finally:
+        store.close()
+    expected = []
+    for rec in records:
+        try:
+            name = parse_name(f"{rec.repository}:{rec.tag}").display_shortest()
+        except InvalidName:
+            continue
+        expected.append(
+            {
+                "name": name,
+                "model": name,
+                "modified_at": datetime.fromtimestamp(rec.modified_at, tz=UTC).astimezone().isoformat(),
+                "size": rec.total_size,
+                "digest": rec.manifest_digest.removeprefix("sha256:"),
+                "details": rec.details or EMPTY_DETAILS,
+            }
+        )
+    got = ctx.http.get(f"{ctx.url}/api/tags")
+    assert got.status_code == 200 and got.headers["content-type"] == "application/json"
+    assert got.json() == {"models": expected}
+    mine = {ctx.n(x) + ":latest" for x in ("alpha", "beta", "gamma")}
+    mine |= {f"team/{ctx.n('namespaced')}:latest", f"{ctx.n('plain')}:v1"}
+    assert mine <= {m["model"] for m in expected}
+    parsed = {m.model: m for m in ctx.client.list().models}
+    for m in expected:
+        p = parsed[m["model"]]
+        assert (p.size, p.digest, p.details.format, p.details.family) == (
+            m["size"],
+            m["digest"],
+            m["details"]["format"],
+            m["details"]["family"],
+        )
+        assert p.modified_at == datetime.fromisoformat(m["modified_at"])
+    assert parsed[ctx.n("alpha") + ":latest"].details.format == "gguf"

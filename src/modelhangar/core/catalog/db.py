@@ -11,14 +11,13 @@ import contextlib
 import fcntl
 import functools
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -66,7 +65,10 @@ class Catalog:
             self.engine = _sqlite_engine(url, immediate=True)
             self.read_engine = _sqlite_engine(url, immediate=False)
         else:
-            self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            # As many connections as the server runs requests at once, and no ping before each use (it
+            # doubles the round trips of a read): a connection the server dropped fails one statement,
+            # which invalidates the pool; `read_once` retries a read after that.
+            self.engine = sa.create_engine(url, pool_size=40, max_overflow=10, pool_recycle=300)
             # Reads that must agree (fsck, du, listings) see one snapshot: REPEATABLE READ, read-only.
             self.read_engine = self.engine.execution_options(
                 isolation_level="REPEATABLE READ", postgresql_readonly=True
@@ -75,7 +77,12 @@ class Catalog:
 
     def migrate(self, revision: str = "head") -> None:
         """Bring the schema to `revision` (the newest by default); safe when several processes start
-        at once."""
+        at once. A catalog already at the newest revision costs one query (Alembic is not loaded)."""
+        if revision == "head" and self.at_head():
+            return
+        from alembic import command  # a second or more at start-up: only when there is work
+        from alembic.config import Config
+
         with self._migration_lock():
             cfg = Config()
             cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -83,6 +90,15 @@ class Catalog:
             with self.engine.begin() as conn:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, revision)
+
+    def at_head(self) -> bool:
+        """Is the catalog at the newest migration (the one no other migration follows)?"""
+        try:
+            with self.read() as conn:
+                current = {r[0] for r in conn.exec_driver_sql("SELECT version_num FROM alembic_version")}
+        except sa.exc.DBAPIError:  # no catalog yet
+            return False
+        return current == {head_revision()}
 
     @contextlib.contextmanager
     def _migration_lock(self) -> Iterator[None]:
@@ -161,14 +177,48 @@ class Catalog:
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
+    def read_once(self, statement: sa.Executable, params: dict[str, Any]) -> Any:
+        """The first row of one read-only statement (or None), run again once on a fresh connection if
+        the pooled one turned out dead (a database restart)."""
+        for attempt in range(2):
+            try:
+                with self.read() as conn:
+                    return conn.execute(statement, params).first()
+            except sa.exc.DBAPIError as e:
+                if not e.connection_invalidated or attempt:
+                    raise
+        raise AssertionError("unreachable")
+
     def dispose(self) -> None:
         self.engine.dispose()
         if self.is_sqlite:  # on PostgreSQL the read engine shares the write engine's pool
             self.read_engine.dispose()
 
 
+_REVISION = re.compile(r'^(down_revision|revision)\s*(?::[^=]*)?=\s*(?:"([^"]*)"|None)', re.M)
+
+
+@functools.cache
+def head_revision() -> str:
+    """The newest migration: the revision no migration names as its `down_revision` (read from the
+    migration files' text, without loading Alembic)."""
+    revisions, parents = set(), set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        fields = dict((m.group(1), m.group(2)) for m in _REVISION.finditer(path.read_text()))
+        if "revision" in fields:
+            revisions.add(fields["revision"])
+            parents.add(fields.get("down_revision"))
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise RuntimeError(f"the catalog migrations have {len(heads)} heads: {sorted(map(str, heads))}")
+    return str(heads.pop())
+
+
 def _sqlite_engine(url: str, *, immediate: bool) -> sa.Engine:
-    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+    # Readers keep as many connections as the server runs requests at once (its 40 worker threads), so
+    # a busy server does not open and close a connection per request; writers queue for one lock anyway.
+    pool = {"pool_size": 5, "max_overflow": 10} if immediate else {"pool_size": 40, "max_overflow": 10}
+    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, **pool)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

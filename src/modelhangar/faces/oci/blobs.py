@@ -160,7 +160,7 @@ async def _monolithic(request: Request, name: str, repository: str, digest: str)
     store = store_of(request)
     expected = _content_length(request)
     writer = store.blob_writer()
-    await guarded(pump(request, writer.write), writer.discard)
+    await guarded(pump(request, writer), writer.discard)
     try:
         _check_size(expected, writer.size)
     except OciError:
@@ -215,7 +215,7 @@ async def patch_upload(request: Request, name: str, upload_id: str) -> Response:
     repository = repository_of(name)
     _, length = _chunk_bounds(request)
     handle = await _acquire(request, name, repository, upload_id)
-    await guarded(pump(request, handle.write), handle.abort)
+    await guarded(pump(request, handle), handle.abort)
     try:
         upload = await run_in_threadpool(handle.save, length)
     except (SizeMismatch, NotFound) as e:
@@ -232,7 +232,7 @@ async def finish_upload(request: Request, name: str, upload_id: str) -> Response
     digest = blob_digest(raw_digest)
     _, length = _chunk_bounds(request)
     handle = await _acquire(request, name, repository, upload_id)
-    await guarded(pump(request, handle.write), handle.abort)
+    await guarded(pump(request, handle), handle.abort)
     try:
         link = repo_blobs.linker(store_of(request), repository, digest)
         commit = await run_in_threadpool(lambda: handle.complete(digest, length, also=link))

@@ -16,10 +16,13 @@ from modelhangar.core.planner import Planner, Target
 from modelhangar.core.store import Actor, Store
 from modelhangar.faces.oci.errors import OciError
 from modelhangar.faces.oci.wire import (
+    PREFIX,
     absolute,
     blob_digest,
+    next_link,
     oci_name,
     page,
+    page_params,
     parse_reference,
     repository_of,
 )
@@ -51,25 +54,21 @@ async def existing_reference(store: Store, repository: str, raw: str) -> tuple[L
     raise await unknown(store, repository, "MANIFEST_UNKNOWN", {"reference": raw[:200]})
 
 
-def _lookup(store: Store, repository: str, kind: str, ref: str) -> tuple[str, bytes, str] | None:
-    if kind == "tag":
-        record = store.get_tag(repository, ref)
-        if record is None:
-            return None
-        digest = record.manifest_digest
-    elif store.manifest_in_repository(repository, ref):
-        digest = ref
-    else:
-        return None
-    got = store.get_manifest(digest)
-    return None if got is None else (digest, got[0], got[1])
+def _lookup(store: Store, repository: str, kind: str, ref: str, pull: bool) -> tuple[str, bytes, str] | None:
+    """The manifest, by tag or digest; a pull by tag counts as a use of that tag (one thread hop)."""
+    if kind != "tag":
+        return store.find_manifest(repository, digest=ref)
+    found = store.find_manifest(repository, tag=ref)
+    if found is not None and pull:
+        store.mark_used(repository, ref)
+    return found
 
 
 async def get_manifest(request: Request, name: str, reference: str) -> Response:
     repository = repository_of(name)
     store = store_of(request)
     kind, ref = await existing_reference(store, repository, reference)
-    found = await run_in_threadpool(_lookup, store, repository, kind, ref)
+    found = await run_in_threadpool(_lookup, store, repository, kind, ref, request.method == "GET")
     if found is None:
         raise await unknown(store, repository, "MANIFEST_UNKNOWN", {"reference": reference})
     digest, content, media_type = found
@@ -81,8 +80,6 @@ async def get_manifest(request: Request, name: str, reference: str) -> Response:
     }
     if request.method == "HEAD":
         return Response(status_code=200, headers=headers)
-    if kind == "tag":
-        await run_in_threadpool(store.mark_used, repository, ref)
     return Response(content, status_code=200, headers=headers)
 
 
@@ -200,8 +197,33 @@ async def list_tags(request: Request, name: str) -> Response:
     return JSONResponse({"name": name, "tags": out}, headers=headers)
 
 
+CATALOG_BATCH = 1000
+
+
+def _catalog_names(store: Store, after: str | None, want: int | None) -> list[str]:
+    """OCI names of the catalog in order after `after`, at most `want` (all when None), read a batch
+    of repository keys at a time (keys without an OCI name are skipped)."""
+    names: list[str] = []
+    cursor = None if after is None else PREFIX + after
+    while want is None or len(names) < want:
+        batch = CATALOG_BATCH if want is None else max(want - len(names), 1)
+        keys = store.repository_keys(PREFIX, cursor, batch)
+        names += [n for n in map(oci_name, keys) if n is not None]
+        if len(keys) < batch:
+            break
+        cursor = keys[-1]
+    return names if want is None else names[:want]
+
+
 async def catalog(request: Request) -> Response:
-    repositories = await run_in_threadpool(store_of(request).list_repositories)
-    names = sorted({n for n in map(oci_name, repositories) if n is not None})
-    out, headers = page(request, names, "/v2/_catalog")
-    return JSONResponse({"repositories": out}, headers=headers)
+    """Repositories in OCI name order; with `n`, one page read from the catalog (n + 1 names)."""
+    n, last = page_params(request)
+    if n == 0:
+        return JSONResponse({"repositories": []})
+    store = store_of(request)
+    names = await run_in_threadpool(_catalog_names, store, last, None if n is None else n + 1)
+    headers: dict[str, str] = {}
+    if n is not None and len(names) > n:
+        names = names[:n]
+        headers = next_link("/v2/_catalog", n, names[-1])
+    return JSONResponse({"repositories": names}, headers=headers)

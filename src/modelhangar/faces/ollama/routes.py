@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from modelhangar import __version__
@@ -15,7 +16,7 @@ from modelhangar.core.deletion import delete_models
 from modelhangar.core.digests import InvalidDigest, parse_digest
 from modelhangar.core.errors import DigestMismatch, NotFound, Refused
 from modelhangar.core.names import display_stored
-from modelhangar.core.store import Actor, Store, TagRecord
+from modelhangar.core.store import Actor, Store
 from modelhangar.faces.ollama import create as create_mod
 from modelhangar.faces.ollama.show import show_model
 from modelhangar.faces.ollama.wire import (
@@ -60,31 +61,40 @@ async def version(request: Request) -> Response:
 
 
 async def tags(request: Request) -> Response:
-    records = await run_in_threadpool(_store(request).list_tags)
-    body = await run_in_threadpool(_tags_body, records)
-    return Response(body, media_type="application/json")
+    return StreamingResponse(_tags_body(_store(request)), media_type="application/json")
 
 
-def _tags_body(records: list[TagRecord]) -> bytes:
-    """`{"models": [...]}`, each model's stored details spliced in as the JSON text they are stored as.
+def _tags_body(store: Store) -> Iterator[bytes]:
+    """`{"models":[...]}` streamed a batch of rows at a time, each model's stored details spliced in as
+    the JSON text they are stored as.
 
-    Built by hand because listings can hold 100,000 models: no per-model name parse, no JSON round trip.
-    Repositories other faces made that have no Ollama name are left out.
+    Built by hand because listings can hold 100,000 models: no per-model record or name parse, no JSON
+    round trip. Names need no escaping: `display_stored` only returns names of the ASCII letters,
+    digits and `._-:/` that valid names are made of. Repositories other faces made that have no
+    Ollama name are left out.
     """
     empty = json.dumps(EMPTY_DETAILS)
-    parts = []
-    for r in records:
-        name = display_stored(r.repository, r.tag)
-        if name is None:
-            continue
-        quoted = json.dumps(name, ensure_ascii=False)
-        details = r.details_json if r.details_json not in (None, "", "{}", "null") else empty
-        parts.append(
-            f'{{"name":{quoted},"model":{quoted},"modified_at":"{timestamp(r.modified_at)}",'
-            f'"size":{r.total_size},"digest":"{r.manifest_digest.removeprefix("sha256:")}",'
-            f'"details":{details}}}'
-        )
-    return ('{"models":[' + ",".join(parts) + "]}").encode()
+    rows = store.iter_listing()
+    sep = ""
+    try:
+        yield b'{"models":['
+        for batch in rows:
+            parts = []
+            for repository, tag, digest, size, details, modified in batch:
+                name = display_stored(repository, tag)
+                if name is None:
+                    continue
+                if details in (None, "", "{}", "null"):
+                    details = empty
+                parts.append(
+                    f'{sep}{{"name":"{name}","model":"{name}","modified_at":"{timestamp(modified)}",'
+                    f'"size":{size},"digest":"{digest[7:]}","details":{details}}}'
+                )
+                sep = ","
+            yield "".join(parts).encode()
+        yield b"]}"
+    finally:
+        rows.close()  # releases the read snapshot, however the response ended
 
 
 async def ps(request: Request) -> Response:

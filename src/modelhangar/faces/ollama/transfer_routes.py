@@ -11,9 +11,8 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -21,11 +20,10 @@ from starlette.routing import BaseRoute, Route
 from modelhangar.core.names import ModelName
 from modelhangar.core.store import Actor, Store
 from modelhangar.faces.ollama.wire import error, json_body, model_field, parse_or
-from modelhangar.transfer.errors import TRANSFER_ERRORS, transfer_error_text
-from modelhangar.transfer.progress import Emit
-from modelhangar.transfer.pull import pull
-from modelhangar.transfer.push import push
-from modelhangar.transfer.runner import RETRY_AFTER, Busy, TransferRunner
+
+if TYPE_CHECKING:  # the transfer client (httpx) is imported by the first pull or push, not at start-up
+    from modelhangar.transfer.progress import Emit
+    from modelhangar.transfer.runner import TransferRunner
 
 log = logging.getLogger("modelhangar")
 Transfer = Callable[..., object]
@@ -35,6 +33,8 @@ _DONE = object()
 
 def _runner(request: Request) -> TransferRunner:
     """The app's transfer threads, started with the first transfer."""
+    from modelhangar.transfer.runner import TransferRunner
+
     state = request.app.state
     runner: TransferRunner | None = getattr(state, "transfers", None)
     if runner is None:
@@ -44,11 +44,16 @@ def _runner(request: Request) -> TransferRunner:
 
 
 def _busy() -> Response:
+    from modelhangar.transfer.runner import RETRY_AFTER, Busy
+
     return JSONResponse({"error": str(Busy())}, status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
 
 
 def _stream(runner: TransferRunner, run: Callable[[Emit], object]) -> Response:
     """Each progress event becomes one NDJSON line as it happens; a failure is the last line."""
+    from modelhangar.transfer.errors import TRANSFER_ERRORS, transfer_error_text
+    from modelhangar.transfer.runner import Busy
+
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[object] = asyncio.Queue()
 
@@ -98,6 +103,11 @@ async def _transfer(request: Request, transfer: Transfer, *, takes_source: bool 
     def keep(event: dict[str, Any]) -> None:
         last[0] = event
 
+    import httpx
+
+    from modelhangar.transfer.errors import TRANSFER_ERRORS, transfer_error_text
+    from modelhangar.transfer.runner import Busy
+
     try:
         await asyncio.wrap_future(runner.submit(lambda: run(keep)))
     except Busy:
@@ -109,10 +119,14 @@ async def _transfer(request: Request, transfer: Transfer, *, takes_source: bool 
 
 
 async def pull_route(request: Request) -> Response:
+    from modelhangar.transfer.pull import pull
+
     return await _transfer(request, pull)
 
 
 async def push_route(request: Request) -> Response:
+    from modelhangar.transfer.push import push
+
     return await _transfer(request, push, takes_source=True)
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from starlette.requests import Request
@@ -67,9 +68,27 @@ def display(repository: str, tag: str) -> str:
     return display_stored(repository, tag) or f"{repository}:{tag}"
 
 
+_ZONES: dict[int, timezone | None] = {}
+"""The local zone's offset in each quarter hour (by Unix quarter), None where it changes within it."""
+
+
+def _zone(offset: int) -> timezone:
+    return timezone(timedelta(seconds=offset))
+
+
 def timestamp(ts: float) -> str:
-    """RFC 3339 with the local offset, as Go prints times."""
-    return datetime.fromtimestamp(ts, tz=UTC).astimezone().isoformat()
+    """RFC 3339 with the local offset, as Go prints times (the offset of that moment, DST included)."""
+    quarter = int(ts // 900)
+    if quarter in _ZONES:
+        zone = _ZONES[quarter]
+    else:
+        if len(_ZONES) > 100_000:
+            _ZONES.clear()
+        first, last = time.localtime(quarter * 900).tm_gmtoff, time.localtime(quarter * 900 + 899).tm_gmtoff
+        zone = _ZONES[quarter] = _zone(first) if first == last else None
+    if zone is None:
+        zone = _zone(time.localtime(ts).tm_gmtoff)
+    return datetime.fromtimestamp(ts, tz=zone).isoformat()
 
 
 def ndjson(objects: Iterable[dict[str, Any]]) -> StreamingResponse:
