@@ -28,7 +28,7 @@ from modelhangar.faces.oci.wire import (
 )
 
 # Nobody signs in to the registry face: it may not delete what another user owns.
-ACTOR = Actor(name="anonymous", face="oci", admin=False)
+ACTOR = Actor(face="oci")  # the local admin until the registry face reads who asks (accounts)
 
 
 def store_of(request: Request) -> Store:
