@@ -46,7 +46,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def populate(home: Path, n: int) -> None:
+def populate(home: Path, n: int, *, shared_layers: int = SHARED_LAYERS, configs_n: int = CONFIGS) -> None:
     """A store of n models: each has a shared config, a shared layer and a layer of its own."""
     store = Store(load_settings({"HANGAR_HOME": str(home)}))
     try:
@@ -54,9 +54,9 @@ def populate(home: Path, n: int) -> None:
             store.put_blob_bytes(
                 json.dumps({"model_format": "gguf", "model_family": "llama", "i": i}).encode()
             )
-            for i in range(CONFIGS)
+            for i in range(configs_n)
         ]
-        shared = [store.put_blob_bytes(f"shared layer {i}".encode() * 64) for i in range(SHARED_LAYERS)]
+        shared = [store.put_blob_bytes(f"shared layer {i}".encode() * 64) for i in range(shared_layers)]
         ts = time.time()
         blob_rows, repo_rows, manifest_rows, mb_rows, member_rows, tag_rows = [], [], [], [], [], []
         for i in range(n):
@@ -72,7 +72,7 @@ def populate(home: Path, n: int) -> None:
                     "touched_at": ts - 7200,
                 }
             )
-            cfg, sh = configs[i % CONFIGS], shared[i % SHARED_LAYERS]
+            cfg, sh = configs[i % configs_n], shared[i % shared_layers]
             manifest = {
                 "schemaVersion": 2,
                 "mediaType": "application/vnd.docker.distribution.manifest.v2+json",

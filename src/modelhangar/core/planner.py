@@ -643,7 +643,64 @@ def _refusal(plan: Plan, verb: str) -> str:
     return f"refused to {verb} {', '.join(plan.models)}: {reasons}"
 
 
-def unique_sizes(conn: sa.Connection) -> dict[tuple[str, str], int]:
+@dataclass
+class Graph:
+    """The store's reference graph, read in one snapshot: who holds what (for `unique_sizes`, `du`)."""
+
+    tag_rows: list[tuple[str, str, str]]
+    """(repository, tag, manifest digest) of every tag, by repository and tag."""
+    members: dict[str, int]
+    """Manifest -> how many repositories it is a member of."""
+    trashed: set[str]
+    parents: dict[str, int]
+    children: dict[str, list[str]]
+    holders: dict[str, int]
+    """Blob -> how many manifests name it."""
+    blobs_of: dict[str, list[str]]
+    blob_rows: list[tuple[str, int, str, float, bool]]
+    """(digest, size, state, touched_at, ever_referenced) of every blob row."""
+    sizes: dict[str, int]
+    """Present blobs' sizes."""
+
+
+def read_graph(conn: sa.Connection) -> Graph:
+    """One pass over each table of the reference graph (plain tuples: listings hold 100,000 models)."""
+    tag_rows = [
+        (r[0], r[1], r[2])
+        for r in conn.execute(
+            sa.select(t.repositories.c.name, t.tags.c.name, t.tags.c.manifest_digest)
+            .join(t.repositories, t.repositories.c.id == t.tags.c.repository_id)
+            .order_by(t.repositories.c.name, t.tags.c.name)
+        )
+    ]
+    members: dict[str, int] = {}
+    for (m,) in conn.execute(sa.select(t.repo_manifests.c.manifest_digest)):
+        members[m] = members.get(m, 0) + 1
+    trashed = {m for (m,) in conn.execute(sa.select(t.trash.c.manifest_digest))}
+    parents: dict[str, int] = {}
+    children: dict[str, list[str]] = {}
+    mc = t.manifest_children
+    for parent, child in conn.execute(sa.select(mc.c.parent_digest, mc.c.child_digest)):
+        parents[child] = parents.get(child, 0) + 1
+        children.setdefault(parent, []).append(child)
+    holders: dict[str, int] = {}
+    blobs_of: dict[str, list[str]] = {}
+    mb = t.manifest_blobs
+    for m, b in conn.execute(sa.select(mb.c.manifest_digest, mb.c.blob_digest)):
+        holders[b] = holders.get(b, 0) + 1
+        blobs_of.setdefault(m, []).append(b)
+    b = t.blobs.c
+    blob_rows = [
+        (d, int(size), state, float(touched), bool(ever))
+        for d, size, state, touched, ever in conn.execute(
+            sa.select(b.digest, b.size, b.state, b.touched_at, b.ever_referenced)
+        )
+    ]
+    sizes = {d: size for d, size, state, _, _ in blob_rows if state == "present"}
+    return Graph(tag_rows, members, trashed, parents, children, holders, blobs_of, blob_rows, sizes)
+
+
+def unique_sizes(source: sa.Connection | Graph) -> dict[tuple[str, str], int]:
     """{(repository, tag): bytes deleting that tag alone (purged) would free}, for the whole store.
 
     The closed form of `Store.release` for one tag (tests check it against the planner's previews):
@@ -651,58 +708,38 @@ def unique_sizes(conn: sa.Connection) -> dict[tuple[str, str], int]:
     holds it; then each of its blobs goes if no other manifest names it (an index's children likewise).
     One pass over tags, memberships and references: linear in the store, never quadratic.
     """
+    g = source if isinstance(source, Graph) else read_graph(source)
     tags_per: dict[str, int] = {}
-    tag_rows = conn.execute(
-        sa.select(t.repositories.c.name, t.tags.c.name.label("tag"), t.tags.c.manifest_digest).join(
-            t.repositories, t.repositories.c.id == t.tags.c.repository_id
-        )
-    ).all()
-    for r in tag_rows:
-        tags_per[r.manifest_digest] = tags_per.get(r.manifest_digest, 0) + 1
-    members: dict[str, int] = {}
-    for r in conn.execute(sa.select(t.repo_manifests.c.manifest_digest)):
-        members[r.manifest_digest] = members.get(r.manifest_digest, 0) + 1
-    trashed = {r.manifest_digest for r in conn.execute(sa.select(t.trash.c.manifest_digest))}
-    parents: dict[str, int] = {}
-    children: dict[str, list[str]] = {}
-    for r in conn.execute(sa.select(t.manifest_children)):
-        parents[r.child_digest] = parents.get(r.child_digest, 0) + 1
-        children.setdefault(r.parent_digest, []).append(r.child_digest)
-    holders: dict[str, int] = {}
-    blobs_of: dict[str, list[str]] = {}
-    for r in conn.execute(sa.select(t.manifest_blobs)):
-        holders[r.blob_digest] = holders.get(r.blob_digest, 0) + 1
-        blobs_of.setdefault(r.manifest_digest, []).append(r.blob_digest)
-    sizes = {
-        r.digest: int(r.size)
-        for r in conn.execute(sa.select(t.blobs.c.digest, t.blobs.c.size).where(t.blobs.c.state == "present"))
-    }
+    for _, _, m in g.tag_rows:
+        tags_per[m] = tags_per.get(m, 0) + 1
 
     def freed(manifest: str) -> int:
         gone: dict[str, int] = {}  # blob -> references dropped
         stack, dropped = [manifest], {manifest}
         while stack:
             m = stack.pop()
-            for b in blobs_of.get(m, ()):
-                gone[b] = gone.get(b, 0) + 1
-            for c in children.get(m, ()):
-                other = members.get(c, 0) or c in trashed or parents.get(c, 0) > 1
+            for blob in g.blobs_of.get(m, ()):
+                gone[blob] = gone.get(blob, 0) + 1
+            for c in g.children.get(m, ()):
+                other = g.members.get(c, 0) or c in g.trashed or g.parents.get(c, 0) > 1
                 if c not in dropped and not other:
                     dropped.add(c)
                     stack.append(c)
-        return sum(sizes.get(b, 0) for b, n in gone.items() if holders.get(b, 0) == n)
+        return sum(g.sizes.get(blob, 0) for blob, n in gone.items() if g.holders.get(blob, 0) == n)
 
     out: dict[tuple[str, str], int] = {}
     cache: dict[str, int] = {}
-    for r in tag_rows:
-        m = r.manifest_digest
+    for repo, tag, m in g.tag_rows:
         alone = (
-            tags_per.get(m, 0) == 1 and members.get(m, 0) <= 1 and m not in trashed and not parents.get(m, 0)
+            tags_per.get(m, 0) == 1
+            and g.members.get(m, 0) <= 1
+            and m not in g.trashed
+            and not g.parents.get(m, 0)
         )
         if not alone:
-            out[(r.name, r.tag)] = 0
+            out[(repo, tag)] = 0
             continue
         if m not in cache:
             cache[m] = freed(m)
-        out[(r.name, r.tag)] = cache[m]
+        out[(repo, tag)] = cache[m]
     return out

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 
 from modelhangar.core import permissions
 from modelhangar.core.catalog import schema as t
-from modelhangar.core.planner import unique_sizes
-from modelhangar.core.store import DELETING, PRESENT, Actor, Store, now
+from modelhangar.core.planner import read_graph, unique_sizes
+from modelhangar.core.store import DELETING, Actor, Store, now
 
 SHARERS_SHOWN = 3
 CATEGORIES = {
@@ -83,41 +83,22 @@ def disk_usage(
     For an `actor` who is no admin: only the models it may read, and no store-wide breakdown (its
     `breakdown` is empty and `total` 0), since that would tell the sizes of others' private models.
     """
-    mb = t.manifest_blobs
     with store.catalog.read() as conn:
-        unique = unique_sizes(conn)
-        blob_rows = conn.execute(
-            sa.select(
-                t.blobs.c.digest,
-                t.blobs.c.size,
-                t.blobs.c.state,
-                t.blobs.c.touched_at,
-                t.blobs.c.ever_referenced,
-            )
-        ).all()
-        blobs_of: dict[str, list[str]] = defaultdict(list)
-        for r in conn.execute(sa.select(mb.c.manifest_digest, mb.c.blob_digest)):
-            blobs_of[r.manifest_digest].append(r.blob_digest)
-        children: dict[str, list[str]] = defaultdict(list)
-        for r in conn.execute(sa.select(t.manifest_children)):
-            children[r.parent_digest].append(r.child_digest)
-        tag_rows = conn.execute(
-            sa.select(t.repositories.c.name, t.tags.c.name.label("tag"), t.tags.c.manifest_digest)
-            .join(t.repositories, t.repositories.c.id == t.tags.c.repository_id)
-            .order_by(t.repositories.c.name, t.tags.c.name)
-        ).all()
+        g = read_graph(conn)
         clause = None if actor is None else permissions.visible(actor)
-        shown_rows = tag_rows
+        shown_rows = g.tag_rows
         if clause is not None:
-            shown_rows = conn.execute(
-                sa.select(t.repositories.c.name, t.tags.c.name.label("tag"), t.tags.c.manifest_digest)
-                .join(t.repositories, t.repositories.c.id == t.tags.c.repository_id)
-                .where(clause)
-                .order_by(t.repositories.c.name, t.tags.c.name)
-            ).all()
-        members = {r.manifest_digest for r in conn.execute(sa.select(t.repo_manifests.c.manifest_digest))}
-        trashed = {r.manifest_digest for r in conn.execute(sa.select(t.trash.c.manifest_digest))}
-    sizes = {r.digest: int(r.size) for r in blob_rows if r.state == PRESENT}
+            shown_rows = [
+                (r[0], r[1], r[2])
+                for r in conn.execute(
+                    sa.select(t.repositories.c.name, t.tags.c.name, t.tags.c.manifest_digest)
+                    .join(t.repositories, t.repositories.c.id == t.tags.c.repository_id)
+                    .where(clause)
+                    .order_by(t.repositories.c.name, t.tags.c.name)
+                )
+            ]
+    unique = unique_sizes(g)
+    blobs_of, children = g.blobs_of, g.children
 
     def closure(roots: set[str]) -> set[str]:
         """Blobs of `roots` and of the manifests they index."""
@@ -131,55 +112,57 @@ def disk_usage(
                     stack.append(c)
         return out
 
-    tagged = {r.manifest_digest for r in tag_rows}
+    def model_size(manifest: str) -> int:
+        if manifest not in children:  # an image manifest: its own blobs (the common case, no sets)
+            return sum(g.sizes.get(d, 0) for d in blobs_of.get(manifest, ()))
+        return sum(g.sizes.get(d, 0) for d in closure({manifest}))
+
+    tagged = {m for _, _, m in g.tag_rows}
     in_models = closure(tagged)
-    in_untagged = closure(members - tagged) - in_models
-    in_trash = closure(trashed) - in_models - in_untagged
+    in_untagged = closure(set(g.members) - tagged) - in_models
+    in_trash = closure(g.trashed) - in_models - in_untagged
     held = in_models | in_untagged | in_trash
-    referenced = {b for bl in blobs_of.values() for b in bl}
     breakdown = dict.fromkeys(CATEGORIES, 0)
     waiting_until: dict[str, float] = {}
     ts = now()
-    for b in blob_rows:
-        size = int(b.size)
-        if b.state == DELETING:
+    for digest, size, state, touched_at, ever in g.blob_rows:
+        if state == DELETING:
             key = "deleting"
-        elif b.digest in in_models:
+        elif digest in in_models:
             key = "models"
-        elif b.digest in in_untagged:
+        elif digest in in_untagged:
             key = "untagged"
-        elif b.digest in in_trash:
+        elif digest in in_trash:
             key = "trash"
-        elif b.digest in referenced and b.digest not in held:
+        elif digest in g.holders and digest not in held:
             key = "reclaimable"  # named only by manifests nothing holds: the next gc sweeps them
         else:
-            wait = store.reuse_fuse if b.ever_referenced else store.settings.gc_grace
-            until = float(b.touched_at) + wait
-            key = "reclaimable" if until <= ts else ("waiting_fuse" if b.ever_referenced else "waiting_grace")
+            until = touched_at + (store.reuse_fuse if ever else store.settings.gc_grace)
+            key = "reclaimable" if until <= ts else ("waiting_fuse" if ever else "waiting_grace")
             if key != "reclaimable":
                 waiting_until[key] = max(waiting_until.get(key, 0.0), until)
         breakdown[key] += size
     if scan_files:
-        known = {r.digest for r in blob_rows}
+        known = {row[0] for row in g.blob_rows}
         for digest, _mtime in store.blobs.iter_blobs():
             if digest not in known:
                 breakdown["unknown_files"] += store.blobs.size(digest) or 0
-    if shown_rows is not tag_rows:  # no store-wide figures for who may not see the whole store
+    if shown_rows is not g.tag_rows:  # no store-wide figures for who may not see the whole store
         breakdown, waiting_until = {}, {}
     page_rows = shown_rows[offset : None if limit is None else offset + limit]
-    sharers = _sharers(tag_rows, page_rows, blobs_of) if with_sharers else {}
+    sharers = _sharers(g.tag_rows, page_rows, blobs_of) if with_sharers else {}
     models = []
-    for p in page_rows:
-        size = sum(sizes.get(d, 0) for d in closure({p.manifest_digest}))
-        alone = unique.get((p.name, p.tag), 0)
-        count, first = sharers.get((p.name, p.tag), (0, []))
-        models.append(ModelUsage(p.name, p.tag, p.manifest_digest, size, alone, size - alone, count, first))
+    for repo, tag, manifest in page_rows:
+        size = model_size(manifest)
+        alone = unique.get((repo, tag), 0)
+        count, first = sharers.get((repo, tag), (0, []))
+        models.append(ModelUsage(repo, tag, manifest, size, alone, size - alone, count, first))
     return Usage(
         models=models,
         model_count=len(shown_rows),
         breakdown=breakdown,
         total=sum(breakdown.values()),
-        blob_count=len(blob_rows),
+        blob_count=len(g.blob_rows),
         waiting_until=waiting_until,
     )
 
@@ -195,16 +178,16 @@ def _sharers(
     unioned once: a base layer shared by every model costs one pass, not one per model.
     """
     holders: dict[str, set[str]] = defaultdict(set)
-    for r in tag_rows:
-        for b in blobs_of.get(r.manifest_digest, ()):
-            holders[b].add(f"{r.name}:{r.tag}")
+    for repo, tag, manifest in tag_rows:
+        for b in blobs_of.get(manifest, ()):
+            holders[b].add(f"{repo}:{tag}")
     by_set: dict[frozenset[str], list[str]] = {}
     out: dict[tuple[str, str], tuple[int, list[str]]] = {}
-    for r in page_rows:
-        own = f"{r.name}:{r.tag}"
-        shared = frozenset(b for b in blobs_of.get(r.manifest_digest, ()) if len(holders[b]) > 1)
+    for repo, tag, manifest in page_rows:
+        own = f"{repo}:{tag}"
+        shared = frozenset(b for b in blobs_of.get(manifest, ()) if len(holders[b]) > 1)
         if not shared:
-            out[(r.name, r.tag)] = (0, [])
+            out[(repo, tag)] = (0, [])
             continue
         if shared not in by_set:
             union: set[str] = set()
@@ -213,5 +196,5 @@ def _sharers(
             by_set[shared] = sorted(union)
         names = by_set[shared]
         first = [n for n in names[: SHARERS_SHOWN + 1] if n != own][:SHARERS_SHOWN]
-        out[(r.name, r.tag)] = (len(names) - (1 if own in names else 0), first)
+        out[(repo, tag)] = (len(names) - 1, first)  # the union holds the model itself
     return out

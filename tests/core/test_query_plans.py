@@ -1,0 +1,83 @@
+"""The lookups a delete makes use an index on both databases (README, "Safety rules" 4): a delete must
+cost what its own model costs, never a scan of tables that grow with the store.
+
+Each statement is the one the core runs (built the same way), asked for its plan with EXPLAIN. On
+PostgreSQL, sequential scans are switched off for the session, so the question is whether an index
+*can* serve the lookup (tiny test tables would otherwise always be scanned).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from modelhangar.core.catalog import schema as t
+from modelhangar.core.store import Store
+
+D = "sha256:" + "ab" * 32
+
+LOOKUPS: dict[str, tuple[Any, str]] = {
+    "who still names this blob": (
+        sa.select(sa.literal(1)).where(t.manifest_blobs.c.blob_digest == D).limit(1),
+        "ix_manifest_blobs_blob",
+    ),
+    "which tags hold this manifest": (
+        sa.select(t.tags.c.name).where(t.tags.c.manifest_digest == D).limit(1),
+        "ix_tags_manifest",
+    ),
+    "is the manifest still tagged in its repository": (
+        sa.select(sa.literal(1)).where(t.tags.c.repository_id == 1, t.tags.c.manifest_digest == D).limit(1),
+        "ix_tags_repo_manifest ix_tags_manifest",
+    ),
+    "which repositories hold this manifest": (
+        sa.select(sa.literal(1)).where(t.repo_manifests.c.manifest_digest == D).limit(1),
+        "ix_repo_manifests_manifest",
+    ),
+    "does a trash entry hold this manifest": (
+        sa.select(sa.literal(1)).where(t.trash.c.manifest_digest == D).limit(1),
+        "ix_trash_manifest",
+    ),
+    "does an index hold this manifest": (
+        sa.select(sa.literal(1)).where(t.manifest_children.c.child_digest == D).limit(1),
+        "ix_manifest_children_child",
+    ),
+    "what depends on this model": (
+        sa.select(t.dependents.c.id).where(
+            t.dependents.c.target_kind == "tag",
+            t.dependents.c.target_key == "registry.ollama.ai/library/m:latest",
+        ),
+        "ix_dependents_target_key",
+    ),
+    "who holds a shared blob (the plan's `kept`)": (
+        sa.select(t.tags.c.name)
+        .select_from(
+            t.manifest_blobs.join(t.tags, t.tags.c.manifest_digest == t.manifest_blobs.c.manifest_digest)
+        )
+        .where(t.manifest_blobs.c.blob_digest == D)
+        .limit(1),
+        "ix_tags_manifest",
+    ),
+}
+
+
+def plan_text(store: Store, stmt: Any) -> str:
+    dialect = store.catalog.engine.dialect
+    sql = str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+    with store.catalog.engine.connect() as conn:
+        if store.catalog.is_sqlite:
+            rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}").all()
+            return "\n".join(str(r[-1]) for r in rows)
+        conn.exec_driver_sql("SET enable_seqscan = off")
+        return "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {sql}").all())
+
+
+@pytest.mark.parametrize("lookup", sorted(LOOKUPS))
+def test_each_lookup_of_a_delete_uses_its_index(store: Store, lookup: str) -> None:
+    stmt, indexes = LOOKUPS[lookup]
+    text = plan_text(store, stmt)
+    assert any(index in text for index in indexes.split()), f"{lookup}: {text}"
+    assert "Seq Scan" not in text and not any(
+        line.strip().startswith("SCAN") and "INDEX" not in line for line in text.splitlines()
+    ), f"{lookup}: {text}"
