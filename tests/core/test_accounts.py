@@ -60,7 +60,9 @@ def test_revoked_expired_and_rotated_tokens_stop_working_at_once(store: Store) -
     accounts.revoke_token(store, ci.info.prefix)
     assert accounts.authenticate(store, ci.token, "test") is None
     with store.catalog.write() as conn:
-        conn.execute(t.tokens.update().where(t.tokens.c.id == short.info.id).values(expires_at=time.time() - 1))
+        conn.execute(
+            t.tokens.update().where(t.tokens.c.id == short.info.id).values(expires_at=time.time() - 1)
+        )
     assert accounts.authenticate(store, short.token, "test") is None
     third = accounts.add_token(store, "bob", name="laptop", expires_in=7200)
     rotated = accounts.rotate_token(store, third.info.prefix[:8])  # a unique beginning is enough

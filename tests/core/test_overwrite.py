@@ -87,7 +87,9 @@ def test_only_the_owner_may_overwrite(kit: Kit) -> None:
     with pytest.raises(Denied, match="bob may not change"):
         kit.store.put_manifest(PREFIX + "theirs", "latest", content, actor=bob)
     assert kit.store.get_tag(PREFIX + "theirs", "latest").manifest_digest == old  # type: ignore[union-attr]
-    kit.store.put_manifest(PREFIX + "theirs", "latest", content, actor=Actor(name="alice", admin=False, principal="alice"))
+    kit.store.put_manifest(
+        PREFIX + "theirs", "latest", content, actor=Actor(name="alice", admin=False, principal="alice")
+    )
 
 
 def test_a_registry_overwrite_keeps_the_old_manifest_untagged_until_retention(kit: Kit) -> None:

@@ -334,7 +334,9 @@ def test_a_refused_group_does_not_count_towards_later_ones(make_kit: MakeKit) ->
     kit.create("mine", [b"pair", b"b"])
     kit.execute(t.blobs.update().values(touched_at=0.0))
     groups = [[Target("tag", f"registry.ollama.ai/library/{n}", "latest")] for n in ("theirs", "mine")]
-    refused, allowed = kit.planner.preview(groups, Actor(name="bob", face="test", admin=False, principal="bob"))
+    refused, allowed = kit.planner.preview(
+        groups, Actor(name="bob", face="test", admin=False, principal="bob")
+    )
     assert [b.kind for b in refused.blockers] == ["permission"]
     assert refused.blobs == [digest_of(b"a")]  # what it would remove, were it allowed
     assert digest_of(b"b") in allowed.blobs
