@@ -91,6 +91,8 @@ class AccessLog:
                 state["status"] = message["status"]
             elif message["type"] == "http.response.body":
                 state["bytes"] += len(message.get("body", b""))
+            elif message["type"] == "http.response.zerocopysend":
+                state["bytes"] += int(message.get("count", 0))
             await send(message)
 
         try:

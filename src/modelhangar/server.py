@@ -31,6 +31,7 @@ from modelhangar.faces.hangar.routes import validation_items
 from modelhangar.faces.oci import routes as oci
 from modelhangar.faces.ollama import routes as ollama
 from modelhangar.faces.ollama import transfer_routes
+from modelhangar.zerocopy import ZeroCopy
 
 log = logging.getLogger("modelhangar")
 
@@ -188,7 +189,7 @@ def run_server(settings: Settings, *, json_log: bool = False) -> None:
     os.umask(0o077)  # the data directory is the server's alone: directories 0700, files 0600
     connections.raise_fd_limit()
     configure_logging(settings.log_level, as_json=json_log)
-    app = AccessLog(guards.Guards(create_app(settings), settings))
+    app = ZeroCopy(AccessLog(guards.Guards(create_app(settings), settings)))
     uvicorn.run(
         app,
         host=settings.host,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -724,3 +725,26 @@ def test_tags_differing_only_in_case_are_refused_not_merged(oci: httpx.Client, h
     )
     assert r.status_code == 201
     assert_store_consistent(home)
+
+
+def test_blob_bytes_go_out_whole_in_ranges_and_a_client_that_leaves_harms_nothing(
+    oci: httpx.Client, server: ServerProcess
+) -> None:
+    """Blob bodies go from the file to the socket (`modelhangar/zerocopy.py`): whole, by range, and
+    cut short by a client that goes away mid-transfer, after which the server serves on."""
+    data = os.urandom(24 << 20)
+    d = push_blob(oci, "lib/big", data)
+    r = oci.get(f"/v2/lib/big/blobs/{d}")
+    assert r.status_code == 200 and hashlib.sha256(r.content).hexdigest() == d.removeprefix("sha256:")
+    r = oci.get(f"/v2/lib/big/blobs/{d}", headers={"Range": "bytes=1000-3000999"})
+    assert r.status_code == 206 and r.content == data[1000:3001000]
+    for _ in range(5):  # leave in the middle, five times over
+        with (
+            httpx.Client(base_url=server.url, timeout=30) as quitter,
+            quitter.stream("GET", f"/v2/lib/big/blobs/{d}") as partial,
+        ):
+            assert next(partial.iter_bytes(1 << 16))
+    assert oci.get("/v2/").status_code == 200
+    r = oci.get(f"/v2/lib/big/blobs/{d}", headers={"Range": f"bytes={len(data) - 10}-"})
+    assert r.status_code == 206 and r.content == data[-10:]
+    assert "Traceback" not in server.log()

@@ -185,6 +185,7 @@ async def guarded(work: Awaitable[None], undo: Callable[[], None]) -> None:
 
 
 _PATHSEND = "http.response.pathsend"
+_ZEROCOPY = "http.response.zerocopysend"
 _FD_DIR = "/proc/self/fd"
 PATHSEND_HOLD = 60.0
 """Seconds an open blob is kept open after handing it to the server by path (the server opens the path
@@ -192,9 +193,10 @@ itself after `send` returns; once it has, closing ours changes nothing)."""
 
 
 class BlobBody(StreamingResponse):
-    """`length` bytes of an open blob from `start`: handed to the server as a file to send itself
-    (ASGI `http.response.pathsend`) when it offers that and the whole blob is asked for, else read
-    SEND_CHUNK at a time off the event loop and streamed (ranges; servers without the extension).
+    """`length` bytes of an open blob from `start`: sent from the file by the kernel where the server
+    offers `http.response.zerocopysend` (`modelhangar/zerocopy.py` does, under uvicorn: ranges too),
+    else handed to the server by path (`http.response.pathsend`) when the whole blob is asked for,
+    else read SEND_CHUNK at a time off the event loop and streamed.
 
     The file is opened before the response, so a blob deleted meanwhile still sends whole (its
     inode lives while open: the server is given `/proc/self/fd/<fd>`, never the blob's name); it is
@@ -205,11 +207,22 @@ class BlobBody(StreamingResponse):
         self, f: BinaryIO, start: int, length: int, status_code: int, headers: dict[str, str]
     ) -> None:
         self._file = f
+        self._start, self._length = start, length
         self._whole = start == 0 and length == os.fstat(f.fileno()).st_size
         super().__init__(self._chunks(start, length), status_code=status_code, headers=headers)
 
     def _can_pathsend(self, scope: Scope) -> bool:
         return self._whole and _PATHSEND in scope.get("extensions", {}) and os.path.isdir(_FD_DIR)
+
+    async def _zerocopysend(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        message = {
+            "type": _ZEROCOPY,
+            "file": self._file.fileno(),
+            "offset": self._start,
+            "count": self._length,
+        }
+        await send({**message, "more_body": False})
 
     async def _pathsend(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -229,6 +242,12 @@ class BlobBody(StreamingResponse):
             yield data
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if _ZEROCOPY in scope.get("extensions", {}) and scope.get("method") != "HEAD":
+            try:
+                await self._zerocopysend(send)
+            finally:
+                self._file.close()
+            return
         if self._can_pathsend(scope):
             try:
                 await self._pathsend(send)
