@@ -95,6 +95,19 @@ class NewToken:
     token: str = field(repr=False)
 
 
+def created_user(made: NewToken, admin: bool) -> dict[str, Any]:
+    """What creating a user answers (the API, and `hangar user add --json`): its first token, once."""
+    info = made.info
+    return {
+        "name": info.principal,
+        "admin": admin,
+        "token": made.token,
+        "token_prefix": info.prefix,
+        "token_name": info.name,
+        "created_at": info.created_at,
+    }
+
+
 def check_name(raw: str) -> str:
     """The account name for `raw` (lower-cased), or InvalidAccountName saying why."""
     name = raw.strip().lower() if isinstance(raw, str) else ""
