@@ -307,6 +307,9 @@ def test_local_mode_loopback_without_a_token_is_the_admin(tmp_path: Path, make_g
         assert zed.list().models == []
     finally:
         server.stop()
+    # written in the server's batch of last-used times (at the latest when it stops), never per request
+    [used] = hangar_json("token", "list", "zed", home=home)["tokens"]
+    assert used["last_used_at"] is not None
 
 
 def test_serve_says_anonymous_access_is_loopback_only(tmp_path: Path) -> None:
