@@ -24,6 +24,7 @@ import hmac
 import json
 import re
 import secrets
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -131,12 +132,13 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-_keys: dict[int, bytes] = {}
+_keys: weakref.WeakKeyDictionary[Store, bytes] = weakref.WeakKeyDictionary()
+"""Each open store's key (it never changes once made)."""
 
 
 def _key(store: Store) -> bytes:
     """The store's signing key, made on first use (every server of the store then reads the same)."""
-    cached = _keys.get(id(store))
+    cached = _keys.get(store)
     if cached is not None:
         return cached
     with store.catalog.read() as conn:
@@ -152,7 +154,7 @@ def _key(store: Store) -> bytes:
                 sa.select(t.store_settings.c.value).where(t.store_settings.c.key == KEY_SETTING)
             ).one()
     key = bytes.fromhex(json.loads(row.value))
-    _keys[id(store)] = key
+    _keys[store] = key
     return key
 
 
