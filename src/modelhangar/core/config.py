@@ -321,7 +321,8 @@ KNOBS: tuple[Knob, ...] = (
         "uploads.per_client",
         _count,
         "64",
-        "unfinished `/v2` upload sessions one client (an IP address) may hold; more are refused with 429",
+        "unfinished `/v2` upload sessions one client may hold (a user when it sends its token, else an IP "
+        "address); more are refused with 429",
     ),
     Knob(
         "upload_sessions",

@@ -491,12 +491,16 @@ class Store:
             records = [self._tag_record(r) for r in conn.execute(self._visible_to(q, actor))]
         return [self._recent(r) for r in records] if self.last_used.has_pending() else records
 
-    def iter_listing(self, batch: int = LISTING_BATCH) -> Generator[Sequence[Any], None, None]:
-        """Every live tag, newest first, as batches of rows of (repository, tag, manifest digest,
-        total size, details JSON text, modified at), read from one snapshot and streamed (no per-row
-        records: listings can hold 100,000 models). Close the iterator to release the snapshot."""
+    def iter_listing(
+        self, batch: int = LISTING_BATCH, *, actor: Actor | None = None
+    ) -> Generator[Sequence[Any], None, None]:
+        """Every live tag `actor` may read, newest first, as batches of rows of (repository, tag,
+        manifest digest, total size, details JSON text, modified at), read from one snapshot and
+        streamed (no per-row records: listings can hold 100,000 models). Close the iterator to
+        release the snapshot."""
+        q = self._visible_to(_LISTING, actor)
         with self.catalog.read() as conn:
-            yield from conn.execution_options(yield_per=batch).execute(_LISTING).partitions()
+            yield from conn.execution_options(yield_per=batch).execute(q).partitions()
 
     def find_manifest(
         self, repository: str, *, tag: str | None = None, digest: str | None = None
@@ -533,6 +537,13 @@ class Store:
         exist (a write may create it)."""
         with self.catalog.read() as conn:
             return permissions.access(conn, actor, repository, need)
+
+    def require_writable(self, actor: Actor, repository: str) -> None:
+        """Raise NotFound / Denied unless `actor` may write `repository`, or create it if it does not
+        exist (its namespace is the actor's, one of its organisations', or no account's)."""
+        with self.catalog.read() as conn:
+            if permissions.access(conn, actor, repository, "write") is None:
+                permissions.owner_for_new(conn, actor, repository)
 
     @retrying
     def set_visibility(self, repository: str, visibility: str, *, actor: Actor) -> None:

@@ -142,7 +142,8 @@ def _check_caps(store: Store, conn: sa.Connection, client: str | None, ts: float
         mine = conn.execute(count.where(live, t.uploads.c.client == client)).scalar_one()
         if mine >= settings.upload_sessions_per_client:
             raise TooManyUploads(
-                f"this client holds {mine} unfinished uploads, the most allowed "
+                f"{'user ' + client[5:] if client.startswith('user:') else 'this client'} holds {mine} "
+                "unfinished uploads, the most allowed "
                 "(HANGAR_UPLOAD_SESSIONS_PER_CLIENT): finish or cancel one first"
             )
     if conn.execute(count.where(live)).scalar_one() >= settings.upload_sessions:
