@@ -60,6 +60,10 @@ def error_response(path: str, status: int, message: str, headers: dict[str, str]
             "errors": [{"code": _OCI_CODES.get(status, "UNKNOWN"), "message": message, "detail": {}}]
         }
         headers = {"Docker-Distribution-API-Version": "registry/2.0", **(headers or {})}
+    elif path.startswith("/_"):  # the OpenSearch face's envelope
+        from modelhangar.faces.opensearch.wire import error_for
+
+        return error_for(status, message, headers)
     elif path.startswith("/api/hangar") or path in ("/docs", "/redoc", "/openapi.json"):
         body = {"detail": message}
     else:
