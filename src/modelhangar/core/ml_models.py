@@ -1176,9 +1176,14 @@ def _one(spec: Any, what: str) -> tuple[str, Any]:
     return next(iter(spec.items()))
 
 
+QUERIES = frozenset({"match_all", "bool", "ids", "exists", "term", "terms", "match", "match_phrase", "range"})
+
+
 def matches(doc: dict[str, Any], ident: str, query: Any) -> bool:
     """The query subset clients use: match_all, term, terms, match, bool, exists, ids, range."""
     name, spec = _one(query, "query")
+    if name not in QUERIES:
+        raise MLError(400, f"unknown query [{name}]", "parsing_exception")
     if name == "match_all":
         return True
     if name == "bool":

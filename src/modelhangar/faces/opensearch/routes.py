@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from modelhangar import guards
 from modelhangar.auth import actor_of
 from modelhangar.core import ml_models as ml
 from modelhangar.core.actors import Actor
@@ -276,6 +277,18 @@ def _error_of(exc: Exception) -> Response:
     return wire.error(400, str(exc), "illegal_argument_exception")
 
 
+async def _body(request: Request, limit: int | None) -> bytes:
+    """The body; a chunk (uncapped by the guards) is read up to ML Commons' chunk size, no further."""
+    if limit is None:
+        return await request.body()
+    got = bytearray()
+    async for piece in request.stream():
+        got += piece
+        if len(got) > limit:
+            raise ml.bad("Chunk size exceeds 10MB")
+    return bytes(got)
+
+
 async def dispatch(request: Request) -> Response:
     path = request.url.path
     fn, params, allowed = _find(request.method, path)
@@ -292,7 +305,7 @@ async def dispatch(request: Request) -> Response:
             "illegal_argument_exception",
         )
     try:
-        raw = await request.body()
+        raw = await _body(request, ml.CHUNK_MAX if guards.ML_CHUNK.fullmatch(path) else None)
         call = Call(request, params, raw)
         answer = await run_in_threadpool(fn, call)
     except HangarError as e:
