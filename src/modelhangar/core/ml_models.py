@@ -819,11 +819,26 @@ def _forget_model(conn: sa.Connection, model_id: str) -> int:
     return version
 
 
+def _tagged(conn: sa.Connection, hidden: dict[str, Any]) -> bool:
+    """Whether a model's version is still in the store (another face may have deleted it)."""
+    found = conn.execute(
+        sa.select(t.tags.c.name)
+        .select_from(t.tags.join(t.repositories, t.repositories.c.id == t.tags.c.repository_id))
+        .where(
+            t.repositories.c.name_key == hidden["repository"].lower(),
+            t.tags.c.name_key == hidden["tag"].lower(),
+        )
+    ).first()
+    return found is not None
+
+
 def _model(conn: sa.Connection, actor: Actor, model_id: str) -> tuple[Any, dict[str, Any]]:
     row = _row(conn, "model", model_id)
     if row is None:
         raise MLError(404, "Failed to find model")
     doc = _doc(row)
+    if doc.get("model_state") != "REGISTERING" and not _tagged(conn, doc[HIDDEN]):
+        raise MLError(404, "Failed to find model")  # deleted through another face (`hangar rm`)
     group = _row(conn, "group", row.parent) if row.parent else None
     if not _may(conn, actor, _doc(group) if group is not None else None):
         raise MLError(403, "User doesn't have privilege to perform this operation on this model")
@@ -889,8 +904,14 @@ def _safe_delete_message(blocked: dict[str, list[str]]) -> list[str]:
 def delete_model(store: Store, actor: Actor, model_id: str) -> dict[str, Any]:
     """ML Commons' delete: not found 404, no access 403, deployed 400, then the planner (whose
     `setting:` dependents refuse it while safe delete is on: 409 naming every kind at once)."""
-    with store.catalog.read() as conn:
-        _, doc = _model(conn, actor, model_id)
+    try:
+        with store.catalog.read() as conn:
+            _, doc = _model(conn, actor, model_id)
+    except MLError as e:
+        if e.status == 404:  # a version another face deleted: its document goes too
+            with store.catalog.write() as conn:
+                _forget_model(conn, model_id)
+        raise
     state = doc.get("model_state")
     if state in DEPLOYED_STATES:
         raise MLError(
@@ -899,15 +920,8 @@ def delete_model(store: Store, actor: Actor, model_id: str) -> dict[str, Any]:
         )
     hidden = doc[HIDDEN]
     with store.catalog.read() as conn:
-        tagged = conn.execute(
-            sa.select(t.tags.c.name)
-            .select_from(t.tags.join(t.repositories, t.repositories.c.id == t.tags.c.repository_id))
-            .where(
-                t.repositories.c.name_key == hidden["repository"].lower(),
-                t.tags.c.name_key == hidden["tag"].lower(),
-            )
-        ).first()
-    if tagged is not None:
+        tagged = doc.get("model_state") != "REGISTERING" and _tagged(conn, hidden)
+    if tagged:
         plan = Planner(store).delete([Target("tag", hidden["repository"], hidden["tag"])], admin_as(actor))
         if not plan.executed:
             blocked: dict[str, list[str]] = {}
@@ -1313,7 +1327,7 @@ def search(store: Store, actor: Actor, kind: str, body: dict[str, Any]) -> dict[
             total = int(
                 conn.execute(sa.select(sa.func.count()).select_from(o).where(o.c.kind == kind)).scalar() or 0
             )
-            rows = list(conn.execute(base.order_by(o.c.created_at, o.c.id).offset(offset).limit(size)))
+            rows = list(conn.execute(base.order_by(o.c.id).offset(offset).limit(size)))
             found = [(r, _doc(r)) for r in rows]
         else:
             every = [(r, _doc(r)) for r in conn.execute(base.order_by(o.c.created_at, o.c.id))]

@@ -326,7 +326,7 @@ def test_register_from_url(env: Env, files: tuple[str, type[_Files]]) -> None:
 def test_search_models(env: Env) -> None:
     ml = env.ml()
     ids = [upload(env, f"search {i}".encode(), f"search-{i}") for i in range(3)]
-    hits = ml.search_model({"query": {"match_all": {}}, "size": 10})["hits"]
+    hits = ml.search_model({"query": {"match_all": {}}, "size": 100})["hits"]
     assert {h["_id"] for h in hits["hits"]} >= set(ids)
     found = ml.search_model(
         {
@@ -558,3 +558,21 @@ def test_content_shared_with_ollama_is_stored_once(env: Env, make_gguf: Any) -> 
     env.ml().delete_model(mid)
     with env.http() as h:  # neither holds it now: gone
         assert h.head(f"/api/blobs/{digest}").status_code == 404
+
+
+def test_other_faces_see_models_and_keep_ml_commons_rules(env: Env) -> None:
+    ml = env.ml()
+    mid = upload(env, b"seen from the hangar face", "seen-elsewhere")
+    model = ml.get_model_info(mid)
+    name = f"opensearch/seen-elsewhere:{model['model_version']}"
+    ml.deploy_model(mid)
+    with env.http() as h:
+        refused = h.post("/api/hangar/delete", json={"models": [name]}).json()
+        assert refused["results"][0]["status"] == "refused"
+        assert "deployed" in refused["results"][0]["error"]
+        ml.undeploy_model(mid)
+        assert h.post("/api/hangar/delete", json={"models": [name]}).json()["ok"]
+    with pytest.raises(NotFoundError, match="Failed to find model"):
+        ml.get_model_info(mid)
+    with pytest.raises(NotFoundError):
+        ml.delete_model(mid)
