@@ -1299,12 +1299,21 @@ SEARCH_KIND = {"group": "group", "model": "model", "task": "task", "connector": 
 
 def search(store: Store, actor: Actor, kind: str, body: dict[str, Any]) -> dict[str, Any]:
     """An OpenSearch SearchResponse over one kind of document (the query subset of `matches`)."""
+    try:
+        return _search(store, actor, kind, body)
+    except (TypeError, ValueError, AttributeError) as e:  # a malformed query: 400, never 500
+        raise MLError(400, f"failed to parse the search request: {e}", "parsing_exception") from None
+
+
+def _search(store: Store, actor: Actor, kind: str, body: dict[str, Any]) -> dict[str, Any]:
     query = body.get("query", {"match_all": {}})
     size, offset = body.get("size", 10), body.get("from", 0)
     if not isinstance(size, int) or not isinstance(offset, int) or size < 0 or offset < 0:
         raise MLError(400, "[size] and [from] must be non-negative numbers", "parsing_exception")
     size = min(size, 10_000)
     sort = _sort_key(body["sort"]) if body.get("sort") is not None else []
+    matches({}, "", query)  # a malformed query is refused even when there is nothing to match
+    _source({"a": 1}, body.get("_source"))
     o = t.ml_objects
     with store.catalog.read() as conn:
         control = _control_on(conn) and not actor.admin

@@ -576,3 +576,40 @@ def test_other_faces_see_models_and_keep_ml_commons_rules(env: Env) -> None:
         ml.get_model_info(mid)
     with pytest.raises(NotFoundError):
         ml.delete_model(mid)
+
+
+BAD_BODIES = [
+    ("POST", ML + "/model_groups/_register", {"name": 5}),
+    ("POST", ML + "/model_groups/_register", {"name": "g", "access_mode": "secret"}),
+    ("POST", ML + "/models/_register", {"name": "n"}),
+    (
+        "POST",
+        ML + "/models/_register",
+        {"name": "n", "model_format": "TORCH_SCRIPT", "url": "file:///etc/passwd"},
+    ),
+    (
+        "POST",
+        ML + "/models/_register_meta",
+        {"name": "n", "model_format": "TORCH_SCRIPT", "total_chunks": "x"},
+    ),
+    (
+        "POST",
+        ML + "/models/_search",
+        {"query": {"bool": {"should": [{"match_all": {}}], "minimum_should_match": "x"}}},
+    ),
+    ("POST", ML + "/models/_search", {"_source": {"includes": 5}}),
+    ("POST", ML + "/models/_search", {"size": "ten"}),
+    ("PUT", "/_ingest/pipeline/p", {"processors": 5}),
+    ("POST", ML + "/agents/_register", {"name": "a", "type": "robot"}),
+    ("PUT", "/_cluster/settings", {"persistent": {"plugins.ml_commons.safe_delete_model": "maybe"}}),
+    ("POST", ML + "/models/_undeploy", {"model_ids": "x"}),
+    ("POST", ML + "/models/nope/upload_chunk/0", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), BAD_BODIES)
+def test_bad_input_is_a_4xx_in_opensearch_format(env: Env, method: str, path: str, body: Any) -> None:
+    with env.http() as h:
+        r = h.request(method, path, content=b"[]" if body is None else json.dumps(body).encode())
+    assert 400 <= r.status_code < 500, r.text
+    assert r.json()["status"] == r.status_code and r.json()["error"]["root_cause"][0]["reason"]
