@@ -478,6 +478,7 @@ def _resolve_group(
         return gid, doc
     row = _group_by_name(conn, name)
     if row is not None:
+        row = _row(conn, "group", row.id, lock=True)  # its version counter, as the id path locks it
         doc = _doc(row)
         if not _may(conn, actor, doc):
             raise bad(
