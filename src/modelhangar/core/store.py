@@ -547,9 +547,12 @@ class Store:
                 t.repositories.update().where(t.repositories.c.id == repo_id).values(visibility=visibility)
             )
 
-    def repository_keys(self, prefix: str, after: str | None = None, limit: int | None = None) -> list[str]:
-        """Keys (lowercased names) of repositories that hold a manifest and start with `prefix`, in
-        byte order, after the key `after`, at most `limit` of them: a page of a catalog in one query."""
+    def repository_keys(
+        self, prefix: str, after: str | None = None, limit: int | None = None, *, actor: Actor | None = None
+    ) -> list[str]:
+        """Keys (lowercased names) of repositories that hold a manifest, start with `prefix` and `actor`
+        may read, in byte order, after the key `after`, at most `limit` of them: a page of a catalog
+        in one query."""
         key = t.repositories.c.name_key
         order = key if self.catalog.is_sqlite else key.collate("C")  # byte order, as Python sorts
         q = (
@@ -562,6 +565,7 @@ class Store:
         )
         if after is not None:
             q = q.where(order > after)
+        q = self._visible_to(q, actor)
         if limit is not None:
             q = q.limit(limit)
         with self.catalog.read() as conn:
