@@ -32,6 +32,7 @@ from modelhangar.faces.hangar.routes import validation_items
 from modelhangar.faces.oci import routes as oci
 from modelhangar.faces.ollama import routes as ollama
 from modelhangar.faces.ollama import transfer_routes
+from modelhangar.faces.opensearch import routes as opensearch
 from modelhangar.zerocopy import ZeroCopy
 
 log = logging.getLogger("modelhangar")
@@ -142,6 +143,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(hangar_router)
     app.include_router(accounts_router)
     app.router.routes.extend(docs.routes())
+    app.router.routes.extend(opensearch.routes())  # its `/` before Ollama's: it hands Ollama's clients on
     app.router.routes.extend(ollama.routes())
     app.router.routes.extend(transfer_routes.routes())
     app.router.routes.extend(oci.routes())

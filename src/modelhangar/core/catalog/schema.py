@@ -265,3 +265,20 @@ store_settings = sa.Table(
     sa.Column("key", sa.String(255), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
+
+# OpenSearch ML Commons' own objects (`core/ml_models.py`): model groups, models, tasks, connectors,
+# ingest and search pipelines, agents; one JSON document each, as ML Commons keeps them in its indices.
+ml_objects = sa.Table(
+    "ml_objects",
+    metadata,
+    sa.Column("kind", sa.String(32), primary_key=True),
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("name_key", sa.String(512), nullable=True),  # a group's name, lower-cased, for lookups
+    sa.Column("parent", sa.String(255), nullable=True),  # a model's group, a model's connector
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("doc", sa.Text, nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_ml_objects_name", "kind", "name_key"),
+    sa.Index("ix_ml_objects_parent", "kind", "parent"),
+)
