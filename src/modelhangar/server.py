@@ -24,6 +24,7 @@ from modelhangar.core import gc, reclaim
 from modelhangar.core.config import Settings
 from modelhangar.core.errors import TooLarge
 from modelhangar.core.retention import policy_from_config, prune
+from modelhangar.core.s3blobs import BlobStoreUnavailable
 from modelhangar.core.store import Actor, Store
 from modelhangar.faces.hangar import docs
 from modelhangar.faces.hangar.routes import router as hangar_router
@@ -54,6 +55,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _too_large(request: Request, exc: Exception) -> Response:
     return _error_body(request, 413, str(exc))
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("object store unavailable on %s %s: %s", request.method, request.url.path, exc)
+    message = "the blob store is unavailable right now; nothing was kept, retry in a few seconds"
+    return _error_body(request, 503, message, {"Retry-After": "5"})
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
@@ -105,6 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
         StarletteHTTPException: _http_error,
         RequestValidationError: _validation_error,
         TooLarge: _too_large,
+        BlobStoreUnavailable: _store_unavailable,
         Exception: _unexpected_error,
     }
     for exc, handler in handlers.items():

@@ -32,6 +32,13 @@ def _check_bindable(host: str, port: int) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = with_host(settings_from_env(args.data_dir), args.host)
     _check_bindable(settings.host, settings.port)
+    if settings.blobs:  # a wrong bucket or credential fails here, not at the first upload
+        from modelhangar.core.s3blobs import BlobStoreConfigError, check_bucket
+
+        try:
+            check_bucket(settings.blobs, path_style=settings.s3_path_style)
+        except BlobStoreConfigError as e:
+            raise CliError(str(e)) from None
     from modelhangar import server
 
     if args.json:

@@ -34,10 +34,13 @@ def open_store(settings: Settings) -> Iterator[Store]:
     """The store at settings.home; catalog and file-system failures become one-line errors."""
     import sqlalchemy as sa
 
+    from modelhangar.core.s3blobs import BlobStoreConfigError
     from modelhangar.core.store import Store
 
     try:
         store = Store(settings)
+    except BlobStoreConfigError as e:
+        raise CliError(str(e)) from None
     except (OSError, sa.exc.SQLAlchemyError) as e:
         raise CliError(f"cannot open the store at {settings.home}: {_reason(e)}") from e
     try:
