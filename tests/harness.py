@@ -87,8 +87,8 @@ class S3Server:
     KEY_ID = "hangartest"
     SECRET = "hangartestsecret"
 
-    def __init__(self, log_dir: Path, *, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, log_dir: Path, *, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.log_dir = log_dir
         self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None

@@ -129,8 +129,11 @@ def _counts(store: Store) -> tuple[int, int]:
 def cmd_fsck(args: argparse.Namespace) -> int:
     from modelhangar.core import gc
 
-    with open_store(existing_store(settings_from_env(args.data_dir))) as store:
-        problems = gc.fsck(store, verify=args.verify)
+    with (
+        open_store(existing_store(settings_from_env(args.data_dir))) as store,
+        _byte_bar("verifying", args.json or not args.verify) as tick,
+    ):
+        problems = gc.fsck(store, verify=args.verify, progress=lambda done, total: tick("", done, total))
         blobs, manifests = _counts(store)
     if args.json:
         print_json(
