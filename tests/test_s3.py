@@ -288,3 +288,48 @@ def test_two_servers_share_one_catalog_and_one_bucket(
     assert du["breakdown"]["unknown_files"] == 0
     assert objects(s3_server, prefix, "tmp/") == []
     assert multipart_uploads(s3_server, prefix) == []
+
+
+def test_an_upload_session_started_on_one_server_finishes_on_another(
+    tmp_path: Path, s3_server: S3Server, start_server: StartServer, pg_url: str
+) -> None:
+    prefix = f"sessions-{time.monotonic_ns()}"
+    env = s3_env(s3_server, prefix)
+    a = start_server(tmp_path / "a", env=env, database_url=pg_url)
+    b = start_server(tmp_path / "b", env=env, database_url=pg_url)
+    data = os.urandom(13 * MIB)
+    cuts = [(0, 6 * MIB), (6 * MIB, 12 * MIB), (12 * MIB, 12 * MIB + 5)]
+    start = httpx.post(f"{a.url}/v2/lib/s/blobs/uploads/")
+    assert start.status_code == 202
+    path = start.headers["location"].split("/v2/", 1)[1]
+    for n, (lo, hi) in enumerate(cuts):  # chunks alternate between the servers
+        srv = (a, b)[n % 2]
+        r = httpx.patch(
+            f"{srv.url}/v2/{path}",
+            content=data[lo:hi],
+            headers={"Content-Range": f"{lo}-{hi - 1}", "Content-Type": "application/octet-stream"},
+            timeout=60,
+        )
+        assert r.status_code == 202, r.text
+        assert r.headers["range"] == f"0-{hi - 1}"
+    status = httpx.get(f"{b.url}/v2/{path}")
+    assert status.status_code == 204 and status.headers["range"] == f"0-{12 * MIB + 4}"
+    # A chunk that does not start at the offset is refused by either server.
+    r = httpx.patch(f"{a.url}/v2/{path}", content=b"x", headers={"Content-Range": "0-0"})
+    assert r.status_code == 416
+    a.kill()  # the session survives a server: its parts are in the catalog and the bucket
+    a = start_server(tmp_path / "a", env=env, database_url=pg_url)
+    last = data[12 * MIB + 5 :]
+    r = httpx.put(f"{a.url}/v2/{path}?digest={digest_of(data)}", content=last, timeout=60)
+    assert r.status_code == 201, r.text
+    assert httpx.get(f"{b.url}/v2/lib/s/blobs/{digest_of(data)}", timeout=60).content == data
+    assert objects(s3_server, prefix, "uploads/") == []
+    # A session whose content does not match its digest ends and leaves no object behind.
+    start = httpx.post(f"{b.url}/v2/lib/s/blobs/uploads/")
+    path = start.headers["location"].split("/v2/", 1)[1]
+    assert httpx.patch(f"{b.url}/v2/{path}", content=b"abc").status_code == 202
+    r = httpx.put(f"{a.url}/v2/{path}?digest={digest_of(b'abd')}")
+    assert r.status_code == 400 and r.json()["errors"][0]["code"] == "DIGEST_INVALID"
+    assert objects(s3_server, prefix, "uploads/") == []
+    assert objects(s3_server, prefix, "tmp/") == []
+    fsck_clean(tmp_path / "a", env, pg_url)
