@@ -24,6 +24,7 @@ from modelhangar.core import gc, reclaim
 from modelhangar.core.config import Settings
 from modelhangar.core.errors import Denied, QuotaExceeded, TooLarge, Unauthenticated
 from modelhangar.core.retention import policy_from_config, prune
+from modelhangar.core.s3blobs import BlobStoreUnavailable
 from modelhangar.core.store import Actor, Store
 from modelhangar.faces.hangar import docs
 from modelhangar.faces.hangar.accounts import router as accounts_router
@@ -84,6 +85,10 @@ async def _account_error(request: Request, exc: Exception) -> Response:
     """What the accounts refuse, in the face's own format (a route may answer it more precisely)."""
     status = next(code for kind, code in _ACCOUNT_STATUS.items() if isinstance(exc, kind))
     return _error_body(request, status, str(exc))
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("object store unavailable on %s %s: %s", request.method, request.url.path, exc)
+    message = "the blob store is unavailable right now; nothing was kept, retry in a few seconds"
+    return _error_body(request, 503, message, {"Retry-After": "5"})
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
@@ -136,6 +141,7 @@ def create_app(settings: Settings) -> FastAPI:
         RequestValidationError: _validation_error,
         TooLarge: _too_large,
         **dict.fromkeys(_ACCOUNT_STATUS, _account_error),
+        BlobStoreUnavailable: _store_unavailable,
         Exception: _unexpected_error,
     }
     for exc, handler in handlers.items():

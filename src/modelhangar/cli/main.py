@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from modelhangar import __version__
-from modelhangar.cli import transfer_commands, user_commands
+from modelhangar.cli import transfer_commands
 from modelhangar.cli.errors import CliError, UsageError
 from modelhangar.cli.settings import duration, duration_text, host_port
 
@@ -157,7 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", metavar="MODELFILE", help="path to a Modelfile (default: ./Modelfile)")
 
     transfer_commands.register(add, [client, js])
-    user_commands.register(add, [store, js])
 
     add("du", model_commands.cmd_du, "disk usage per model: total, unique and shared bytes", [client, js])
 

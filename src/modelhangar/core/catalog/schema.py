@@ -209,6 +209,18 @@ uploads = sa.Table(
     sa.Index("ix_uploads_client", "client", "updated_at"),
 )
 
+
+# The parts of an upload session kept in an object store (`core/s3_uploads.py`): one object per
+# request that saved bytes, at `offset` of the blob. Any server continues a session from this list.
+upload_parts = sa.Table(
+    "upload_parts",
+    metadata,
+    sa.Column("upload_id", sa.String(32), primary_key=True),
+    sa.Column("offset", sa.BigInteger, primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("key", sa.String(1024), nullable=False),
+)
+
 # Accounts (`core/accounts.py`): users and organisations share one namespace of names.
 principals = sa.Table(
     "principals",
