@@ -31,7 +31,7 @@ def test_user_add_and_roles(tmp_path: Path) -> None:
     doc = json.loads(added.stdout)
     assert doc["roles"] == ["ml", "team"] and doc["token"].startswith("hgr_")
     changed = hangar(home, "user", "roles", "alice", "--add", "ops", "--remove", "team")
-    assert changed.returncode == 0 and "alice: ml, ops" in changed.stdout
+    assert changed.returncode == 0 and "alice: roles ml, ops" in changed.stdout
     store = Store(load_settings({"HANGAR_HOME": str(home)}))
     try:
         actor = accounts.authenticate(store, doc["token"], "opensearch")
