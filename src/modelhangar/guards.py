@@ -64,6 +64,10 @@ def error_response(path: str, status: int, message: str, headers: dict[str, str]
         from modelhangar.faces.opensearch.wire import error_for
 
         return error_for(status, message, headers)
+    elif path == "/v1" or path.startswith("/v1/"):  # Replicate's problem details
+        titles = {401: "Unauthenticated", 403: "Forbidden", 404: "Not found", 405: "Method not allowed"}
+        body = {"title": titles.get(status, "Error"), "detail": message, "status": status}
+        return JSONResponse(body, status_code=status, headers=headers, media_type="application/problem+json")
     elif path.startswith("/api/hangar") or path in ("/docs", "/redoc", "/openapi.json"):
         body = {"detail": message}
     else:

@@ -34,6 +34,7 @@ from modelhangar.faces.oci import routes as oci
 from modelhangar.faces.ollama import routes as ollama
 from modelhangar.faces.ollama import transfer_routes
 from modelhangar.faces.opensearch import routes as opensearch
+from modelhangar.faces.replicate import routes as replicate
 from modelhangar.zerocopy import ZeroCopy
 
 log = logging.getLogger("modelhangar")
@@ -153,6 +154,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.router.routes.extend(ollama.routes())
     app.router.routes.extend(transfer_routes.routes())
     app.router.routes.extend(oci.routes())
+    app.router.routes.extend(replicate.routes())
     app.add_middleware(Authenticate, unauthorized=_unauthorized)
     return app
 

@@ -791,6 +791,11 @@ class Store:
                         actor=actor,
                         keep_untagged=keep_untagged,
                     )
+                repo_row = conn.execute(sa.select(t.repositories).where(t.repositories.c.id == repo_id)).one()
+                if repo_row.kind is not None:  # a face's model object: its own bookkeeping of versions
+                    from modelhangar.core import model_rules
+
+                    model_rules.pushed(self, conn, repo_row, digest, refs, ts)
         except Refused as e:
             self._audit_refused(e)
             raise

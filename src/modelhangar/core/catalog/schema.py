@@ -36,6 +36,8 @@ repositories = sa.Table(
     # That face's fields of the model (description, hardware, ...), as JSON text.
     sa.Column("meta", sa.Text, nullable=True),
     sa.Index("ix_repositories_owner", "owner"),
+    # A face's model objects newest first, a page at a time (Replicate's `GET /v1/models`).
+    sa.Index("ix_repositories_kind_created", "kind", "created_at", "id"),
 )
 
 blobs = sa.Table(
@@ -293,4 +295,65 @@ ml_objects = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Index("ix_ml_objects_name", "kind", "name_key"),
     sa.Index("ix_ml_objects_parent", "kind", "parent"),
+)
+
+# The Replicate face (`core/replicate_models.py`): what a version is beyond its manifest, and the
+# things that use a version (predictions, trainings, deployments), recorded, never run here. Which of
+# them block a deletion is in `dependents`, not here.
+replicate_versions = sa.Table(
+    "replicate_versions",
+    metadata,
+    # The model's repository, by `name_key` (a deleted model's name may be created again).
+    sa.Column("repository_key", sa.String(1024), primary_key=True),
+    sa.Column("version_id", sa.String(64), primary_key=True),  # the manifest digest's hex: also its tag
+    sa.Column("manifest_digest", DIGEST, nullable=False),
+    sa.Column("cog_version", sa.String(64), nullable=False),
+    sa.Column("openapi_schema", sa.Text, nullable=False),  # JSON text
+    # Lineage: the training it was pushed under, and that training's base version (`owner/name:id`).
+    sa.Column("training_id", sa.String(64), nullable=True),
+    sa.Column("base_version", sa.String(1200), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+replicate_runs = sa.Table(
+    "replicate_runs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # 'prediction' or 'training'
+    sa.Column("model", sa.String(255), nullable=False),  # owner/name, lower-case
+    sa.Column("version_id", sa.String(64), nullable=False),
+    sa.Column("creator", sa.String(255), nullable=False),  # the account (or 'local') that asked
+    sa.Column("deployment", sa.String(255), nullable=True),
+    sa.Column("destination", sa.String(255), nullable=True),  # a training's model, owner/name
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("input", sa.Text, nullable=False),  # JSON text, as every field below
+    sa.Column("output", sa.Text, nullable=True),
+    sa.Column("logs", sa.Text, nullable=False, server_default=""),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("metrics", sa.Text, nullable=True),
+    sa.Column("webhook", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("completed_at", sa.Float, nullable=True),
+    sa.Index("ix_replicate_runs_creator", "kind", "creator", "created_at"),
+    sa.Index("ix_replicate_runs_model", "model", "version_id"),
+    sa.Index("ix_replicate_runs_destination", "destination", "status"),
+)
+
+replicate_deployments = sa.Table(
+    "replicate_deployments",
+    metadata,
+    sa.Column("name_key", sa.String(255), primary_key=True),  # owner/name, lower-case
+    sa.Column("owner", sa.String(255), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("release", sa.Integer, nullable=False),  # the current release's number
+    sa.Column("model", sa.String(255), nullable=False),
+    sa.Column("version_id", sa.String(64), nullable=False),
+    sa.Column("hardware", sa.String(64), nullable=False),
+    sa.Column("min_instances", sa.Integer, nullable=False),
+    sa.Column("max_instances", sa.Integer, nullable=False),
+    sa.Column("created_by", sa.String(255), nullable=False),
+    sa.Column("released_at", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_replicate_deployments_owner", "owner", "created_at"),
 )
