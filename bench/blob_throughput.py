@@ -8,7 +8,13 @@ docker-registry and issue 16's target (uploads at least 2.0x, downloads at least
 machine's ceilings: sha256 in memory (a verified upload hashes every byte) and `dd ... conv=fsync`
 (writing and syncing a file of that size).
 
+With `--tokens`, two more modelhangar servers run beside them under HANGAR_AUTH=required, where
+every request carries a token: HTTP basic auth with an API token as the password, and a registry
+token from `/v2/token` as `Bearer`; it prints each one's ratio to the run without tokens (issue
+10's target: at most 1.05 slower, i.e. a ratio of time at most 1.05).
+
     python bench/blob_throughput.py [--sizes-mib 256,1024] [--parallel 8] [--small 200] [--rounds 3]
+                                    [--tokens]
 """
 
 from __future__ import annotations
@@ -27,10 +33,21 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
+
 from peers import start_hangar, start_registry, stop, verdict
 
 UPLOAD_TARGET = 2.0
 DOWNLOAD_TARGET = 1.5
+TOKEN_TARGET = 1.05
+"""Issue 10: a transfer with a token takes at most this much longer than one without."""
+TOKEN_REFRESH = 120.0
+"""Seconds a registry token is reused (they live 300)."""
+Auth = Callable[[], list[str]]
+
+
+def no_auth() -> list[str]:
+    return []
 
 
 def curl(*args: str) -> str:
@@ -38,9 +55,9 @@ def curl(*args: str) -> str:
     return out.stdout
 
 
-def upload(base: str, repo: str, path: Path, digest: str) -> None:
+def upload(base: str, repo: str, path: Path, digest: str, auth: Auth = no_auth) -> None:
     """POST a session, then PUT the whole blob with ?digest= (the monolithic two-step upload)."""
-    headers = curl("-D", "-", "-o", "/dev/null", "-X", "POST", f"{base}/v2/{repo}/blobs/uploads/")
+    headers = curl("-D", "-", "-o", "/dev/null", *auth(), "-X", "POST", f"{base}/v2/{repo}/blobs/uploads/")
     location = next(
         line.split(":", 1)[1].strip() for line in headers.splitlines() if line.lower().startswith("location:")
     )
@@ -48,15 +65,48 @@ def upload(base: str, repo: str, path: Path, digest: str) -> None:
         location = base + location
     sep = "&" if "?" in location else "?"
     curl(
-        "-o", "/dev/null", "-X", "PUT", "-H", "Content-Type: application/octet-stream",
+        "-o", "/dev/null", *auth(), "-X", "PUT", "-H", "Content-Type: application/octet-stream",
         "-H", "Expect:", "-T", str(path), f"{location}{sep}digest={digest}",
     )  # fmt: skip
 
 
-def download(base: str, repo: str, digest: str, size: int) -> None:
-    got = curl("-L", "-o", "/dev/null", "-w", "%{size_download}", f"{base}/v2/{repo}/blobs/{digest}")
+def download(base: str, repo: str, digest: str, size: int, auth: Auth = no_auth) -> None:
+    got = curl("-L", "-o", "/dev/null", *auth(), "-w", "%{size_download}", f"{base}/v2/{repo}/blobs/{digest}")
     if int(got) != size:
         raise RuntimeError(f"downloaded {got} bytes of {size}")
+
+
+def start_with_tokens(home: Path, rounds: int) -> tuple[str, subprocess.Popen[bytes], str, Auth, Auth]:
+    """A modelhangar under HANGAR_AUTH=required with the user `bench`: (url, process, API token,
+    basic auth, bearer auth with a registry token for the rounds' repositories)."""
+    import threading
+
+    from modelhangar.core import accounts
+    from modelhangar.core.config import load_settings
+    from modelhangar.core.store import Store
+
+    store = Store(load_settings({"HANGAR_HOME": str(home)}))
+    try:
+        token = accounts.add_user(store, "bench").token
+    finally:
+        store.close()
+    url, proc = start_hangar(home, {"HANGAR_AUTH": "required"})
+    basic = ["-u", f"bench:{token}"]
+    scopes = [("scope", f"repository:bench/r{r}:pull,push") for r in range(rounds)]
+    held: dict[str, object] = {"at": -1e9, "token": ""}
+    lock = threading.Lock()
+
+    def bearer() -> list[str]:
+        with lock:
+            if time.monotonic() - float(held["at"]) > TOKEN_REFRESH:  # type: ignore[arg-type]
+                r = httpx.get(
+                    f"{url}/v2/token", params=[("service", "modelhangar"), *scopes], auth=("bench", token)
+                )
+                r.raise_for_status()
+                held.update(at=time.monotonic(), token=r.json()["token"])
+            return ["-H", f"Authorization: Bearer {held['token']}"]
+
+    return url, proc, token, (lambda: basic), bearer
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -108,13 +158,27 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=200, help="small blobs per round (0: skip)")
     ap.add_argument("--small-kib", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tokens", action="store_true", help="also run with a token on every request")
+    ap.add_argument("--no-registry", action="store_true", help="skip docker-registry")
     args = ap.parse_args()
     if not shutil.which("docker-registry") or not shutil.which("curl"):
         sys.exit("needs docker-registry and curl (apt-get install docker-registry curl)")
     sizes = [int(s) for s in args.sizes_mib.split(",")]
     with tempfile.TemporaryDirectory(prefix="hangar-bench-") as tmp:
         work = Path(tmp)
-        servers = {"modelhangar": start_hangar(work / "hangar"), "docker-registry": start_registry(work)}
+        servers: dict[str, tuple[str, subprocess.Popen[bytes]]] = {
+            "modelhangar": start_hangar(work / "hangar")
+        }
+        if not args.no_registry:
+            servers["docker-registry"] = start_registry(work)
+        auths: dict[str, Auth] = {}
+        if args.tokens:
+            for kind in ("basic", "bearer"):
+                url, proc, _, basic_auth, bearer_auth = start_with_tokens(
+                    work / f"hangar-{kind}", args.rounds
+                )
+                servers[f"modelhangar {kind}"] = (url, proc)
+                auths[f"modelhangar {kind}"] = basic_auth if kind == "basic" else bearer_auth
         results: dict[str, dict[str, list[float]]] = {name: {} for name in servers}
         targets: dict[str, float] = {}
 
@@ -138,24 +202,29 @@ def main() -> None:
                 order = list(servers) if rnd % 2 == 0 else list(reversed(servers))
                 for name in order:
                     base, repo = servers[name][0], f"bench/r{rnd}"
+                    auth = auths.get(name, no_auth)
+                    auth()  # a registry token is fetched (or refreshed) outside the timings
                     for mib, path in blobs.items():
                         n = mib << 20
                         d = digests[mib]
-                        secs = timed(lambda: upload(base, repo, path, d))  # noqa: B023
+                        secs = timed(lambda: upload(base, repo, path, d, auth))  # noqa: B023
                         record(name, f"upload {mib} MiB", n, secs, UPLOAD_TARGET)
-                        secs = timed(lambda: download(base, repo, d, n))  # noqa: B023
+                        auth()
+                        secs = timed(lambda: download(base, repo, d, n, auth))  # noqa: B023
                         record(name, f"download {mib} MiB", n, secs, DOWNLOAD_TARGET)
                     if args.parallel:
                         n = sizes[0] << 20
                         calls = [
-                            (lambda p=p, d=d: upload(base, repo, p, d))  # type: ignore[misc]  # noqa: B023
+                            (lambda p=p, d=d: upload(base, repo, p, d, auth))  # type: ignore[misc]  # noqa: B023
                             for p, d in zip(par, par_digests, strict=True)
                         ]
+                        auth()
                         secs = timed(lambda: parallel(calls))  # noqa: B023
                         record(
                             name, f"{args.parallel}x upload {sizes[0]} MiB", n * len(par), secs, UPLOAD_TARGET
                         )
-                        calls = [(lambda d=d: download(base, repo, d, n)) for d in par_digests]  # type: ignore[misc]  # noqa: B023
+                        calls = [(lambda d=d: download(base, repo, d, n, auth)) for d in par_digests]  # type: ignore[misc]  # noqa: B023
+                        auth()
                         secs = timed(lambda: parallel(calls))  # noqa: B023
                         record(
                             name,
@@ -166,10 +235,12 @@ def main() -> None:
                         )
                     if smalls:
                         total = sum(p.stat().st_size for p, _ in smalls)
-                        secs = timed(lambda: [upload(base, repo, p, d) for p, d in smalls])  # noqa: B023
+                        auth()
+                        secs = timed(lambda: [upload(base, repo, p, d, auth) for p, d in smalls])  # noqa: B023
                         record(name, f"{args.small} x {args.small_kib} KiB up", total, secs, None)
+                        auth()
                         secs = timed(
-                            lambda: [download(base, repo, d, args.small_kib << 10) for _, d in smalls]  # noqa: B023
+                            lambda: [download(base, repo, d, args.small_kib << 10, auth) for _, d in smalls]  # noqa: B023
                         )
                         record(name, f"{args.small} x {args.small_kib} KiB down", total, secs, None)
                 for path in [*blobs.values(), *par, *(p for p, _ in smalls)]:
@@ -178,17 +249,32 @@ def main() -> None:
                 f"ceilings on this machine: sha256 in memory {sha256_ceiling():.0f} MB/s;"
                 f" dd conv=fsync {sizes[0]} MiB {dd_ceiling(work, sizes[0]):.0f} MB/s"
             )
-            print(
-                f"{f'MB/s (median of {args.rounds})':<26} {'modelhangar':>12} {'docker-registry':>16}"
-                f" {'ratio':>7}"
-            )
-            for metric in results["modelhangar"]:
+            if "docker-registry" in results:
+                print(
+                    f"{f'MB/s (median of {args.rounds})':<26} {'modelhangar':>12} {'docker-registry':>16}"
+                    f" {'ratio':>7}"
+                )
+            for metric in results["modelhangar"] if "docker-registry" in results else []:
                 ours = statistics.median(results["modelhangar"][metric])
                 theirs = statistics.median(results["docker-registry"][metric])
                 line = f"{metric:<26} {ours:>12.0f} {theirs:>16.0f} {ours / theirs:>7.2f}"
                 if metric in targets:
                     line += f"  {verdict(ours / theirs, targets[metric])}"
                 print(line)
+            if auths:
+                print(
+                    f"\n{'with tokens, MB/s':<26} {'no token':>10} {'basic':>8} {'time x':>7}"
+                    f" {'bearer':>8} {'time x':>7}  (target: time x <= {TOKEN_TARGET:g})"
+                )
+                for metric in results["modelhangar"]:
+                    plain = statistics.median(results["modelhangar"][metric])
+                    line = f"{metric:<26} {plain:>10.0f}"
+                    worst = 0.0
+                    for name in auths:
+                        speed = statistics.median(results[name][metric])
+                        worst = max(worst, plain / speed)
+                        line += f" {speed:>8.0f} {plain / speed:>7.2f}"
+                    print(line + f"  {'MET' if worst <= TOKEN_TARGET else 'NOT MET'}")
         finally:
             for _, proc in servers.values():
                 stop(proc)

@@ -9,6 +9,13 @@ largest size (issue 16: /api/tags at most 0.3 s with flat memory, start-up at mo
 issue 9: /api/tags at least 5x faster than 7.1 s).
 
     python bench/delete_scaling.py [--sizes 100,10000,100000] [--deletes 200] [--trash 0]
+
+With `--users 1000` (issue 10): a store of `--sizes`' last size (10,000 by default there) whose
+models are owned by that many users, private, served with HANGAR_AUTH=required and every request
+carrying a token (each delete its owner's), against the same store with no accounts and no tokens;
+prints the ratio of the median deletes (target: at most 1.2).
+
+    python bench/delete_scaling.py --users 1000 [--sizes 10000] [--deletes 200]
 """
 
 from __future__ import annotations
@@ -46,10 +53,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def populate(home: Path, n: int, *, shared_layers: int = SHARED_LAYERS, configs_n: int = CONFIGS) -> None:
-    """A store of n models: each has a shared config, a shared layer and a layer of its own."""
+def populate(
+    home: Path, n: int, *, shared_layers: int = SHARED_LAYERS, configs_n: int = CONFIGS, users: int = 0
+) -> dict[str, str]:
+    """A store of n models: each has a shared config, a shared layer and a layer of its own.
+
+    With `users`, model i is `user<i % users>/model<i>`, private and owned by that user; returns each
+    user's token (and `admin`'s, an admin). Without, model i is `model<i>` and belongs to no account."""
     store = Store(load_settings({"HANGAR_HOME": str(home)}))
+    tokens: dict[str, str] = {}
     try:
+        if users:
+            from modelhangar.core import accounts
+
+            tokens["admin"] = accounts.add_user(store, "bench-admin", admin=True).token
+            for j in range(users):
+                tokens[f"user{j}"] = accounts.add_user(store, f"user{j}").token
         configs = [
             store.put_blob_bytes(
                 json.dumps({"model_format": "gguf", "model_family": "llama", "i": i}).encode()
@@ -84,8 +103,18 @@ def populate(home: Path, n: int, *, shared_layers: int = SHARED_LAYERS, configs_
             }
             content = json.dumps(manifest, separators=(",", ":")).encode() + b"\n"
             mdigest = "sha256:" + hashlib.sha256(content).hexdigest()
-            name = f"registry.ollama.ai/library/model{i}"
-            repo_rows.append({"id": i + 1, "name": name, "name_key": name, "owner": None, "created_at": ts})
+            owner = f"user{i % users}" if users else None
+            name = f"registry.ollama.ai/{owner or 'library'}/model{i}"
+            repo_rows.append(
+                {
+                    "id": i + 1,
+                    "name": name,
+                    "name_key": name,
+                    "owner": owner,
+                    "visibility": "private" if owner else "public",
+                    "created_at": ts,
+                }
+            )
             manifest_rows.append(
                 {
                     "digest": mdigest,
@@ -126,6 +155,7 @@ def populate(home: Path, n: int, *, shared_layers: int = SHARED_LAYERS, configs_
                     conn.execute(table.insert(), rows[start : start + 5000])
     finally:
         store.close()
+    return tokens
 
 
 TAGS_TARGET_S = 0.3
@@ -140,9 +170,10 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
     return 0.0
 
 
-def serve(home: Path, port: int, trash: str) -> tuple[subprocess.Popen[bytes], float]:
+def serve(home: Path, port: int, trash: str, auth: str = "local") -> tuple[subprocess.Popen[bytes], float]:
     env = {
         **os.environ,
+        "HANGAR_AUTH": auth,
         "HANGAR_HOME": str(home),
         "HANGAR_TRASH_RETENTION": trash,
         "HANGAR_GC_GRACE": "0",
@@ -171,15 +202,25 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def measure(n: int, deletes: int, trash: str, workdir: Path) -> dict[str, float]:
-    home = workdir / f"store-{n}"
+def measure(n: int, deletes: int, trash: str, workdir: Path, users: int = 0) -> dict[str, float]:
+    home = workdir / f"store-{n}-{users}"
     t0 = time.perf_counter()
-    populate(home, n)
+    tokens = populate(home, n, users=users)
     setup = time.perf_counter() - t0
     port = free_port()
-    proc, startup = serve(home, port, trash)
+    proc, startup = serve(home, port, trash, "required" if users else "local")
+
+    def model(i: int) -> str:
+        return f"user{i % users}/model{i}" if users else f"model{i}"
+
+    def auth(i: int | None) -> dict[str, str]:
+        """The headers of a request about model i (its owner's token), or of the admin (None)."""
+        if not users:
+            return {}
+        return {"Authorization": f"Bearer {tokens['admin' if i is None else f'user{i % users}']}"}
+
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300, headers=auth(None)) as client:
             rss_before = rss_mib(proc.pid)
             tag_times = []
             for _ in range(3):
@@ -190,14 +231,15 @@ def measure(n: int, deletes: int, trash: str, workdir: Path) -> dict[str, float]
             tags_time = statistics.median(tag_times)
             tags_mem = rss_mib(proc.pid, "VmHWM") - rss_before
             for i in range(min(5, n)):  # warm-up
+                j = n - 1 - i
                 client.request(
-                    "DELETE", "/api/delete", json={"model": f"model{n - 1 - i}"}
+                    "DELETE", "/api/delete", json={"model": model(j)}, headers=auth(j)
                 ).raise_for_status()
             times = []
             step = max(1, (n - 5) // deletes)
             for i in range(0, n - 5, step)[:deletes]:
                 t2 = time.perf_counter()
-                r = client.request("DELETE", "/api/delete", json={"model": f"model{i}"})
+                r = client.request("DELETE", "/api/delete", json={"model": model(i)}, headers=auth(i))
                 times.append(time.perf_counter() - t2)
                 r.raise_for_status()
         freed = sum(1 for _ in (home / "blobs").iterdir())
@@ -222,8 +264,12 @@ def main() -> None:
     ap.add_argument("--sizes", default="100,10000,100000")
     ap.add_argument("--deletes", type=int, default=200)
     ap.add_argument("--trash", default="0", help="HANGAR_TRASH_RETENTION for the server (0: delete at once)")
+    ap.add_argument("--users", type=int, default=0, help="compare with a store owned by this many users")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.users:
+        compare_accounts(sizes[-1] if "--sizes" in sys.argv else 10_000, args.users, args.deletes, args.trash)
+        return
     with tempfile.TemporaryDirectory(prefix="hangar-bench-") as tmp:
         rows = [measure(n, args.deletes, args.trash, Path(tmp)) for n in sizes]
     print(
@@ -253,6 +299,25 @@ def main() -> None:
         f"start-up on {big} models: {start:.3f} s (until /api/version answers);"
         f" target at most {STARTUP_TARGET_S} s -> {'MET' if start <= STARTUP_TARGET_S else 'NOT MET'}"
     )
+
+
+ACCOUNTS_TARGET = 1.2
+
+
+def compare_accounts(n: int, users: int, deletes: int, trash: str) -> None:
+    """Deletes in a store of n models owned by `users` users, with tokens, against no accounts."""
+    with tempfile.TemporaryDirectory(prefix="hangar-bench-") as tmp:
+        plain = measure(n, deletes, trash, Path(tmp))
+        owned = measure(n, deletes, trash, Path(tmp), users=users)
+    print(f"{'store':>28} {'median ms':>10} {'p99 ms':>8} {'deletes':>8} {'tags s':>8}")
+    for label, r in ((f"{n} models, no accounts", plain), (f"{n} models, {users} users", owned)):
+        print(
+            f"{label:>28} {r['median_ms']:>10.2f} {r['p99_ms']:>8.2f} {r['deletes']:>8} {r['tags_s']:>8.3f}"
+        )
+    ratio = owned["median_ms"] / plain["median_ms"]
+    p99 = owned["p99_ms"] / plain["p99_ms"]
+    print(f"ratio with tokens / without: median {ratio:.2f}, p99 {p99:.2f}")
+    print(f"target: at most {ACCOUNTS_TARGET} ->", "MET" if ratio <= ACCOUNTS_TARGET else "NOT MET")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,10 @@ PUBLIC_PATHS: dict[str, frozenset[str]] = {
 PUBLIC_PREFIXES: list[tuple[str, frozenset[str]]] = [("/docs/", frozenset({"GET", "HEAD"}))]
 ANSWERS_ITS_OWN_401: list[str] = ["/v2/", "/v2"]
 """Paths whose face answers a missing credential itself (the registry's token challenge)."""
+OWN_401_PREFIXES: list[str] = ["/v2/"]
+"""Prefixes whose face answers missing and invalid credentials itself (`actor_of` raises there)."""
+AUTH_ERROR_KEY = "auth_error"
+"""Where the middleware leaves why credentials failed, on paths whose face answers the 401."""
 
 
 def allow_anonymous(path: str, methods: frozenset[str], *, prefix: bool = False) -> None:
@@ -60,7 +64,7 @@ def face_of(path: str) -> str:
         return "replicate"
     if path.startswith("/ui"):
         return "web"
-    if path.startswith(("/_plugins", "/_cluster", "/_ingest", "/_search")):
+    if path.startswith("/_"):  # /_plugins, /_cluster, /_ingest, /_search and OpenSearch's other routes
         return "opensearch"
     return "http"
 
@@ -94,6 +98,10 @@ def is_loopback_client(scope: Scope) -> bool:
         return ipaddress.ip_address(str(client[0])).is_loopback
     except ValueError:
         return False
+
+
+def answers_own_401(path: str) -> bool:
+    return path in ANSWERS_ITS_OWN_401 or any(path.startswith(p) for p in OWN_401_PREFIXES)
 
 
 def _public(path: str, method: str) -> bool:
@@ -141,11 +149,13 @@ class Authenticate:
         if secret is not None:
             actor = await run_in_threadpool(resolve, store, secret, face) if secret else None
             if actor is None:
-                await self.unauthorized(path, "invalid, revoked or expired token")(scope, receive, send)
-                return
+                if not answers_own_401(path):
+                    await self.unauthorized(path, "invalid, revoked or expired token")(scope, receive, send)
+                    return
+                scope.setdefault("state", {})[AUTH_ERROR_KEY] = "invalid, revoked or expired token"
         elif store.settings.auth == "local" and is_loopback_client(scope):
             actor = Actor(face=face)
-        elif not _public(path, method) and path not in ANSWERS_ITS_OWN_401:
+        elif not _public(path, method) and not answers_own_401(path):
             await self.unauthorized(path, "authentication required: send a token")(scope, receive, send)
             return
         scope.setdefault("state", {})[STATE_KEY] = actor
@@ -154,11 +164,12 @@ class Authenticate:
 
 def actor_of(request: Request, face: str | None = None) -> Actor:
     """The request's actor (as set by `Authenticate`), speaking through `face`."""
-    actor: Actor | None = request.scope.get("state", {}).get(STATE_KEY)
+    state = request.scope.get("state", {})
+    actor: Actor | None = state.get(STATE_KEY)
     if actor is None:
         from modelhangar.core.errors import Unauthenticated
 
-        raise Unauthenticated("authentication required: send a token")
+        raise Unauthenticated(state.get(AUTH_ERROR_KEY) or "authentication required: send a token")
     return actor if face is None else actor.on(face)
 
 

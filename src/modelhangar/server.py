@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import FastAPI
@@ -22,15 +22,18 @@ from modelhangar.access_log import AccessLog, configure_logging
 from modelhangar.auth import Authenticate
 from modelhangar.core import gc, reclaim
 from modelhangar.core.config import Settings
-from modelhangar.core.errors import TooLarge
+from modelhangar.core.errors import Denied, QuotaExceeded, TooLarge, Unauthenticated
 from modelhangar.core.retention import policy_from_config, prune
+from modelhangar.core.s3blobs import BlobStoreUnavailable
 from modelhangar.core.store import Actor, Store
 from modelhangar.faces.hangar import docs
+from modelhangar.faces.hangar.accounts import router as accounts_router
 from modelhangar.faces.hangar.routes import router as hangar_router
 from modelhangar.faces.hangar.routes import validation_items
 from modelhangar.faces.oci import routes as oci
 from modelhangar.faces.ollama import routes as ollama
 from modelhangar.faces.ollama import transfer_routes
+from modelhangar.faces.opensearch import routes as opensearch
 from modelhangar.faces.replicate import routes as replicate
 from modelhangar.zerocopy import ZeroCopy
 
@@ -48,13 +51,47 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     if exc.status_code == 404 and message == "Not Found":
         message = "404 page not found"
-    elif exc.status_code == 405:
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
         message = "405 method not allowed"
-    return _error_body(request, exc.status_code, message, dict(exc.headers or {}))
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+    return _error_body(request, exc.status_code, message, headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (one route per method, as `/api/hangar/tokens`)."""
+    from starlette.routing import Match
+
+    def walk(routes: list[Any]) -> Iterator[Any]:
+        for route in routes:
+            inner = getattr(getattr(route, "original_router", None), "routes", None)
+            yield from walk(inner) if inner is not None else [route]
+
+    methods: set[str] = set()
+    for route in walk(request.app.router.routes):
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
 
 
 async def _too_large(request: Request, exc: Exception) -> Response:
     return _error_body(request, 413, str(exc))
+
+
+_ACCOUNT_STATUS: dict[type[Exception], int] = {Unauthenticated: 401, Denied: 403, QuotaExceeded: 413}
+
+
+async def _account_error(request: Request, exc: Exception) -> Response:
+    """What the accounts refuse, in the face's own format (a route may answer it more precisely)."""
+    status = next(code for kind, code in _ACCOUNT_STATUS.items() if isinstance(exc, kind))
+    return _error_body(request, status, str(exc))
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("object store unavailable on %s %s: %s", request.method, request.url.path, exc)
+    message = "the blob store is unavailable right now; nothing was kept, retry in a few seconds"
+    return _error_body(request, 503, message, {"Retry-After": "5"})
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
@@ -106,12 +143,16 @@ def create_app(settings: Settings) -> FastAPI:
         StarletteHTTPException: _http_error,
         RequestValidationError: _validation_error,
         TooLarge: _too_large,
+        **dict.fromkeys(_ACCOUNT_STATUS, _account_error),
+        BlobStoreUnavailable: _store_unavailable,
         Exception: _unexpected_error,
     }
     for exc, handler in handlers.items():
         app.add_exception_handler(exc, handler)
     app.include_router(hangar_router)
+    app.include_router(accounts_router)
     app.router.routes.extend(docs.routes())
+    app.router.routes.extend(opensearch.routes())  # its `/` before Ollama's: it hands Ollama's clients on
     app.router.routes.extend(ollama.routes())
     app.router.routes.extend(transfer_routes.routes())
     app.router.routes.extend(oci.routes())

@@ -66,16 +66,35 @@ def test_every_command_prints_json(servers: tuple[ServerProcess, ServerProcess],
         "fsck": ["fsck"],
         "export-ollama": ["export-ollama", str(ollama_dir), "tiny"],
         "import-ollama": ["import-ollama", str(ollama_dir)],
+        "user add": ["user", "add", "json-user"],
+        "user": ["user", "list"],
+        "user list": ["user", "list"],
+        "user roles": ["user", "roles", "json-user", "--add", "reader"],
+        "user quota": ["user", "quota", "json-user", "--max-models", "100"],
+        "token add": ["token", "add", "json-user", "--name", "second"],
+        "token": ["token", "list"],
+        "token list": ["token", "list", "json-user"],
+        "token rotate": ["token", "rotate", "{prefix}"],
+        "token revoke": ["token", "revoke", "{prefix}"],
+        "org add": ["org", "add", "json-org", "--member", "json-user"],
+        "org": ["org", "members", "json-org", "--remove", "json-user"],
+        "org members": ["org", "members", "json-org", "--add", "json-user"],
+        "user remove": ["user", "remove", "json-org"],
+        "visibility": ["visibility", "tiny", "public"],
+        "whoami": ["whoami"],
     }
     listed = {c for c in help_commands() if c != "serve"} | {f"trash {a}" for a in help_commands("trash")}
+    listed |= {f"{g} {a}" for g in ("user", "token", "org") for a in help_commands(g)}
     assert listed == set(runs), "a command without a --json case here (serve: see the next test)"
+    prefix = ""
     for what, args in runs.items():
-        proc = hangar(*args, "--json", home=home, host=srv.host)
+        proc = hangar(*(a.replace("{prefix}", prefix) for a in args), "--json", home=home, host=srv.host)
         assert proc.returncode == 0, f"hangar {what} --json: {proc.stderr}"
         try:
-            json.loads(proc.stdout)
+            doc = json.loads(proc.stdout)
         except ValueError:
             pytest.fail(f"hangar {what} --json printed no JSON:\n{proc.stdout}")
+        prefix = doc.get("prefix", prefix) if isinstance(doc, dict) else prefix
     restored = hangar("trash", "restore", "tiny:copy", "--json", home=home, host=srv.host)
     assert restored.returncode == 1 and restored.stdout == ""  # (restored above) an error stays on stderr
 

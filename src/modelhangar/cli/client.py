@@ -62,14 +62,16 @@ def _error_text(response: httpx.Response) -> str:
 class Client:
     """Requests to one server; every failure becomes a CliError."""
 
-    def __init__(self, host: str | None = None) -> None:
+    def __init__(self, host: str | None = None, token: str | None = None) -> None:
         self.url = base_url(host)
         self.address = self.url.split("://", 1)[1]
         """`HOST:PORT`, as errors name the server."""
+        headers = {"User-Agent": f"hangar/{__version__}", "Accept": "application/json"}
+        secret = (token or os.environ.get("HANGAR_TOKEN") or "").strip()
+        if secret:  # `--token`, else HANGAR_TOKEN; never printed, not even in an error
+            headers["Authorization"] = f"Bearer {secret}"
         self._http = httpx.Client(
-            base_url=self.url,
-            timeout=httpx.Timeout(None, connect=10.0),
-            headers={"User-Agent": f"hangar/{__version__}", "Accept": "application/json"},
+            base_url=self.url, timeout=httpx.Timeout(None, connect=10.0), headers=headers
         )
 
     def close(self) -> None:
@@ -167,6 +169,10 @@ def _worded(text: str, model: str | None) -> CliError:
 
 
 def _failure(response: httpx.Response, model: str | None) -> CliError:
+    if response.status_code == 401:
+        sent = "authorization" in response.request.headers
+        hint = "give a valid token" if sent else "send a token with --token or HANGAR_TOKEN"
+        return CliError(f"{_error_text(response)} ({hint})")
     return _worded(_error_text(response), model if response.status_code == 404 else None)
 
 

@@ -127,7 +127,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     name = model_name(args.model)
     mf, root = _modelfile(args)
     note = _to_stderr if args.json else say
-    with Client(args.host) as client:
+    with Client(args.host, args.token) as client:
         body = create_body(client, args.model, mf, root, note)
         base = body.get("from")
         if isinstance(base, str):

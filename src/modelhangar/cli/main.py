@@ -34,6 +34,7 @@ class _Commands:
         return command
 
 
+account_commands = _Commands("account_commands")
 create_command = _Commands("create_command")
 model_commands = _Commands("model_commands")
 policy_commands = _Commands("policy_commands")
@@ -61,6 +62,12 @@ def _client_opts(default: Any = None) -> Parser:
         metavar="HOST:PORT",
         default=default,
         help="the server to talk to (default: $HANGAR_HOST or 127.0.0.1:11435)",
+    )
+    p.add_argument(
+        "--token",
+        metavar="TOKEN",
+        default=default,
+        help="the API token to send (default: $HANGAR_TOKEN; none on this machine's loopback)",
     )
     return p
 
@@ -256,7 +263,104 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dir", metavar="DIR", help="the target models directory (created if absent)")
     p.add_argument("models", metavar="MODEL", nargs="*", help="models to export (default: all)")
+    _account_commands(sub, client, js)
     return parser
+
+
+ACCOUNTS_EPILOG = """\
+these work on HANGAR_HOME (or --data-dir) directly, like gc, with no server needed; with --host
+they go through that server's /api/hangar admin endpoints instead (send an admin's --token).
+"""
+
+
+def _account_commands(sub: Any, client: Parser, js: Parser) -> None:
+    """`user`, `token`, `org` (store commands, or through a server with --host), `visibility`, `whoami`."""
+    both = [_store_opts(), _client_opts(), _json_opt()]
+
+    def group(name: str, help: str) -> Any:
+        p = sub.add_parser(name, help=help, description=help, epilog=ACCOUNTS_EPILOG)
+        p.set_defaults(func=lambda args: _group_help(p))
+        return p.add_subparsers(dest=f"{name}_command", metavar="ACTION", parser_class=Parser)
+
+    def action(group: Any, name: str, func: Command, help: str) -> Parser:
+        p: Parser = group.add_parser(name, help=help, description=help, parents=both, epilog=ACCOUNTS_EPILOG)
+        p.set_defaults(func=func)
+        return p
+
+    users = group("user", "users: add (prints the first token once), list, remove, roles")
+    p = action(users, "add", account_commands.cmd_user_add, "create a user and print its first token once")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--admin", action="store_true", help="an admin may do everything")
+    p.add_argument("--role", action="append", metavar="ROLE", help="a backend role (repeatable)")
+    action(users, "list", account_commands.cmd_user_list, "list users and organisations")
+    p = action(
+        users, "remove", account_commands.cmd_user_remove, "remove a user (refused while it owns models)"
+    )
+    p.add_argument("name", metavar="NAME")
+    p = action(users, "roles", account_commands.cmd_user_roles, "add or remove a user's backend roles")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--add", action="append", metavar="ROLE", help="a role to add (repeatable)")
+    p.add_argument("--remove", action="append", metavar="ROLE", help="a role to remove (repeatable)")
+
+    p = action(users, "quota", account_commands.cmd_user_quota, "cap what a user or organisation may store")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--max-bytes", type=_cap, metavar="BYTES", help="bytes it may store (0: no cap)")
+    p.add_argument("--max-models", type=_cap, metavar="N", help="models (tags) it may hold (0: no cap)")
+
+    tokens = group("token", "API tokens: add (printed once), list, revoke, rotate")
+    p = action(tokens, "add", account_commands.cmd_token_add, "make a token for a user and print it once")
+    p.add_argument("user", metavar="USER")
+    p.add_argument("--name", default="default", metavar="N", help="the token's name (default: default)")
+    p.add_argument("--expires", metavar="DURATION", type=duration_text, help="expire after this, e.g. 30d")
+    p = action(tokens, "list", account_commands.cmd_token_list, "list tokens by prefix (never the secrets)")
+    p.add_argument("user", metavar="USER", nargs="?", help="only this user's tokens")
+    p = action(
+        tokens, "revoke", account_commands.cmd_token_revoke, "revoke a token: it stops working at once"
+    )
+    p.add_argument(
+        "prefix", metavar="PREFIX", help="the token's prefix hgr_<id> (a unique beginning is enough)"
+    )
+    p = action(
+        tokens, "rotate", account_commands.cmd_token_rotate, "replace a token by a new one (printed once)"
+    )
+    p.add_argument("prefix", metavar="PREFIX")
+
+    orgs = group("org", "organisations: add, members")
+    p = action(orgs, "add", account_commands.cmd_org_add, "create an organisation (its members act for it)")
+    p.add_argument("org", metavar="ORG")
+    p.add_argument("--member", nargs="+", action="extend", metavar="USER", help="its members")
+    p = action(orgs, "members", account_commands.cmd_org_members, "add or remove an organisation's members")
+    p.add_argument("org", metavar="ORG")
+    p.add_argument("--add", nargs="+", action="extend", metavar="USER", help="users to add")
+    p.add_argument("--remove", nargs="+", action="extend", metavar="USER", help="users to remove")
+
+    p = sub.add_parser(
+        "visibility",
+        help="make a model public (everyone may read it) or private (its owner only)",
+        description="make a model public (everyone may read it) or private (its owner only)",
+        parents=[client, js],
+    )
+    p.add_argument("model", metavar="NAME")
+    p.add_argument("visibility", choices=["public", "private"])
+    p.set_defaults(func=account_commands.cmd_visibility)
+    p = sub.add_parser(
+        "whoami",
+        help="who the server thinks you are",
+        description="who the server thinks you are",
+        parents=[client, js],
+    )
+    p.set_defaults(func=account_commands.cmd_whoami)
+
+
+def _cap(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid cap {text!r}: a whole number, 0 for none")
+    return int(text)
+
+
+def _group_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 1
 
 
 def _fail(message: str) -> int:

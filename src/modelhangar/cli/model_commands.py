@@ -32,7 +32,7 @@ def _newest_first(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    with Client(args.host) as client:
+    with Client(args.host, args.token) as client:
         response = client.request("GET", "/api/hangar/models", allow=(404,))
         with_unique = response.status_code != 404
         doc = response_json(response) if with_unique else client.get_json("/api/tags")
@@ -128,7 +128,7 @@ def _missing(client: Client, raw: str) -> CliError:
 
 def cmd_show(args: argparse.Namespace) -> int:
     model_name(args.model)
-    with Client(args.host) as client:
+    with Client(args.host, args.token) as client:
         body = {"model": args.model, "verbose": args.verbose}
         response = client.request("POST", "/api/show", json_body=body, allow=(404,))
         if response.status_code == 404:
@@ -158,7 +158,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_cp(args: argparse.Namespace) -> int:
     source, destination = model_name(args.source), model_name(args.destination)
-    with Client(args.host) as client:
+    with Client(args.host, args.token) as client:
         body = {"source": args.source, "destination": args.destination}
         client.request("POST", "/api/copy", json_body=body, model=args.source)
     if args.json:
@@ -294,7 +294,7 @@ def preview_lines(doc: dict[str, Any]) -> tuple[list[str], int]:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     body = {"models": args.models, "dry_run": args.dry_run, "purge": args.purge}
-    with Client(args.host) as client:
+    with Client(args.host, args.token) as client:
         if args.purge and len(args.models) > 1 and not args.dry_run and asks(args.yes):
             lines, n = preview_lines(_delete(client, {**body, "dry_run": True}))
             if n:
@@ -324,7 +324,7 @@ def _sharers_text(m: dict[str, Any]) -> str:
 
 
 def cmd_du(args: argparse.Namespace) -> int:
-    with Client(args.host) as client:
+    with Client(args.host, args.token) as client:
         doc = client.get_json(f"/api/hangar/du?limit={DU_PAGE}")
         models = _models(doc)
         while len(models) < int(doc.get("model_count") or 0):
@@ -371,7 +371,7 @@ def _expires_in(value: Any) -> str:
 
 
 def cmd_trash_list(args: argparse.Namespace) -> int:
-    with Client(args.host) as client:
+    with Client(args.host, args.token) as client:
         doc = client.get_json("/api/hangar/trash")
     entries = doc.get("entries") if isinstance(doc, dict) else None
     if not isinstance(entries, list):
@@ -411,7 +411,7 @@ def cmd_trash_restore(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"model": ident}
     if args.as_name is not None:
         body["as"] = model_name(args.as_name).display_shortest()
-    with Client(args.host) as client:
+    with Client(args.host, args.token) as client:
         response = client.request("POST", "/api/hangar/trash/restore", json_body=body, allow=(404,))
         if response.status_code == 404:
             raise trash_miss(args.model)

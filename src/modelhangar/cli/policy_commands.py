@@ -26,7 +26,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "dry_run": args.dry_run,
         "purge": args.purge,
     }
-    with Client(args.host) as client:
+    with Client(args.host, args.token) as client:
         if not args.dry_run and asks(args.yes):
             lines, n = preview_lines(client.post_json("/api/hangar/prune", {**body, "dry_run": True}))
             if n:
@@ -45,7 +45,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_trash_empty(args: argparse.Namespace) -> int:
     body = {"older_than": args.older_than, "dry_run": args.dry_run}
-    with Client(args.host) as client:
+    with Client(args.host, args.token) as client:
         if not args.dry_run and asks(args.yes):
             preview = client.post_json("/api/hangar/trash/empty", {**body, "dry_run": True})
             if names := preview.get("purged") or []:
@@ -74,7 +74,7 @@ def _when(ts: Any) -> str:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     path = "/api/hangar/audit" + (f"?{urlencode({'since': args.since})}" if args.since else "")
-    with Client(args.host) as client:
+    with Client(args.host, args.token) as client:
         doc = client.get_json(path)
     entries: list[dict[str, Any]] = [e for e in doc.get("entries") or [] if isinstance(e, dict)]
     if args.json:

@@ -31,7 +31,23 @@ def _check_bindable(host: str, port: int) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = with_host(settings_from_env(args.data_dir), args.host)
+    from modelhangar.guards import is_loopback
+
+    if settings.auth == "local" and not is_loopback(settings.host):
+        note = (
+            f"HANGAR_AUTH=local: anonymous access is loopback only; clients reaching {settings.host} "
+            "from elsewhere need a token (hangar user add NAME, hangar token add USER)"
+        )
+        doc = {"message": note, "auth": "local", "host": settings.host}
+        print(json.dumps(doc) if args.json else f"modelhangar: {note}", file=sys.stderr, flush=True)
     _check_bindable(settings.host, settings.port)
+    if settings.blobs:  # a wrong bucket or credential fails here, not at the first upload
+        from modelhangar.core.s3blobs import BlobStoreConfigError, check_bucket
+
+        try:
+            check_bucket(settings.blobs, path_style=settings.s3_path_style)
+        except BlobStoreConfigError as e:
+            raise CliError(str(e)) from None
     from modelhangar import server
 
     if args.json:

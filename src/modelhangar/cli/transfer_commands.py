@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace, path: str) -> int:
     body: dict[str, Any] = {"model": target, "insecure": args.insecure, "stream": True}
     if args.destination:
         body["source"] = args.model
-    with Client(args.host) as client:
+    with Client(args.host, args.token) as client:
         if args.json:
             events = list(_events(client, path, body, args.model))
             print_json(events[-1] if events else {})

@@ -95,6 +95,20 @@ class NewToken:
     token: str = field(repr=False)
 
 
+def created_user(made: NewToken, admin: bool, roles: Iterable[str] = ()) -> dict[str, Any]:
+    """What creating a user answers (the API, and `hangar user add --json`): its first token, once."""
+    info = made.info
+    return {
+        "name": info.principal,
+        "admin": admin,
+        "roles": sorted(set(roles)),
+        "token": made.token,
+        "token_prefix": info.prefix,
+        "token_name": info.name,
+        "created_at": info.created_at,
+    }
+
+
 def check_name(raw: str) -> str:
     """The account name for `raw` (lower-cased), or InvalidAccountName saying why."""
     name = raw.strip().lower() if isinstance(raw, str) else ""
@@ -379,31 +393,35 @@ def looks_like_token(value: str) -> bool:
     return value.startswith(TOKEN_PREFIX)
 
 
+_TOKEN_ROW = (
+    sa.select(t.tokens, t.principals.c.admin, t.principals.c.roles)
+    .join(t.principals, t.principals.c.name == t.tokens.c.principal)
+    .where(t.tokens.c.id == sa.bindparam("token_id"))
+)
+_ORGS_OF = sa.select(t.memberships.c.org).where(t.memberships.c.member == sa.bindparam("member"))
+"""The two reads of every authenticated request, built once (building a select costs more than running it)."""
+
+
 def authenticate(store: Store, token: str, face: str) -> Actor | None:
-    """The actor a token speaks for, or None when it is malformed, unknown, revoked or expired."""
+    """The actor a token speaks for, or None when it is malformed, unknown, revoked or expired.
+
+    Revocation and expiry are read from the catalog on every request; the last-used time is
+    written at most once a minute per token, and by a server in its batches of last-used times
+    (`core/recency.py`), so a request with a token never waits for a catalog write."""
     m = _TOKEN_RE.fullmatch(token.strip())
     if m is None:
         return None
     ts = now()
     with store.catalog.read() as conn:
-        row = conn.execute(
-            sa.select(t.tokens, t.principals.c.admin, t.principals.c.roles)
-            .join(t.principals, t.principals.c.name == t.tokens.c.principal)
-            .where(t.tokens.c.id == m.group(1))
-        ).first()
+        row = conn.execute(_TOKEN_ROW, {"token_id": m.group(1)}).first()
         if row is None or not hmac.compare_digest(_hash(token.strip()), row.hash):
             return None
         if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= ts):
             return None
-        orgs = frozenset(
-            r.org
-            for r in conn.execute(
-                sa.select(t.memberships.c.org).where(t.memberships.c.member == row.principal)
-            )
-        )
-    if row.last_used_at is None or row.last_used_at < ts - LAST_USED_EVERY:
-        with store.catalog.write() as conn:
-            conn.execute(t.tokens.update().where(t.tokens.c.id == row.id).values(last_used_at=ts))
+        orgs = frozenset(r.org for r in conn.execute(_ORGS_OF, {"member": row.principal}))
+    last = max(row.last_used_at or 0.0, store.last_used.token_pending(row.id) or 0.0)
+    if last < ts - LAST_USED_EVERY:
+        store.last_used.note_token(row.id, ts)
     return Actor(
         name=row.principal,
         face=face,

@@ -51,6 +51,16 @@ _MARK_USED = (
 )
 
 
+_TOKEN_USED = (
+    t.tokens.update()
+    .where(
+        t.tokens.c.id == sa.bindparam("token_id"),
+        sa.or_(t.tokens.c.last_used_at.is_(None), t.tokens.c.last_used_at < sa.bindparam("ts")),
+    )
+    .values(last_used_at=sa.bindparam("ts"))
+)
+
+
 class LastUsed:
     """When each model was last pulled, shown or otherwise used: written at once, or buffered."""
 
@@ -58,7 +68,24 @@ class LastUsed:
         self.catalog = catalog
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, str], float] = {}
+        self._tokens: dict[str, float] = {}
+        """When each API token was last used (`core/accounts.py`), by token id, not written yet."""
         self.buffering = False
+
+    def note_token(self, token_id: str, ts: float) -> None:
+        """Record a use of an API token: written at once, or with the next flush when buffering."""
+        if not self.buffering:
+            self._write({}, {token_id: ts})
+            return
+        with self._lock:
+            if self._tokens.get(token_id, 0.0) < ts:
+                self._tokens[token_id] = ts
+
+    def token_pending(self, token_id: str) -> float | None:
+        if not self._tokens:
+            return None
+        with self._lock:
+            return self._tokens.get(token_id)
 
     def note(self, repository: str, tag: str, ts: float) -> None:
         """Record a use of `repository:tag` at `ts` (matched case-insensitively, as tags are)."""
@@ -84,21 +111,29 @@ class LastUsed:
         """Write every pending use in one transaction; returns how many. On failure they stay pending."""
         with self._lock:
             batch, self._pending = self._pending, {}
-        if not batch:
+            tokens, self._tokens = self._tokens, {}
+        if not batch and not tokens:
             return 0
         try:
-            self._write(batch)
+            self._write(batch, tokens)
         except BaseException:
             with self._lock:
                 for key, ts in batch.items():
                     if self._pending.get(key, 0.0) < ts:
                         self._pending[key] = ts
+                for ident, ts in tokens.items():
+                    if self._tokens.get(ident, 0.0) < ts:
+                        self._tokens[ident] = ts
             raise
-        return len(batch)
+        return len(batch) + len(tokens)
 
-    def _write(self, uses: dict[tuple[str, str], float]) -> None:
+    def _write(self, uses: dict[tuple[str, str], float], tokens: dict[str, float] | None = None) -> None:
         params: list[dict[str, Any]] = [
             {"repo_key": repo, "tag_key": tag, "ts": ts} for (repo, tag), ts in sorted(uses.items())
         ]
+        token_params = [{"token_id": ident, "ts": ts} for ident, ts in sorted((tokens or {}).items())]
         with self.catalog.write() as conn:
-            conn.execute(_MARK_USED, params)
+            if params:
+                conn.execute(_MARK_USED, params)
+            if token_params:
+                conn.execute(_TOKEN_USED, token_params)

@@ -17,9 +17,10 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from modelhangar.core import uploads
+from modelhangar.core import permissions, uploads
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import retrying
+from modelhangar.core.errors import NotFound
 from modelhangar.core.store import PRESENT, Actor, Released, Statements, Store, now
 from modelhangar.core.uploads import BlobDeletion
 
@@ -52,59 +53,93 @@ def _visible(repo_id: Any, digest: str) -> sa.ColumnElement[bool]:
     return sa.or_(sa.exists(_linked(repo_id, digest)), sa.exists(_members_naming(repo_id, digest)))
 
 
-def _size_in(conn: sa.Connection, repository: str, digest: str) -> int | None:
-    """The size of a present blob visible in `repository`, in one query (None if not)."""
+def _size_in(conn: sa.Connection, repository: str, digest: str, actor: Actor | None = None) -> int | None:
+    """The size of a present blob visible in `repository` (to `actor`, who must be able to read the
+    repository), in one query (None if not)."""
     q = (
         sa.select(t.blobs.c.size)
         .select_from(t.blobs.join(t.repositories, t.repositories.c.name_key == repository.lower()))
         .where(t.blobs.c.digest == digest, t.blobs.c.state == PRESENT, _visible(t.repositories.c.id, digest))
     )
+    readable = None if actor is None else permissions.visible(actor)
+    if readable is not None:
+        q = q.where(readable)
     size = conn.execute(q).scalar()
     return None if size is None else int(size)
 
 
-def blob_size(store: Store, repository: str, digest: str) -> int | None:
-    """Size of a blob that `repository` may serve, or None."""
+def blob_size(store: Store, repository: str, digest: str, actor: Actor | None = None) -> int | None:
+    """Size of a blob that `repository` may serve (to `actor`), or None."""
     with store.catalog.read() as conn:
-        return _size_in(conn, repository, digest)
+        return _size_in(conn, repository, digest, actor)
 
 
-def claim(store: Store, repository: str, digest: str) -> int | None:
-    """`Store.reuse_blob`, for a blob visible in `repository` only: a pusher's HEAD resets the fuse."""
+def claim(store: Store, repository: str, digest: str, actor: Actor | None = None) -> int | None:
+    """`Store.reuse_blob`, for a blob visible in `repository` (to `actor`) only: a pusher's HEAD
+    resets the fuse."""
     with store.catalog.write() as conn:
         row = store._lock_blob(conn, digest)
         if row is None or row.state != PRESENT or not store.blobs.exists(digest):
             return None
-        size = _size_in(conn, repository, digest)
+        size = _size_in(conn, repository, digest, actor)
         if size is None:
             return None
         conn.execute(t.blobs.update().where(t.blobs.c.digest == digest).values(touched_at=now()))
         return size
 
 
-def add_link(store: Store, conn: sa.Connection, repository: str, digest: str) -> None:
-    """Link `digest` into `repository` (created if need be) inside the caller's transaction."""
-    repo_id = store._repository_id(conn, repository, create=True)
+def check_push(conn: sa.Connection, repository: str, actor: Actor) -> None:
+    """Raise NotFound (may not even see it) or Denied unless `actor` may push into `repository`:
+    write access to it, or for a new one the right to create it in its namespace. One `actor` may
+    not see is refused as an absent one would be where that differs (another account's namespace)."""
+    try:
+        row = permissions.access(conn, actor, repository, "write")
+    except NotFound:
+        permissions.owner_for_new(conn, actor, repository)
+        raise
+    if row is None:
+        permissions.owner_for_new(conn, actor, repository)
+
+
+def may_push(store: Store, repository: str, actor: Actor) -> None:
+    """`check_push` in its own read (before an upload session starts)."""
+    if actor.admin:
+        return
+    with store.catalog.read() as conn:
+        check_push(conn, repository, actor)
+
+
+def add_link(
+    store: Store, conn: sa.Connection, repository: str, digest: str, actor: Actor | None = None
+) -> None:
+    """Link `digest` into `repository` (created if need be, owned as `actor` would own it: then
+    `actor` must be allowed to push there) inside the caller's transaction."""
+    repo_id = store._repository_id(
+        conn, repository, create=True, actor=actor, need=None if actor is None else "write"
+    )
     store._insert_ignore(
         conn, t.repo_blobs, {"repository_id": repo_id, "blob_digest": digest, "created_at": now()}
     )
 
 
-def linker(store: Store, repository: str, digest: str) -> Statements:
+def linker(store: Store, repository: str, digest: str, actor: Actor | None = None) -> Statements:
     """The `also=` hook of `Store.commit_blob`/`import_blob_file` that links the blob it installs."""
-    return lambda conn: add_link(store, conn, repository, digest)
+    return lambda conn: add_link(store, conn, repository, digest, actor)
 
 
 @retrying
-def mount(store: Store, repository: str, source: str, digest: str) -> int | None:
+def mount(store: Store, repository: str, source: str, digest: str, actor: Actor | None = None) -> int | None:
     """Link a blob visible in `source` into `repository` (a reuse: it resets the fuse); returns its
-    size, or None (nothing changes) when `source` cannot serve it."""
+    size, or None (nothing changes) when `source` cannot serve it (to `actor`, who needs read access
+    to `source` and push access to `repository`: NotFound / Denied otherwise)."""
     with store.catalog.transaction() as (conn, trans):
-        repo_id = store._repository_id(conn, repository, create=True)
+        repo_id = store._repository_id(
+            conn, repository, create=True, actor=actor, need=None if actor is None else "write"
+        )
         row = store._lock_blob(conn, digest)
         if row is None or row.state != PRESENT or not store.blobs.exists(digest):
             return None
-        size = _size_in(conn, source, digest)
+        size = _size_in(conn, source, digest, actor)
         if size is None:
             return None  # the transaction rolls back: no empty repository is left behind
         ts = now()
@@ -116,8 +151,8 @@ def mount(store: Store, repository: str, source: str, digest: str) -> int | None
         return size
 
 
-def repository_known(store: Store, repository: str) -> bool:
-    """Does the repository hold anything: a manifest, a tag or a blob link?"""
+def repository_known(store: Store, repository: str, actor: Actor | None = None) -> bool:
+    """Does the repository hold anything (a manifest, a tag or a blob link), that `actor` may read?"""
     repo = t.repositories.c.id
     q = sa.select(sa.literal(1)).where(
         t.repositories.c.name_key == repository.lower(),
@@ -127,6 +162,9 @@ def repository_known(store: Store, repository: str) -> bool:
             sa.exists().where(t.repo_blobs.c.repository_id == repo),
         ),
     )
+    readable = None if actor is None else permissions.visible(actor)
+    if readable is not None:
+        q = q.where(readable)
     with store.catalog.read() as conn:
         return conn.execute(q).first() is not None
 
@@ -152,17 +190,28 @@ def withdraw(store: Store, repository: str, digest: str, actor: Actor) -> Withdr
 
     Once no repository links it, the blob itself is retired as any unreferenced blob is (a live or
     trashed manifest elsewhere keeps it; a writer's recent use leaves it to GC, the reuse fuse).
+    A repository `actor` may not read is `unknown`; one it may read but not change raises Denied.
     """
     released = Released()
     blob: BlobDeletion | None = None
     with store.catalog.transaction() as (conn, trans):
-        repo_id = conn.execute(
-            sa.select(t.repositories.c.id)
+        repo = conn.execute(
+            sa.select(
+                t.repositories.c.id,
+                t.repositories.c.name,
+                t.repositories.c.owner,
+                t.repositories.c.visibility,
+            )
             .where(t.repositories.c.name_key == repository.lower())
             .with_for_update()  # no manifest of the repository can be pushed meanwhile
-        ).scalar()
-        if repo_id is None:
+        ).first()
+        if repo is None:
             return Withdrawal("unknown")
+        try:
+            permissions.check(actor, "write", repo.name, repo.owner, repo.visibility)
+        except NotFound:
+            return Withdrawal("unknown")
+        repo_id = repo.id
         row = store._lock_blob(conn, digest)
         if row is None or row.state != PRESENT:
             return Withdrawal("unknown")

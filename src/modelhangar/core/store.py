@@ -42,7 +42,14 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from modelhangar.core import jsonsafe, permissions
 from modelhangar.core.actors import Actor as Actor  # re-exported: faces import it from here
-from modelhangar.core.blobstore import COPY_CHUNK, BlobWriter, LocalBlobStore, sha256_file
+from modelhangar.core.blobstore import (
+    COPY_CHUNK,
+    BlobStore,
+    BlobWriter,
+    LocalBlobStore,
+    open_blob_store,
+    sha256_file,
+)
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import Catalog, retrying
 from modelhangar.core.config import Settings
@@ -183,7 +190,7 @@ class Store:
         self.settings = settings
         settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.catalog = Catalog(settings.database_url, lock_dir=settings.home)
-        self.blobs = LocalBlobStore(settings.blobs_dir, settings.tmp_dir)
+        self.blobs: BlobStore = open_blob_store(settings, self.catalog)
         self.last_used = LastUsed(self.catalog)
         self._get_tag: sa.Select[Any] | None = None
         if migrate:
@@ -313,19 +320,14 @@ class Store:
         renamed or unlinked, never written in place. Symlinks are not followed.
         """
         want = str(parse_digest(expected))
-        tmp = self.blobs.tmp_dir / f"import-{uuid.uuid4().hex}"
+        local = self.blobs
+        if not isinstance(local, LocalBlobStore):  # an object store: stream the file in
+            return self._copy_in(path, want, also)
+        tmp = local.tmp_dir / f"import-{uuid.uuid4().hex}"
         try:
             os.link(path, tmp, follow_symlinks=False)
         except OSError:
-            w = self.blob_writer()
-            try:
-                with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
-                    while chunk := f.read(COPY_CHUNK):
-                        w.write(chunk)
-            except BaseException:
-                w.discard()
-                raise
-            return self.commit_blob(w, want, also=also)
+            return self._copy_in(path, want, also)
         try:
             if not stat.S_ISREG(os.lstat(tmp).st_mode):
                 raise OSError(f"{path}: not a regular file")
@@ -334,10 +336,23 @@ class Store:
             if digest != want:
                 raise DigestMismatch(want, digest)
             size = os.lstat(tmp).st_size
-            created = self._install_blob(digest, size, lambda: self.blobs.link_or_copy_in(tmp, digest), also)
+            created = self._install_blob(digest, size, lambda: local.link_or_copy_in(tmp, digest), also)
             return BlobCommit(digest=digest, size=size, created=created)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _copy_in(self, path: Path, want: str, also: Statements | None) -> BlobCommit:
+        w = self.blob_writer()
+        try:
+            with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise OSError(f"{path}: not a regular file")
+                while chunk := f.read(max(COPY_CHUNK, 8 << 20)):
+                    w.write(chunk)
+        except BaseException:
+            w.discard()
+            raise
+        return self.commit_blob(w, want, also=also)
 
     def put_blob_bytes(self, data: bytes, expected: str | None = None) -> BlobCommit:
         w = self.blob_writer()
@@ -491,12 +506,16 @@ class Store:
             records = [self._tag_record(r) for r in conn.execute(self._visible_to(q, actor))]
         return [self._recent(r) for r in records] if self.last_used.has_pending() else records
 
-    def iter_listing(self, batch: int = LISTING_BATCH) -> Generator[Sequence[Any], None, None]:
-        """Every live tag, newest first, as batches of rows of (repository, tag, manifest digest,
-        total size, details JSON text, modified at), read from one snapshot and streamed (no per-row
-        records: listings can hold 100,000 models). Close the iterator to release the snapshot."""
+    def iter_listing(
+        self, batch: int = LISTING_BATCH, *, actor: Actor | None = None
+    ) -> Generator[Sequence[Any], None, None]:
+        """Every live tag `actor` may read, newest first, as batches of rows of (repository, tag,
+        manifest digest, total size, details JSON text, modified at), read from one snapshot and
+        streamed (no per-row records: listings can hold 100,000 models). Close the iterator to
+        release the snapshot."""
+        q = self._visible_to(_LISTING, actor)
         with self.catalog.read() as conn:
-            yield from conn.execution_options(yield_per=batch).execute(_LISTING).partitions()
+            yield from conn.execution_options(yield_per=batch).execute(q).partitions()
 
     def find_manifest(
         self, repository: str, *, tag: str | None = None, digest: str | None = None
@@ -534,6 +553,13 @@ class Store:
         with self.catalog.read() as conn:
             return permissions.access(conn, actor, repository, need)
 
+    def require_writable(self, actor: Actor, repository: str) -> None:
+        """Raise NotFound / Denied unless `actor` may write `repository`, or create it if it does not
+        exist (its namespace is the actor's, one of its organisations', or no account's)."""
+        with self.catalog.read() as conn:
+            if permissions.access(conn, actor, repository, "write") is None:
+                permissions.owner_for_new(conn, actor, repository)
+
     @retrying
     def set_visibility(self, repository: str, visibility: str, *, actor: Actor) -> None:
         """Make a model public or private (its owner, its organisation's members and admins only)."""
@@ -547,9 +573,12 @@ class Store:
                 t.repositories.update().where(t.repositories.c.id == repo_id).values(visibility=visibility)
             )
 
-    def repository_keys(self, prefix: str, after: str | None = None, limit: int | None = None) -> list[str]:
-        """Keys (lowercased names) of repositories that hold a manifest and start with `prefix`, in
-        byte order, after the key `after`, at most `limit` of them: a page of a catalog in one query."""
+    def repository_keys(
+        self, prefix: str, after: str | None = None, limit: int | None = None, *, actor: Actor | None = None
+    ) -> list[str]:
+        """Keys (lowercased names) of repositories that hold a manifest, start with `prefix` and `actor`
+        may read, in byte order, after the key `after`, at most `limit` of them: a page of a catalog
+        in one query."""
         key = t.repositories.c.name_key
         order = key if self.catalog.is_sqlite else key.collate("C")  # byte order, as Python sorts
         q = (
@@ -562,6 +591,7 @@ class Store:
         )
         if after is not None:
             q = q.where(order > after)
+        q = self._visible_to(q, actor)
         if limit is not None:
             q = q.limit(limit)
         with self.catalog.read() as conn:

@@ -61,7 +61,7 @@ class Usage:
 
     @property
     def trash_size(self) -> int:
-        return self.breakdown["trash"]
+        return self.breakdown.get("trash", 0)  # none for who may not see the whole store
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -150,7 +150,8 @@ def disk_usage(
     if shown_rows is not g.tag_rows:  # no store-wide figures for who may not see the whole store
         breakdown, waiting_until = {}, {}
     page_rows = shown_rows[offset : None if limit is None else offset + limit]
-    sharers = _sharers(g.tag_rows, page_rows, blobs_of) if with_sharers else {}
+    # Sharers among the models the actor may read only: others' private models are not named.
+    sharers = _sharers(shown_rows, page_rows, blobs_of) if with_sharers else {}
     models = []
     for repo, tag, manifest in page_rows:
         size = model_size(manifest)

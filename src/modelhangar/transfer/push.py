@@ -41,7 +41,7 @@ def push(
     returns the manifest digest."""
     local = source or name
     emit({"status": "retrieving manifest"})
-    record = store.get_tag(local.repository, local.tag)
+    record = store.get_tag(local.repository, local.tag, actor=actor)
     stored = store.get_manifest(record.manifest_digest) if record is not None else None
     if record is None or stored is None:
         emit({"status": "couldn't retrieve manifest"})

@@ -211,6 +211,18 @@ uploads = sa.Table(
     sa.Index("ix_uploads_client", "client", "updated_at"),
 )
 
+
+# The parts of an upload session kept in an object store (`core/s3_uploads.py`): one object per
+# request that saved bytes, at `offset` of the blob. Any server continues a session from this list.
+upload_parts = sa.Table(
+    "upload_parts",
+    metadata,
+    sa.Column("upload_id", sa.String(32), primary_key=True),
+    sa.Column("offset", sa.BigInteger, primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("key", sa.String(1024), nullable=False),
+)
+
 # Accounts (`core/accounts.py`): users and organisations share one namespace of names.
 principals = sa.Table(
     "principals",
@@ -328,4 +340,21 @@ replicate_deployments = sa.Table(
     sa.Column("released_at", sa.Float, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Index("ix_replicate_deployments_owner", "owner", "created_at"),
+)
+
+# OpenSearch ML Commons' own objects (`core/ml_models.py`): model groups, models, tasks, connectors,
+# ingest and search pipelines, agents; one JSON document each, as ML Commons keeps them in its indices.
+ml_objects = sa.Table(
+    "ml_objects",
+    metadata,
+    sa.Column("kind", sa.String(32), primary_key=True),
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("name_key", sa.String(512), nullable=True),  # a group's name, lower-cased, for lookups
+    sa.Column("parent", sa.String(255), nullable=True),  # a model's group, a model's connector
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("doc", sa.Text, nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_ml_objects_name", "kind", "name_key"),
+    sa.Index("ix_ml_objects_parent", "kind", "parent"),
 )

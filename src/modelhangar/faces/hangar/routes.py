@@ -19,18 +19,19 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
+from modelhangar.auth import actor_of
 from modelhangar.core import gc, jsonsafe, trash
 from modelhangar.core.audit import list_audit
 from modelhangar.core.config import parse_duration
 from modelhangar.core.deletion import ModelDeletion, delete_models
-from modelhangar.core.errors import Conflict, NotFound, not_in_trash
+from modelhangar.core.errors import Conflict, Denied, NotFound, not_in_trash
 from modelhangar.core.names import NAME_PATTERN, InvalidName, parse_name
 from modelhangar.core.retention import RetentionPolicy, prune
 from modelhangar.core.store import Actor, Store
 from modelhangar.core.usage import CATEGORIES, disk_usage
 from modelhangar.faces.ollama.wire import display, display_plan, timestamp
 
-ACTOR = Actor(name="local", face="hangar", admin=True)
+FACE = "hangar"
 DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d|w))*[0-9]+(\.[0-9]+)?(ms|s|m|h|d|w)?$"
 """What `parse_duration` reads, as the schema states it: `90`, `30m`, `1h30m`, `7d`."""
 MAX_AUDIT = 100_000
@@ -109,6 +110,18 @@ def _store(request: Request) -> Store:
     return store
 
 
+def _actor(request: Request) -> Actor:
+    return actor_of(request, FACE)
+
+
+def _admin(request: Request) -> Actor:
+    """The actor, who must be an admin (403 otherwise)."""
+    actor = _actor(request)
+    if not actor.admin:
+        raise HTTPException(403, f"{actor.name} is not an admin")
+    return actor
+
+
 class DeleteRequest(Strict):
     models: list[str] = Field(description="Model names, e.g. `llama3.2` or `ns/model:tag`.")
     dry_run: bool = Field(False, description="Only say what would be deleted and freed; change nothing.")
@@ -127,7 +140,7 @@ def _results(results: list[ModelDeletion]) -> dict[str, Any]:
 @router.post("/delete", summary="Delete (or preview deleting) several models, one result per model")
 async def delete(request: Request, body: DeleteRequest) -> dict[str, Any]:
     results = await run_in_threadpool(
-        delete_models, _store(request), body.models, ACTOR, dry_run=body.dry_run, purge=body.purge
+        delete_models, _store(request), body.models, _actor(request), dry_run=body.dry_run, purge=body.purge
     )
     return _results(results)
 
@@ -190,7 +203,7 @@ async def prune_models(request: Request, body: PruneRequest) -> dict[str, Any]:
     except ValueError as e:
         raise HTTPException(400, str(e)) from e
     results = await run_in_threadpool(
-        prune, _store(request), policy, ACTOR, dry_run=body.dry_run, purge=body.purge
+        prune, _store(request), policy, _actor(request), dry_run=body.dry_run, purge=body.purge
     )
     return _results(results)
 
@@ -207,7 +220,7 @@ async def trash_empty(request: Request, body: EmptyTrashRequest) -> dict[str, An
     plans = await run_in_threadpool(
         trash.empty_trash,
         _store(request),
-        ACTOR,
+        _actor(request),
         older_than=_duration(body.older_than, "older_than"),
         dry_run=body.dry_run,
     )
@@ -230,16 +243,27 @@ async def audit_log(
     limit: int = Query(1000, ge=1, le=MAX_AUDIT, description="At most this many entries."),
 ) -> dict[str, Any]:
     seconds = _duration(since, "since")
+    actor = _actor(request)
     entries = await run_in_threadpool(
-        list_audit, _store(request), since=None if seconds is None else time.time() - seconds, limit=limit
+        lambda: list_audit(
+            _store(request),
+            since=None if seconds is None else time.time() - seconds,
+            limit=limit,
+            actor=actor,
+        )
     )
     return {"entries": [e.to_dict() for e in entries]}
 
 
 @router.get("/models", summary="Models with their total and unique (freed-by-delete) sizes")
 async def models(request: Request) -> dict[str, Any]:
-    usage = await run_in_threadpool(disk_usage, _store(request), with_sharers=False, scan_files=False)
-    records = {(r.repository, r.tag): r for r in await run_in_threadpool(_store(request).list_tags)}
+    store, actor = _store(request), _actor(request)
+    usage = await run_in_threadpool(
+        lambda: disk_usage(store, with_sharers=False, scan_files=False, actor=actor)
+    )
+    records = {
+        (r.repository, r.tag): r for r in await run_in_threadpool(lambda: store.list_tags(actor=actor))
+    }
     out = []
     for m in usage.models:
         rec = records.get((m.repository, m.tag))
@@ -261,7 +285,10 @@ async def du(
     offset: int = Query(0, ge=0, description="Skip this many models (sorted by name)."),
     limit: int | None = Query(None, ge=1, description="At most this many models; all when absent."),
 ) -> JSONResponse:
-    usage = await run_in_threadpool(disk_usage, _store(request), offset=offset, limit=limit)
+    actor = _actor(request)
+    usage = await run_in_threadpool(
+        lambda: disk_usage(_store(request), offset=offset, limit=limit, actor=actor)
+    )
     # Encoded directly: FastAPI's generic encoder walks 10,000 models' dicts several times over.
     return JSONResponse(
         {
@@ -294,13 +321,14 @@ class GCRequest(Strict):
 
 @router.post("/gc", summary="Run garbage collection now (or preview it)")
 async def run_gc(request: Request, body: GCRequest) -> dict[str, Any]:
-    report = await run_in_threadpool(gc.collect, _store(request), dry_run=body.dry_run, actor=ACTOR)
+    actor = _admin(request)  # GC is the whole store's
+    report = await run_in_threadpool(gc.collect, _store(request), dry_run=body.dry_run, actor=actor)
     return report.to_dict()
 
 
 @router.get("/trash", summary="Deleted models still restorable")
 async def trash_list(request: Request) -> dict[str, Any]:
-    entries = await run_in_threadpool(trash.list_trash, _store(request))
+    entries = await run_in_threadpool(trash.list_trash, _store(request), _actor(request))
     return {
         "entries": [
             {**e.to_dict(), "model": display(e.repository, e.tag) if e.tag else e.repository} for e in entries
@@ -320,7 +348,7 @@ class RestoreRequest(Strict):
 
 @router.post("/trash/restore", summary="Restore a deleted model under its name, or another")
 async def trash_restore(request: Request, body: RestoreRequest) -> dict[str, Any]:
-    store = _store(request)
+    store, actor = _store(request), _actor(request)
     try:
         target = None if body.as_name is None else parse_name(body.as_name)
     except InvalidName as e:
@@ -328,10 +356,10 @@ async def trash_restore(request: Request, body: RestoreRequest) -> dict[str, Any
 
     def run() -> dict[str, Any]:
         entry = trash.find_entry(
-            store, body.model, matches=lambda e: display(e.repository, e.tag) == body.model
+            store, body.model, matches=lambda e: display(e.repository, e.tag) == body.model, actor=actor
         )
         try:
-            restored = trash.restore(store, entry.id, ACTOR, as_name=target)
+            restored = trash.restore(store, entry.id, actor, as_name=target)
         except Conflict as e:
             if target is not None:
                 taken = target.display_shortest()
@@ -341,6 +369,8 @@ async def trash_restore(request: Request, body: RestoreRequest) -> dict[str, Any
                 f'model "{display(entry.repository, entry.tag)}" exists again; restore it under another name'
                 f" with: hangar trash restore {body.model} --as NEWNAME (or delete or rename the new one)",
             ) from e
+        except Denied as e:  # restoring under a name in another account's namespace
+            raise HTTPException(403, str(e)) from e
         return {"restored": display(restored.repository, restored.tag), "id": restored.id}
 
     try:

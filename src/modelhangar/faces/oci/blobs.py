@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
+from modelhangar.auth import actor_of
 from modelhangar.core import repo_blobs, uploads
 from modelhangar.core.errors import DigestMismatch, NotFound, SizeMismatch
-from modelhangar.core.store import BlobCommit
+from modelhangar.core.store import Actor, BlobCommit
 from modelhangar.faces.client import client_key
+from modelhangar.faces.oci import tokens
 from modelhangar.faces.oci.errors import OciError
-from modelhangar.faces.oci.manifests import ACTOR, store_of
+from modelhangar.faces.oci.manifests import check_push, store_of
 from modelhangar.faces.oci.wire import (
     BlobBody,
     absolute,
@@ -42,30 +44,38 @@ async def get_blob(request: Request, name: str, digest: str) -> Response:
     repository = repository_of(name)
     d = blob_digest(digest)
     store = store_of(request)
+    actor = actor_of(request, "oci")
     if request.method == "HEAD":  # a pusher's HEAD is a claim on the blob: it resets the GC fuse
-        size = await run_in_threadpool(repo_blobs.claim, store, repository, d)
+        size = await run_in_threadpool(repo_blobs.claim, store, repository, d, actor)
         if size is None:
             raise OciError("BLOB_UNKNOWN", detail={"digest": d})
         return Response(status_code=200, headers=_blob_headers(request, name, d, size))
-    size = await run_in_threadpool(repo_blobs.blob_size, store, repository, d)
+    size = await run_in_threadpool(repo_blobs.blob_size, store, repository, d, actor)
     if size is None:
         raise OciError("BLOB_UNKNOWN", detail={"digest": d})
+    if store.settings.blob_redirect:  # the bytes bypass the server (distribution's `redirect`)
+        url = await run_in_threadpool(store.blobs.presigned_url, d)
+        if url is not None:  # a Range header goes to the object store as it is
+            headers = {"Location": url, "Docker-Content-Digest": d, "Content-Length": "0"}
+            return Response(status_code=307, headers=headers)
+    headers = _blob_headers(request, name, d, size)
+    status, start, length = 200, 0, size
+    raw_range = request.headers.get("range")
+    if raw_range is not None:
+        start, end = byte_range(raw_range, size)
+        status, length = 206, end - start + 1
+        headers["Content-Length"] = str(length)
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    if store.blobs.local_path(d) is None:  # an object store: a ranged GET streamed through
+        try:
+            chunks = await run_in_threadpool(store.blobs.stream, d, start, length)
+        except FileNotFoundError:
+            raise OciError("BLOB_UNKNOWN", detail={"digest": d}) from None
+        return StreamingResponse(iterate_in_threadpool(chunks), status_code=status, headers=headers)
     try:
         f = await run_in_threadpool(store.blobs.open, d)
     except FileNotFoundError:
         raise OciError("BLOB_UNKNOWN", detail={"digest": d}) from None
-    try:
-        headers = _blob_headers(request, name, d, size)
-        status, start, length = 200, 0, size
-        raw_range = request.headers.get("range")
-        if raw_range is not None:
-            start, end = byte_range(raw_range, size)
-            status, length = 206, end - start + 1
-            headers["Content-Length"] = str(length)
-            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    except BaseException:
-        f.close()
-        raise
     return BlobBody(f, start, length, status, headers)
 
 
@@ -74,7 +84,8 @@ async def delete_blob(request: Request, name: str, digest: str) -> Response:
     so no manifest ever points at a missing blob. The bytes go once nothing else uses them."""
     repository = repository_of(name)
     d = blob_digest(digest)
-    result = await run_in_threadpool(repo_blobs.withdraw, store_of(request), repository, d, ACTOR)
+    actor = actor_of(request, "oci")
+    result = await run_in_threadpool(repo_blobs.withdraw, store_of(request), repository, d, actor)
     if result.outcome == "deleted":
         return Response(status_code=202, headers={"Content-Length": "0"})
     if result.outcome == "unknown":
@@ -139,15 +150,19 @@ async def start_upload(request: Request, name: str) -> Response:
     algorithm = query.get("digest-algorithm")
     if algorithm not in (None, "", "sha256"):
         raise OciError("DIGEST_INVALID", "unsupported digest algorithm", {"digest-algorithm": algorithm[:50]})
+    actor = actor_of(request, "oci")
+    await check_push(store, repository, name, actor)
     mount, source = query.get("mount"), _mount_source(query.get("from"))
-    if mount and mount.startswith("sha256:") and source is not None:  # else a session, as the spec says
+    # A mount needs read access to its source (and the token's pull scope on it); else, and when the
+    # source cannot serve the blob, a session, as the spec says.
+    if mount and mount.startswith("sha256:") and source is not None and tokens.may_pull(actor, query["from"]):
         d = blob_digest(mount)
-        size = await run_in_threadpool(repo_blobs.mount, store, repository, source, d)
+        size = await run_in_threadpool(repo_blobs.mount, store, repository, source, d, actor)
         if size is not None:
             return _created(request, name, BlobCommit(digest=d, size=size, created=False))
     digest = query.get("digest")
     if digest is not None:
-        return await _monolithic(request, name, repository, blob_digest(digest))
+        return await _monolithic(request, name, repository, blob_digest(digest), actor)
     try:
         upload = await run_in_threadpool(uploads.start, store, repository, client_key(request))
     except uploads.TooManyUploads as e:
@@ -156,7 +171,7 @@ async def start_upload(request: Request, name: str) -> Response:
     return Response(status_code=202, headers=_session_headers(request, name, upload))
 
 
-async def _monolithic(request: Request, name: str, repository: str, digest: str) -> Response:
+async def _monolithic(request: Request, name: str, repository: str, digest: str, actor: Actor) -> Response:
     store = store_of(request)
     expected = _content_length(request)
     writer = store.blob_writer()
@@ -168,7 +183,9 @@ async def _monolithic(request: Request, name: str, repository: str, digest: str)
         raise
     try:
         commit = await run_in_threadpool(
-            lambda: store.commit_blob(writer, digest, also=repo_blobs.linker(store, repository, digest))
+            lambda: store.commit_blob(
+                writer, digest, also=repo_blobs.linker(store, repository, digest, actor)
+            )
         )
     except DigestMismatch as e:
         raise OciError("DIGEST_INVALID", str(e), {"expected": e.expected, "actual": e.actual}) from None
@@ -213,6 +230,7 @@ async def _acquire(request: Request, name: str, repository: str, upload_id: str)
 async def patch_upload(request: Request, name: str, upload_id: str) -> Response:
     """Append one chunk: it must start at the session's offset (Content-Range, if given)."""
     repository = repository_of(name)
+    await check_push(store_of(request), repository, name, actor_of(request, "oci"))
     _, length = _chunk_bounds(request)
     handle = await _acquire(request, name, repository, upload_id)
     await guarded(pump(request, handle), handle.abort)
@@ -226,6 +244,8 @@ async def patch_upload(request: Request, name: str, upload_id: str) -> Response:
 async def finish_upload(request: Request, name: str, upload_id: str) -> Response:
     """Close the session with `?digest=` (and maybe a last chunk); the content must hash to it."""
     repository = repository_of(name)
+    actor = actor_of(request, "oci")
+    await check_push(store_of(request), repository, name, actor)
     raw_digest = request.query_params.get("digest")
     if not raw_digest:
         raise OciError("DIGEST_INVALID", "the digest query parameter is required", {"upload": upload_id[:64]})
@@ -234,7 +254,7 @@ async def finish_upload(request: Request, name: str, upload_id: str) -> Response
     handle = await _acquire(request, name, repository, upload_id)
     await guarded(pump(request, handle), handle.abort)
     try:
-        link = repo_blobs.linker(store_of(request), repository, digest)
+        link = repo_blobs.linker(store_of(request), repository, digest, actor)
         commit = await run_in_threadpool(lambda: handle.complete(digest, length, also=link))
     except DigestMismatch as e:
         raise OciError("DIGEST_INVALID", str(e), {"expected": e.expected, "actual": e.actual}) from None
@@ -245,6 +265,7 @@ async def finish_upload(request: Request, name: str, upload_id: str) -> Response
 
 async def upload_status(request: Request, name: str, upload_id: str) -> Response:
     repository = repository_of(name)
+    await check_push(store_of(request), repository, name, actor_of(request, "oci"))
     try:
         upload = await run_in_threadpool(uploads.get, store_of(request), upload_id, repository)
     except NotFound as e:
@@ -256,6 +277,7 @@ async def upload_status(request: Request, name: str, upload_id: str) -> Response
 
 async def cancel_upload(request: Request, name: str, upload_id: str) -> Response:
     repository = repository_of(name)
+    await check_push(store_of(request), repository, name, actor_of(request, "oci"))
     try:
         await run_in_threadpool(uploads.cancel, store_of(request), upload_id, repository)
     except NotFound as e:

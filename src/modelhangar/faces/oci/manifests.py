@@ -8,9 +8,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from modelhangar.auth import actor_of
 from modelhangar.core import repo_blobs
 from modelhangar.core.digests import sha256_digest
-from modelhangar.core.errors import BlobUnknown, Conflict, InvalidManifest, Refused
+from modelhangar.core.errors import (
+    BlobUnknown,
+    Conflict,
+    Denied,
+    InvalidManifest,
+    NotFound,
+    QuotaExceeded,
+    Refused,
+)
 from modelhangar.core.manifests import MAX_MANIFEST_BYTES, OCI_INDEX, parse_manifest
 from modelhangar.core.planner import Planner, Target
 from modelhangar.core.store import Actor, Store
@@ -27,23 +36,33 @@ from modelhangar.faces.oci.wire import (
     repository_of,
 )
 
-# Nobody signs in to the registry face: it may not delete what another user owns.
-ACTOR = Actor(face="oci")  # the local admin until the registry face reads who asks (accounts)
-
 
 def store_of(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
 
 
-async def unknown(store: Store, repository: str, code: str, detail: Any) -> OciError:
-    """`code` (e.g. MANIFEST_UNKNOWN), or NAME_UNKNOWN when the repository itself does not exist."""
-    if not await run_in_threadpool(repo_blobs.repository_known, store, repository):
+async def check_push(store: Store, repository: str, name: str, actor: Actor) -> None:
+    """DENIED (403) for another account's namespace or model; NAME_UNKNOWN for one it may not see."""
+    try:
+        await run_in_threadpool(repo_blobs.may_push, store, repository, actor)
+    except Denied as e:
+        raise OciError("DENIED", str(e), {"name": name}) from None
+    except NotFound:
+        raise OciError("NAME_UNKNOWN", detail={"name": name}) from None
+
+
+async def unknown(store: Store, repository: str, code: str, detail: Any, actor: Actor) -> OciError:
+    """`code` (e.g. MANIFEST_UNKNOWN), or NAME_UNKNOWN when the repository itself does not exist
+    (for `actor`: another account's private repository does not)."""
+    if not await run_in_threadpool(repo_blobs.repository_known, store, repository, actor):
         return OciError("NAME_UNKNOWN", detail={"name": oci_name(repository)})
     return OciError(code, detail=detail)
 
 
-async def existing_reference(store: Store, repository: str, raw: str) -> tuple[Literal["tag", "digest"], str]:
+async def existing_reference(
+    store: Store, repository: str, raw: str, actor: Actor
+) -> tuple[Literal["tag", "digest"], str]:
     """The reference of a read or delete: no manifest has an invalid tag, so that is MANIFEST_UNKNOWN
     (404); MANIFEST_INVALID is for a pushed manifest only."""
     try:
@@ -51,11 +70,16 @@ async def existing_reference(store: Store, repository: str, raw: str) -> tuple[L
     except OciError as e:
         if e.code != "MANIFEST_INVALID":
             raise
-    raise await unknown(store, repository, "MANIFEST_UNKNOWN", {"reference": raw[:200]})
+    raise await unknown(store, repository, "MANIFEST_UNKNOWN", {"reference": raw[:200]}, actor)
 
 
-def _lookup(store: Store, repository: str, kind: str, ref: str, pull: bool) -> tuple[str, bytes, str] | None:
-    """The manifest, by tag or digest; a pull by tag counts as a use of that tag (one thread hop)."""
+def _lookup(
+    store: Store, repository: str, kind: str, ref: str, pull: bool, actor: Actor
+) -> tuple[str, bytes, str] | None:
+    """The manifest, by tag or digest, if `actor` may read the repository; a pull by tag counts as a
+    use of that tag (one thread hop)."""
+    if not actor.admin and store.repository(repository, actor=actor) is None:
+        return None
     if kind != "tag":
         return store.find_manifest(repository, digest=ref)
     found = store.find_manifest(repository, tag=ref)
@@ -67,10 +91,11 @@ def _lookup(store: Store, repository: str, kind: str, ref: str, pull: bool) -> t
 async def get_manifest(request: Request, name: str, reference: str) -> Response:
     repository = repository_of(name)
     store = store_of(request)
-    kind, ref = await existing_reference(store, repository, reference)
-    found = await run_in_threadpool(_lookup, store, repository, kind, ref, request.method == "GET")
+    actor = actor_of(request, "oci")
+    kind, ref = await existing_reference(store, repository, reference, actor)
+    found = await run_in_threadpool(_lookup, store, repository, kind, ref, request.method == "GET", actor)
     if found is None:
-        raise await unknown(store, repository, "MANIFEST_UNKNOWN", {"reference": reference})
+        raise await unknown(store, repository, "MANIFEST_UNKNOWN", {"reference": reference}, actor)
     digest, content, media_type = found
     headers = {
         "Docker-Content-Digest": digest,
@@ -106,6 +131,8 @@ async def put_manifest(request: Request, name: str, reference: str) -> Response:
     if kind == "digest" and ref != digest:
         raise OciError("DIGEST_INVALID", f"manifest digest is {digest}", {"reference": ref, "digest": digest})
     store = store_of(request)
+    actor = actor_of(request, "oci")
+    await check_push(store, repository, name, actor)
     try:
         await run_in_threadpool(
             lambda: store.put_manifest(
@@ -113,14 +140,14 @@ async def put_manifest(request: Request, name: str, reference: str) -> Response:
                 ref if kind == "tag" else None,
                 content,
                 _media_type(request),
-                actor=ACTOR,
+                actor=actor,
                 exact_tag=True,
                 keep_untagged=True,  # a manifest a tag moves off stays, pullable by digest (README)
             )
         )
     except Conflict as e:
         raise OciError("DENIED", str(e), {"tag": ref}) from None
-    except Refused as e:
+    except (Refused, Denied, QuotaExceeded) as e:
         raise OciError("DENIED", str(e), {"tag": ref}) from None
     except BlobUnknown as e:
         raise OciError(
@@ -130,6 +157,8 @@ async def put_manifest(request: Request, name: str, reference: str) -> Response:
         ) from None
     except InvalidManifest as e:
         raise OciError("MANIFEST_INVALID", str(e), {"reason": str(e)}) from None
+    except NotFound:  # another account's private repository: as if absent, so not ours to push to
+        raise OciError("NAME_UNKNOWN", detail={"name": name}) from None
     headers = {
         "Location": absolute(request, f"/v2/{name}/manifests/{digest}"),
         "Docker-Content-Digest": digest,
@@ -149,7 +178,10 @@ async def list_referrers(request: Request, name: str, digest: str) -> Response:
     repository = repository_of(name)
     subject = blob_digest(digest)
     wanted = request.query_params.get("artifactType") or None
-    found = await run_in_threadpool(store_of(request).referrers, repository, subject, wanted)
+    actor = actor_of(request, "oci")
+    found = await run_in_threadpool(
+        lambda: store_of(request).referrers(repository, subject, wanted, actor=actor)
+    )
     descriptors = []
     for r in found:
         d: dict[str, Any] = {"mediaType": r.media_type, "digest": r.digest, "size": r.size}
@@ -171,13 +203,14 @@ async def delete_manifest(request: Request, name: str, reference: str) -> Respon
     """Untag (by tag) or remove from the repository (by digest) through the one deletion planner."""
     repository = repository_of(name)
     store = store_of(request)
-    kind, ref = await existing_reference(store, repository, reference)
+    actor = actor_of(request, "oci")
+    kind, ref = await existing_reference(store, repository, reference, actor)
     # By tag only the tag goes: the manifest stays pullable by digest (README, "the registry face").
     target = Target("untag" if kind == "tag" else "manifest", repository, ref)
     dry_run = _truthy(request.query_params.get("dry_run"))
-    plan = await run_in_threadpool(lambda: Planner(store).delete([target], ACTOR, dry_run=dry_run))
+    plan = await run_in_threadpool(lambda: Planner(store).delete([target], actor, dry_run=dry_run))
     if plan.not_found:
-        raise await unknown(store, repository, "MANIFEST_UNKNOWN", {"reference": reference})
+        raise await unknown(store, repository, "MANIFEST_UNKNOWN", {"reference": reference}, actor)
     if plan.blockers:
         reasons = "; ".join(f"{b.kind} {b.id}: {b.reason}" for b in plan.blockers)
         status = 403 if all(b.kind == "permission" for b in plan.blockers) else 409
@@ -190,8 +223,9 @@ async def delete_manifest(request: Request, name: str, reference: str) -> Respon
 async def list_tags(request: Request, name: str) -> Response:
     repository = repository_of(name)
     store = store_of(request)
-    tags = sorted(r.tag for r in await run_in_threadpool(store.list_tags, repository))
-    if not tags and not await run_in_threadpool(repo_blobs.repository_known, store, repository):
+    actor = actor_of(request, "oci")
+    tags = sorted(r.tag for r in await run_in_threadpool(lambda: store.list_tags(repository, actor=actor)))
+    if not tags and not await run_in_threadpool(repo_blobs.repository_known, store, repository, actor):
         raise OciError("NAME_UNKNOWN", detail={"name": name})
     out, headers = page(request, tags, f"/v2/{name}/tags/list")
     return JSONResponse({"name": name, "tags": out}, headers=headers)
@@ -200,14 +234,14 @@ async def list_tags(request: Request, name: str) -> Response:
 CATALOG_BATCH = 1000
 
 
-def _catalog_names(store: Store, after: str | None, want: int | None) -> list[str]:
+def _catalog_names(store: Store, after: str | None, want: int | None, actor: Actor) -> list[str]:
     """OCI names of the catalog in order after `after`, at most `want` (all when None), read a batch
     of repository keys at a time (keys without an OCI name are skipped)."""
     names: list[str] = []
     cursor = None if after is None else PREFIX + after
     while want is None or len(names) < want:
         batch = CATALOG_BATCH if want is None else max(want - len(names), 1)
-        keys = store.repository_keys(PREFIX, cursor, batch)
+        keys = store.repository_keys(PREFIX, cursor, batch, actor=actor)
         names += [n for n in map(oci_name, keys) if n is not None]
         if len(keys) < batch:
             break
@@ -221,7 +255,8 @@ async def catalog(request: Request) -> Response:
     if n == 0:
         return JSONResponse({"repositories": []})
     store = store_of(request)
-    names = await run_in_threadpool(_catalog_names, store, last, None if n is None else n + 1)
+    actor = actor_of(request, "oci")
+    names = await run_in_threadpool(_catalog_names, store, last, None if n is None else n + 1, actor)
     headers: dict[str, str] = {}
     if n is not None and len(names) > n:
         names = names[:n]

@@ -17,8 +17,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from modelhangar.core.digests import InvalidDigest
-from modelhangar.core.errors import DigestMismatch, InvalidManifest, SizeMismatch, TooLarge
-from modelhangar.faces.oci import blobs, manifests
+from modelhangar.core.errors import (
+    Denied,
+    DigestMismatch,
+    InvalidManifest,
+    NotFound,
+    QuotaExceeded,
+    SizeMismatch,
+    TooLarge,
+)
+from modelhangar.core.registry_tokens import Access
+from modelhangar.core.s3blobs import BlobStoreUnavailable
+from modelhangar.faces.oci import blobs, manifests, tokens
 from modelhangar.faces.oci.errors import OciError
 from modelhangar.faces.oci.wire import repository_of
 
@@ -31,6 +41,7 @@ Handler = Callable[..., Awaitable[Response]]
 
 # (path after /v2/, {method: handler}); the first full match wins, so the order matters.
 _ENDPOINTS: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
+    (re.compile(r"token"), {"GET": tokens.token_endpoint, "POST": tokens.token_endpoint}),
     (re.compile(r"_catalog"), {"GET": manifests.catalog}),
     (re.compile(r"(?P<name>.+)/tags/list"), {"GET": manifests.list_tags}),
     (re.compile(r"(?P<name>.+)/referrers/(?P<digest>[^/]+)"), {"GET": manifests.list_referrers}),
@@ -60,8 +71,37 @@ _ENDPOINTS: list[tuple[re.Pattern[str], dict[str, Handler]]] = [
 ]
 
 
+_PULL: frozenset[Handler] = frozenset(
+    {manifests.list_tags, manifests.list_referrers, manifests.get_manifest, blobs.get_blob}
+)
+_DELETE: frozenset[Handler] = frozenset({manifests.delete_manifest, blobs.delete_blob})
+_CATALOG = Access("registry", "catalog", ("*",))
+
+
+def required(handler: Handler, params: dict[str, str]) -> Access | None:
+    """What a route asks of a registry token (distribution's access items): reads pull, writes push;
+    a delete takes `delete` or `push` (both are write access to the repository, `core/permissions.py`)."""
+    if handler is manifests.catalog:
+        return _CATALOG
+    name = params.get("name")
+    if name is None:
+        return None
+    if handler in _PULL:
+        return Access("repository", name, ("pull",))
+    if handler in _DELETE:
+        return Access("repository", name, ("delete", "push"))
+    return Access("repository", name, ("push",))
+
+
 async def base(request: Request) -> Response:
-    """The version check: this server speaks the distribution API, anonymously."""
+    """The version check: this server speaks the distribution API; 401 with the token challenge
+    until the client signs in (or, under HANGAR_AUTH=local, asks from this machine)."""
+    try:
+        tokens.authorize(request, None)
+    except OciError as e:
+        response = e.response()
+        response.headers.update(API_VERSION)
+        return response
     return JSONResponse({}, headers=API_VERSION)
 
 
@@ -86,6 +126,9 @@ def _resolve(path: str, method: str) -> tuple[Handler, dict[str, str]]:
 
 def _as_oci_error(exc: Exception) -> OciError | None:
     """Core errors that reach the dispatcher, as the client errors they are."""
+    if isinstance(exc, BlobStoreUnavailable):  # nothing half-written is kept: the client may retry
+        message = "the blob store is unavailable right now; nothing was kept, retry in a few seconds"
+        return OciError("UNAVAILABLE", message, headers={"Retry-After": "5"})
     if isinstance(exc, InvalidDigest):
         return OciError("DIGEST_INVALID", "invalid digest")
     if isinstance(exc, DigestMismatch):
@@ -96,6 +139,10 @@ def _as_oci_error(exc: Exception) -> OciError | None:
         return OciError("SIZE_INVALID", str(exc))
     if isinstance(exc, TooLarge):
         return OciError("SIZE_INVALID", str(exc), status=413)
+    if isinstance(exc, (Denied, QuotaExceeded)):
+        return OciError("DENIED", str(exc))
+    if isinstance(exc, NotFound):  # a repository the actor may not see is one that does not exist
+        return OciError("NAME_UNKNOWN", str(exc))
     if isinstance(exc, ClientDisconnect):
         return OciError("BLOB_UPLOAD_INVALID", "the client went away before the body was complete")
     return None
@@ -112,6 +159,8 @@ async def dispatch(request: Request) -> Response:
     path = _raw_path(request)
     try:
         handler, params = _resolve(path, request.method)
+        if handler is not tokens.token_endpoint:
+            tokens.authorize(request, required(handler, params))
         response = await handler(request, **params)
     except OciError as e:
         response = e.response()

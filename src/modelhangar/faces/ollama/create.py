@@ -7,10 +7,10 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelhangar.core import jsonsafe
+from modelhangar.core import blob_access, jsonsafe
 from modelhangar.core.digests import InvalidDigest, parse_digest
-from modelhangar.core.errors import BlobUnknown, Refused
-from modelhangar.core.gguf_info import blob_metadata, config_for_model
+from modelhangar.core.errors import BlobUnknown, Denied, NotFound, QuotaExceeded, Refused
+from modelhangar.core.gguf_info import config_for_model, stored_blob_metadata
 from modelhangar.core.manifests import DOCKER_V2, OLLAMA_CONFIG, parse_manifest
 from modelhangar.core.names import ModelName
 from modelhangar.core.store import Actor, Store
@@ -118,15 +118,14 @@ def _put_text_layer(store: Store, build: Build, media_type: str, data: bytes) ->
     build.layers.append({"mediaType": media_type, "digest": commit.digest, "size": commit.size})
 
 
-def _use_uploaded(store: Store, build: Build, digest: str, media_type: str) -> Any:
-    size = store.reuse_blob(digest)
+def _use_uploaded(store: Store, build: Build, digest: str, media_type: str, actor: Actor) -> Any:
+    size = store.reuse_blob(digest) if blob_access.may_use(store, actor, digest) else None
     if size is None:
         raise OllamaError(400, f"blob {digest} not found; upload it first with POST /api/blobs/{digest}")
     build.statuses.append({"status": f"using existing layer {digest}"})
     build.layers.append({"mediaType": media_type, "digest": digest, "size": size})
-    path = store.blobs.local_path(digest)
     # Only the architecture, parameter count and file type are needed: no array is read.
-    return blob_metadata(path, digest, max_array_len=0) if path is not None else None
+    return stored_blob_metadata(store.blobs, digest, size, max_array_len=0)
 
 
 def build_model(
@@ -137,10 +136,17 @@ def build_model(
         raise OllamaError(
             400, "quantization is not supported: modelhangar stores models, it does not convert them"
         )
+    actor = actor or Actor()
+    try:  # before any layer is written: the name must be the actor's to write (core/permissions.py)
+        store.require_writable(actor, req.name.repository)
+    except NotFound as e:
+        raise OllamaError(403, f"{actor.name} may not change {req.name.display_shortest()}") from e
+    except Denied as e:
+        raise OllamaError(403, str(e)) from e
     build = Build()
     params: dict[str, Any] = {}
     if req.base is not None:
-        base = store.get_tag(req.base.repository, req.base.tag)
+        base = store.get_tag(req.base.repository, req.base.tag, actor=actor)
         if base is None:
             raise OllamaError(404, f"model '{req.base.display_shortest()}' not found")
         raw = store.get_manifest(base.manifest_digest)
@@ -172,7 +178,7 @@ def build_model(
         build.layers = [x for x in build.layers if x["mediaType"] not in (MODEL, PROJECTOR)]
         meta = None
         for i, digest in enumerate(req.files.values()):
-            got = _use_uploaded(store, build, digest, MODEL if i == 0 else PROJECTOR)
+            got = _use_uploaded(store, build, digest, MODEL if i == 0 else PROJECTOR, actor)
             if got is None:
                 raise OllamaError(
                     400, "supplied file was not in GGUF format (safetensors conversion is not supported)"
@@ -184,7 +190,7 @@ def build_model(
             raise OllamaError(400, "only one adapter is currently supported")
         build.layers = [x for x in build.layers if x["mediaType"] != ADAPTER]
         for digest in req.adapters.values():
-            if _use_uploaded(store, build, digest, ADAPTER) is None:
+            if _use_uploaded(store, build, digest, ADAPTER, actor) is None:
                 raise OllamaError(400, "supplied file was not in GGUF format")
     body = req.body
     for key, media_type in REPLACED_BY_REQUEST.items():
@@ -222,5 +228,9 @@ def build_model(
         ) from e
     except Refused as e:  # the name's current version is in use: it is not replaced
         raise OllamaError(409, str(e)) from e
+    except Denied as e:
+        raise OllamaError(403, str(e)) from e
+    except QuotaExceeded as e:
+        raise OllamaError(413, str(e)) from e
     build.statuses.append({"status": "success"})
     return build.statuses, digest

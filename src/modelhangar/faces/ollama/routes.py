@@ -12,9 +12,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import BaseRoute, Route
 
 from modelhangar import __version__
+from modelhangar.auth import actor_of
+from modelhangar.core import blob_access
 from modelhangar.core.deletion import delete_models
 from modelhangar.core.digests import InvalidDigest, parse_digest
-from modelhangar.core.errors import DigestMismatch, NotFound, Refused
+from modelhangar.core.errors import Denied, DigestMismatch, NotFound, QuotaExceeded, Refused
 from modelhangar.core.names import display_stored
 from modelhangar.core.store import Actor, Store
 from modelhangar.faces.ollama import create as create_mod
@@ -32,7 +34,7 @@ from modelhangar.faces.ollama.wire import (
 )
 
 OLLAMA_COMPAT_VERSION = "0.12.0"
-ACTOR = Actor(name="local", face="ollama", admin=True)
+FACE = "ollama"
 EMPTY_DETAILS = {
     "parent_model": "",
     "format": "",
@@ -41,6 +43,10 @@ EMPTY_DETAILS = {
     "parameter_size": "",
     "quantization_level": "",
 }
+
+
+def _actor(request: Request) -> Actor:
+    return actor_of(request, FACE)
 
 
 def _store(request: Request) -> Store:
@@ -61,20 +67,20 @@ async def version(request: Request) -> Response:
 
 
 async def tags(request: Request) -> Response:
-    return StreamingResponse(_tags_body(_store(request)), media_type="application/json")
+    return StreamingResponse(_tags_body(_store(request), _actor(request)), media_type="application/json")
 
 
-def _tags_body(store: Store) -> Iterator[bytes]:
+def _tags_body(store: Store, actor: Actor | None = None) -> Iterator[bytes]:
     """`{"models":[...]}` streamed a batch of rows at a time, each model's stored details spliced in as
     the JSON text they are stored as.
 
     Built by hand because listings can hold 100,000 models: no per-model record or name parse, no JSON
     round trip. Names need no escaping: `display_stored` only returns names of the ASCII letters,
     digits and `._-:/` that valid names are made of. Repositories other faces made that have no
-    Ollama name are left out.
+    Ollama name are left out, and so are the private models of others (`core/permissions.py`).
     """
     empty = json.dumps(EMPTY_DETAILS)
-    rows = store.iter_listing()
+    rows = store.iter_listing(actor=actor)
     sep = ""
     try:
         yield b'{"models":['
@@ -106,7 +112,8 @@ async def show(request: Request) -> Response:
     raw = model_field(body, "model", "name")
     name = parse_or(raw, 400, "invalid model name")
     store = _store(request)
-    record = await run_in_threadpool(store.get_tag, name.repository, name.tag)
+    actor = _actor(request)
+    record = await run_in_threadpool(lambda: store.get_tag(name.repository, name.tag, actor=actor))
     if record is None:
         return error(404, f"model '{name.display_shortest()}' not found")
     try:
@@ -124,13 +131,17 @@ async def copy(request: Request) -> Response:
         return error(400, "source and destination are required")
     src = parse_or(src_raw, 400, f'source "{src_raw}" is invalid')
     dst = parse_or(dst_raw, 400, f'destination "{dst_raw}" is invalid')
-    store = _store(request)
+    store, actor = _store(request), _actor(request)
     try:
         await run_in_threadpool(
-            lambda: store.copy_tag(src.repository, src.tag, dst.repository, dst.tag, actor=ACTOR)
+            lambda: store.copy_tag(src.repository, src.tag, dst.repository, dst.tag, actor=actor)
         )
-    except NotFound:
+    except NotFound:  # the source, or a destination that is another account's private model
         return error(404, f'model "{src_raw}" not found')
+    except Denied as e:
+        return error(403, str(e))
+    except QuotaExceeded as e:
+        return error(413, str(e))
     except Refused as e:  # the destination's current version is in use: it is not replaced
         return error(409, str(e))
     return empty_ok()
@@ -142,7 +153,7 @@ async def delete(request: Request) -> Response:
     dry_run = _truthy(request.query_params.get("dry_run"))
     purge = _truthy(request.query_params.get("purge"))
     [result] = await run_in_threadpool(
-        delete_models, _store(request), [raw], ACTOR, dry_run=dry_run, purge=purge
+        delete_models, _store(request), [raw], _actor(request), dry_run=dry_run, purge=purge
     )
     if result.status == "invalid":
         return error(400, f'name "{raw}" is invalid')
@@ -169,16 +180,22 @@ def _digest(raw: str) -> str:
 
 async def head_blob(request: Request) -> Response:
     digest = _digest(request.path_params["digest"])
-    size = await run_in_threadpool(_store(request).reuse_blob, digest)
-    if size is None:
+    store, actor = _store(request), _actor(request)
+    size = None
+    if await run_in_threadpool(blob_access.may_use, store, actor, digest):
+        size = await run_in_threadpool(store.reuse_blob, digest)
+    if size is None:  # absent, or not this actor's to name (core/blob_access.py)
         return error(404, f'blob "{request.path_params["digest"]}" not found')
     return Response(status_code=200)
 
 
 async def post_blob(request: Request) -> Response:
     digest = _digest(request.path_params["digest"])
-    store = _store(request)
-    if await run_in_threadpool(store.reuse_blob, digest) is not None:
+    store, actor = _store(request), _actor(request)
+    if (
+        await run_in_threadpool(blob_access.may_use, store, actor, digest)
+        and await run_in_threadpool(store.reuse_blob, digest) is not None
+    ):
         return Response(status_code=200)
     writer = store.blob_writer()
     try:
@@ -195,7 +212,9 @@ async def post_blob(request: Request) -> Response:
         writer.discard()
         return error(400, "upload truncated")
     try:
-        await run_in_threadpool(store.commit_blob, writer, digest)
+        await run_in_threadpool(
+            lambda: store.commit_blob(writer, digest, also=blob_access.record_upload(actor, digest))
+        )
     except DigestMismatch as e:
         return error(400, f'digest mismatch, expected "{e.expected}", got "{e.actual}"')
     return Response(status_code=201)
@@ -207,7 +226,9 @@ async def create(request: Request) -> Response:
     stream = body.get("stream", True) is not False
     try:
         try:
-            statuses, _ = await run_in_threadpool(create_mod.build_model, _store(request), req, ACTOR)
+            statuses, _ = await run_in_threadpool(
+                create_mod.build_model, _store(request), req, _actor(request)
+            )
         except NotFound as e:  # the base model (or one of its layers) was deleted meanwhile
             raise OllamaError(404, f"model not found: {e}") from e
     except OllamaError as e:

@@ -13,10 +13,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from modelhangar.auth import actor_of
+from modelhangar.core.errors import Denied, NotFound, QuotaExceeded
 from modelhangar.core.names import ModelName
 from modelhangar.core.store import Actor, Store
 from modelhangar.faces.ollama.wire import error, json_body, model_field, parse_or
@@ -27,7 +30,6 @@ if TYPE_CHECKING:  # the transfer client (httpx) is imported by the first pull o
 
 log = logging.getLogger("modelhangar")
 Transfer = Callable[..., object]
-ACTOR = Actor(name="local", face="ollama", admin=True)
 _DONE = object()
 
 
@@ -91,10 +93,20 @@ async def _transfer(request: Request, transfer: Transfer, *, takes_source: bool 
     extra: dict[str, ModelName] = {}
     if takes_source and body.get("source") is not None:  # modelhangar's own: push SOURCE as `model`
         extra["source"] = parse_or(model_field(body, "source"), 400, "invalid source model name")
+    actor: Actor = actor_of(request, "ollama")
+    # Only who may write the model pulled into (or pushed from) may pull or push it, checked before
+    # anything is fetched or sent (issue 11; core/permissions.py).
+    local = extra.get("source", name)
+    try:
+        await run_in_threadpool(store.require_writable, actor, local.repository)
+    except NotFound:
+        return error(404, f"model '{local.display_shortest()}' not found")
+    except Denied as e:
+        return error(403, str(e))
     runner = _runner(request)
 
     def run(emit: Emit) -> object:
-        return transfer(store, name, insecure=insecure, emit=emit, actor=ACTOR, **extra)
+        return transfer(store, name, insecure=insecure, emit=emit, actor=actor, **extra)
 
     if body.get("stream", True) is not False:
         return _stream(runner, run)
@@ -112,6 +124,8 @@ async def _transfer(request: Request, transfer: Transfer, *, takes_source: bool 
         await asyncio.wrap_future(runner.submit(lambda: run(keep)))
     except Busy:
         return _busy()
+    except (Denied, QuotaExceeded) as e:  # the pulled model is not the actor's, or over its quota
+        return error(403 if isinstance(e, Denied) else 413, str(e))
     except TRANSFER_ERRORS as e:
         unreachable = isinstance(e, httpx.TransportError)  # the registry, not this server, failed
         return error(getattr(e, "status", 502 if unreachable else 500), transfer_error_text(e))

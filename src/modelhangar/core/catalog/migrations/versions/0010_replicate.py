@@ -1,7 +1,7 @@
 """the Replicate face: versions' metadata and lineage, predictions and trainings, deployments
 
 Revision ID: 0010
-Revises: 0007
+Revises: 0013 (chained after main's 0011 and 0013 at the merge; the branch started on 0007)
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0007"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
