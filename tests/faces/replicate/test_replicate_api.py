@@ -390,3 +390,15 @@ def test_trainings_give_lineage_and_deployments_take_predictions(site: Site) -> 
     assert error_of(site.client("bob").deployments.get, "alice/tuned-dep").status == 404
     assert dep.owner == "alice"
     assert alice.deployments.delete("alice", "tuned-dep") is True
+
+
+def test_only_who_may_write_the_model_pushes_versions(site: Site) -> None:
+    from modelhangar.faces.oci import manifests
+
+    if hasattr(manifests, "ACTOR"):
+        pytest.skip("the registry face still acts as the local admin (before the authoci branch)")
+    site.client("alice").models.create("alice", "pushers", visibility="public", hardware="cpu")
+    with pytest.raises(Exception):  # noqa: B017 - oras raises whatever its auth flow gives up with
+        site.push("bob", "alice/pushers", "bobs")
+    assert site.client("bob").models.get("alice/pushers").latest_version is None
+    assert site.push("alice", "alice/pushers", "alices")
