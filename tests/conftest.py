@@ -13,7 +13,47 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import DockerRegistry, MakeGguf, ServerProcess, StartServer
+import harness
+from harness import DockerRegistry, MakeGguf, S3Server, ServerProcess, StartServer, moto_installed
+
+
+@pytest.fixture(scope="session", autouse=True)
+def s3_blobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server | None]:
+    """With HANGAR_TEST_BLOBS=s3, one moto S3 server for the whole run and every store's blobs in it
+    (harness.hangar_env); the tests themselves are the same. Skips the run when moto is missing."""
+    if os.environ.get("HANGAR_TEST_BLOBS", "") != "s3":
+        yield None
+        return
+    if not moto_installed():
+        pytest.skip("HANGAR_TEST_BLOBS=s3 needs moto[server] and boto3 (pip install -e '.[test]')")
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    server.make_bucket()
+    harness.S3_ENV.update(server.env)
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)  # for stores the tests open in-process (boto3 reads them)
+    try:
+        yield server
+    finally:
+        harness.S3_ENV.clear()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A moto S3 server of this module's own (with the test bucket); skips when moto is missing."""
+    if not moto_installed():
+        pytest.skip("moto[server] and boto3 are not installed (pip install -e '.[test]')")
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    server.make_bucket()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

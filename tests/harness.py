@@ -54,8 +54,127 @@ def hangar_env(
     out["HANGAR_DEBUG"] = "1"
     if database_url is not None:
         out["HANGAR_DATABASE_URL"] = database_url
+    if S3_ENV:  # HANGAR_TEST_BLOBS=s3: every store of the run keeps its blobs in the test bucket
+        out.update(S3_ENV)
+        out["HANGAR_BLOBS"] = s3_url_for(home)
     out.update(env or {})
     return out
+
+
+S3_ENV: dict[str, str] = {}
+"""Set by the `s3_blobs` session fixture (tests/conftest.py) when HANGAR_TEST_BLOBS=s3: the AWS_*
+variables of the test S3 server, passed to every server and CLI run."""
+S3_BUCKET = "hangar-test"
+
+
+def s3_url_for(home: Path) -> str:
+    """The blob store of a data directory in the test bucket: a prefix of its own."""
+    return f"s3://{S3_BUCKET}/{hashlib.sha256(str(home).encode()).hexdigest()[:16]}"
+
+
+def moto_installed() -> bool:
+    try:
+        import boto3  # noqa: F401
+        import moto.server  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class S3Server:
+    """moto's standalone server (the S3 wire protocol over HTTP) on a free loopback port."""
+
+    KEY_ID = "hangartest"
+    SECRET = "hangartestsecret"
+
+    def __init__(self, log_dir: Path, *, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.log_dir = log_dir
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a client of this server needs in its environment."""
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_ACCESS_KEY_ID": self.KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": self.SECRET,
+            "AWS_REGION": "us-east-1",
+            "HANGAR_S3_PATH_STYLE": "1",
+        }
+
+    @classmethod
+    def of_env(cls) -> S3Server:
+        """The test S3 server that S3_ENV names (HANGAR_TEST_BLOBS=s3)."""
+        server = cls.__new__(cls)
+        server.port = int(S3_ENV["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+        return server
+
+    def start(self) -> S3Server:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"moto-{self.port}.log", "ab")  # noqa: SIM115 - the child keeps it
+        env = {**os.environ, **self.extra_env}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        log.close()
+        if not wait_until(self._up, timeout=READY_TIMEOUT):
+            self.stop()
+            raise RuntimeError("moto server did not start")
+        return self
+
+    def _up(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/moto-api/", timeout=1.0).status_code < 500
+        except httpx.TransportError:
+            return False
+
+    def client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id=self.KEY_ID,
+            aws_secret_access_key=self.SECRET,
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}),
+        )
+
+    def make_bucket(self, name: str = S3_BUCKET) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str = S3_BUCKET, prefix: str = "") -> list[str]:
+        s3, out, token = self.client(), [], None
+        while True:
+            kw: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+            if token:
+                kw["ContinuationToken"] = token
+            page = s3.list_objects_v2(**kw)
+            out += [o["Key"] for o in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                return out
+            token = page["NextContinuationToken"]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.05) -> bool:
@@ -326,8 +445,21 @@ def blobs_dir(home: Path) -> Path:
     return home / "blobs"
 
 
+def _s3_blobs(home: Path) -> dict[str, str]:
+    """{`sha256-<hex>`: object key} of the blobs of `home` in the test bucket (HANGAR_TEST_BLOBS=s3)."""
+    base = s3_url_for(home)[len(f"s3://{S3_BUCKET}/") :] + "/blobs/sha256/"
+    keys = S3Server.of_env().keys(S3_BUCKET, base)
+    return {"sha256-" + k[len(base) :]: k for k in keys}
+
+
 def tree_snapshot(home: Path) -> dict[str, str]:
     """{path relative to the blobs dir: sha256 of its content} of every file there."""
+    if S3_ENV:
+        s3 = S3Server.of_env().client()
+        return {
+            name: hashlib.sha256(s3.get_object(Bucket=S3_BUCKET, Key=key)["Body"].read()).hexdigest()
+            for name, key in sorted(_s3_blobs(home).items())
+        }
     root = blobs_dir(home)
     if not root.exists():
         return {}
@@ -335,9 +467,22 @@ def tree_snapshot(home: Path) -> dict[str, str]:
 
 
 def blob_files(home: Path) -> set[str]:
-    """Names of the files in the blobs dir (`sha256-<hex>`)."""
+    """Names of the files in the blobs dir (`sha256-<hex>`), or of the objects in the bucket."""
+    if S3_ENV:
+        return set(_s3_blobs(home))
     root = blobs_dir(home)
     return {p.name for p in root.iterdir() if p.is_file()} if root.exists() else set()
+
+
+def blob_bytes(home: Path) -> int:
+    """Bytes of every blob file (or object, under HANGAR_TEST_BLOBS=s3) of `home`."""
+    if S3_ENV:
+        s3 = S3Server.of_env().client()
+        return sum(
+            int(s3.head_object(Bucket=S3_BUCKET, Key=k)["ContentLength"]) for k in _s3_blobs(home).values()
+        )
+    root = blobs_dir(home)
+    return sum(p.stat().st_size for p in root.iterdir() if p.is_file()) if root.exists() else 0
 
 
 def blob_file(digest: str) -> str:
@@ -362,6 +507,8 @@ def model_blobs(home: Path, database_url: str | None = None) -> dict[str, set[st
     env = {"HANGAR_HOME": str(home)}
     if database_url is not None:
         env["HANGAR_DATABASE_URL"] = database_url
+    if S3_ENV:
+        env.update(S3_ENV, HANGAR_BLOBS=s3_url_for(home))
     store = Store(load_settings(env))
     try:
         out: dict[str, set[str]] = {}

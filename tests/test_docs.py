@@ -15,7 +15,7 @@ README = (Path(__file__).parent.parent / "README.md").read_text()
 def _config_table() -> dict[str, str]:
     """{variable: default} from the README's configuration table."""
     section = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `(HANGAR_[A-Z_]+)` \| `([^`]*)` \|", section, re.M)
+    rows = re.findall(r"^\| `(HANGAR_[A-Z0-9_]+)` \| `([^`]*)` \|", section, re.M)
     return dict(rows)
 
 

@@ -16,6 +16,7 @@ from harness import (
     MakeGguf,
     ServerProcess,
     StartServer,
+    blob_bytes,
     blob_file,
     blob_files,
     hangar,
@@ -41,7 +42,7 @@ def tags(server: ServerProcess) -> dict[str, str]:
 
 
 def disk_bytes(home: Path) -> int:
-    return sum(p.stat().st_size for p in (home / "blobs").iterdir() if p.is_file())
+    return blob_bytes(home)
 
 
 def gguf_blob(gguf: bytes) -> str:
@@ -225,7 +226,10 @@ def test_restore_brings_back_identical_digests_and_refuses_a_taken_name(
 def test_the_schedule_expires_the_trash_and_reclaims_its_space(
     home: Path, tmp_path: Path, start_server: StartServer, make_gguf: MakeGguf
 ) -> None:
-    server = start_server(home, env={"HANGAR_TRASH_RETENTION": "2s", "HANGAR_GC_INTERVAL": "1s"})
+    # A grace, so the scheduled GC does not reclaim the uploaded blob before create names it (a blob
+    # the trash held is reclaimed after the reuse fuse, 0 here, whatever the grace).
+    env = {"HANGAR_TRASH_RETENTION": "2s", "HANGAR_GC_INTERVAL": "1s", "HANGAR_GC_GRACE": "10m"}
+    server = start_server(home, env=env)
     client = ollama.Client(host=server.url)
     gguf = make_gguf(seed=4)
     create(client, tmp_path, "brief", gguf, "x")
@@ -471,7 +475,8 @@ def test_the_server_applies_retention_policies_from_the_config_file(
 ) -> None:
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text('[[retention]]\nmatch = "scratch-*"\nolder_than = "30d"\n')
-    server = start_server(home, env={"HANGAR_GC_INTERVAL": "1s"})
+    # A grace, so the 1 s GC does not reclaim an uploaded blob before create names it.
+    server = start_server(home, env={"HANGAR_GC_INTERVAL": "1s", "HANGAR_GC_GRACE": "10m"})
     client = ollama.Client(host=server.url)
     for i, name in enumerate(("scratch-old", "scratch-new", "precious")):
         create(client, tmp_path, name, make_gguf(seed=40 + i), name)

@@ -64,7 +64,7 @@ def face_of(path: str) -> str:
         return "replicate"
     if path.startswith("/ui"):
         return "web"
-    if path.startswith(("/_plugins", "/_cluster", "/_ingest", "/_search")):
+    if path.startswith("/_"):  # /_plugins, /_cluster, /_ingest, /_search and OpenSearch's other routes
         return "opensearch"
     return "http"
 

@@ -60,6 +60,14 @@ def error_response(path: str, status: int, message: str, headers: dict[str, str]
             "errors": [{"code": _OCI_CODES.get(status, "UNKNOWN"), "message": message, "detail": {}}]
         }
         headers = {"Docker-Distribution-API-Version": "registry/2.0", **(headers or {})}
+    elif path.startswith("/_"):  # the OpenSearch face's envelope
+        from modelhangar.faces.opensearch.wire import error_for
+
+        return error_for(status, message, headers)
+    elif path == "/v1" or path.startswith("/v1/"):  # Replicate's problem details
+        titles = {401: "Unauthenticated", 403: "Forbidden", 404: "Not found", 405: "Method not allowed"}
+        body = {"title": titles.get(status, "Error"), "detail": message, "status": status}
+        return JSONResponse(body, status_code=status, headers=headers, media_type="application/problem+json")
     elif path.startswith("/api/hangar") or path in ("/docs", "/redoc", "/openapi.json"):
         body = {"detail": message}
     else:
@@ -69,7 +77,14 @@ def error_response(path: str, status: int, message: str, headers: dict[str, str]
 
 def is_blob_upload(path: str) -> bool:
     """Paths whose bodies are blobs (streamed to disk, never held): not capped, not JSON."""
-    return path.startswith("/api/blobs/") or (path.startswith("/v2/") and "/blobs/" in path)
+    return (
+        path.startswith("/api/blobs/")
+        or (path.startswith("/v2/") and "/blobs/" in path)
+        or ML_CHUNK.fullmatch(path) is not None  # capped by the face at ML Commons' 10 MB per chunk
+    )
+
+
+ML_CHUNK = re.compile(r"/_plugins/_ml/models/[^/]+/(?:upload_chunk|chunk)/[^/]+/?")
 
 
 def is_loopback(host: str) -> bool:

@@ -24,6 +24,7 @@ from modelhangar.core import gc, reclaim
 from modelhangar.core.config import Settings
 from modelhangar.core.errors import Denied, QuotaExceeded, TooLarge, Unauthenticated
 from modelhangar.core.retention import policy_from_config, prune
+from modelhangar.core.s3blobs import BlobStoreUnavailable
 from modelhangar.core.store import Actor, Store
 from modelhangar.faces.hangar import docs
 from modelhangar.faces.hangar.accounts import router as accounts_router
@@ -32,6 +33,8 @@ from modelhangar.faces.hangar.routes import validation_items
 from modelhangar.faces.oci import routes as oci
 from modelhangar.faces.ollama import routes as ollama
 from modelhangar.faces.ollama import transfer_routes
+from modelhangar.faces.opensearch import routes as opensearch
+from modelhangar.faces.replicate import routes as replicate
 from modelhangar.zerocopy import ZeroCopy
 
 log = logging.getLogger("modelhangar")
@@ -83,6 +86,10 @@ async def _account_error(request: Request, exc: Exception) -> Response:
     """What the accounts refuse, in the face's own format (a route may answer it more precisely)."""
     status = next(code for kind, code in _ACCOUNT_STATUS.items() if isinstance(exc, kind))
     return _error_body(request, status, str(exc))
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("object store unavailable on %s %s: %s", request.method, request.url.path, exc)
+    message = "the blob store is unavailable right now; nothing was kept, retry in a few seconds"
+    return _error_body(request, 503, message, {"Retry-After": "5"})
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
@@ -135,6 +142,7 @@ def create_app(settings: Settings) -> FastAPI:
         RequestValidationError: _validation_error,
         TooLarge: _too_large,
         **dict.fromkeys(_ACCOUNT_STATUS, _account_error),
+        BlobStoreUnavailable: _store_unavailable,
         Exception: _unexpected_error,
     }
     for exc, handler in handlers.items():
@@ -142,9 +150,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(hangar_router)
     app.include_router(accounts_router)
     app.router.routes.extend(docs.routes())
+    app.router.routes.extend(opensearch.routes())  # its `/` before Ollama's: it hands Ollama's clients on
     app.router.routes.extend(ollama.routes())
     app.router.routes.extend(transfer_routes.routes())
     app.router.routes.extend(oci.routes())
+    app.router.routes.extend(replicate.routes())
     app.add_middleware(Authenticate, unauthorized=_unauthorized)
     return app
 

@@ -40,6 +40,9 @@ SUBCOMMANDS = [
     ["fsck"],
     ["import-ollama"],
     ["export-ollama"],
+    ["user"],
+    ["user", "add"],
+    ["user", "roles"],
 ]
 
 

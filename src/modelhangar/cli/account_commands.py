@@ -64,7 +64,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
         from modelhangar.core import accounts
 
         return accounts.created_user(
-            accounts.add_user(store, a.name, admin=a.admin, roles=a.role or ()), a.admin
+            accounts.add_user(store, a.name, admin=a.admin, roles=a.role or ()), a.admin, a.role or ()
         )
 
     def remote(client: Client, a: argparse.Namespace) -> Any:

@@ -34,10 +34,13 @@ def open_store(settings: Settings) -> Iterator[Store]:
     """The store at settings.home; catalog and file-system failures become one-line errors."""
     import sqlalchemy as sa
 
+    from modelhangar.core.s3blobs import BlobStoreConfigError
     from modelhangar.core.store import Store
 
     try:
         store = Store(settings)
+    except BlobStoreConfigError as e:
+        raise CliError(str(e)) from None
     except (OSError, sa.exc.SQLAlchemyError) as e:
         raise CliError(f"cannot open the store at {settings.home}: {_reason(e)}") from e
     try:
@@ -126,8 +129,11 @@ def _counts(store: Store) -> tuple[int, int]:
 def cmd_fsck(args: argparse.Namespace) -> int:
     from modelhangar.core import gc
 
-    with open_store(existing_store(settings_from_env(args.data_dir))) as store:
-        problems = gc.fsck(store, verify=args.verify)
+    with (
+        open_store(existing_store(settings_from_env(args.data_dir))) as store,
+        _byte_bar("verifying", args.json or not args.verify) as tick,
+    ):
+        problems = gc.fsck(store, verify=args.verify, progress=lambda done, total: tick("", done, total))
         blobs, manifests = _counts(store)
     if args.json:
         print_json(

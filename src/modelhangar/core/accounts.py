@@ -95,12 +95,13 @@ class NewToken:
     token: str = field(repr=False)
 
 
-def created_user(made: NewToken, admin: bool) -> dict[str, Any]:
+def created_user(made: NewToken, admin: bool, roles: Iterable[str] = ()) -> dict[str, Any]:
     """What creating a user answers (the API, and `hangar user add --json`): its first token, once."""
     info = made.info
     return {
         "name": info.principal,
         "admin": admin,
+        "roles": sorted(set(roles)),
         "token": made.token,
         "token_prefix": info.prefix,
         "token_name": info.name,

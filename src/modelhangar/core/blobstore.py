@@ -16,9 +16,13 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from modelhangar.core.digests import parse_digest
+
+if TYPE_CHECKING:
+    from modelhangar.core.catalog.db import Catalog
+    from modelhangar.core.config import Settings
 
 COPY_CHUNK = 1 << 20
 _IOV_MAX = 1024
@@ -81,7 +85,18 @@ class BlobStore(Protocol):
 
     def open(self, digest: str) -> BinaryIO: ...
 
+    def stream(self, digest: str, start: int, length: int) -> Iterator[bytes]:
+        """`length` bytes of the blob from `start` (for a backend with no `local_path`); raises
+        FileNotFoundError before the first byte if the blob is gone."""
+        ...
+
+    def presigned_url(self, digest: str, expires: int = 900) -> str | None:
+        """A URL a client may GET the blob from directly, where the backend has one."""
+        ...
+
     def writer(self) -> BlobWriter: ...
+
+    def close(self) -> None: ...
 
     def install(self, writer: BlobWriter, digest: str) -> None:
         """Make a finished writer's content the blob `digest` (atomically; replaces any old file)."""
@@ -187,6 +202,25 @@ class LocalBlobStore:
     def open(self, digest: str) -> BinaryIO:
         return open(self.path(digest), "rb")
 
+    def stream(self, digest: str, start: int, length: int) -> Iterator[bytes]:
+        f = self.open(digest)
+
+        def chunks() -> Iterator[bytes]:
+            with f:
+                offset, left = start, length
+                while left > 0:
+                    data = os.pread(f.fileno(), min(COPY_CHUNK, left), offset)
+                    if not data:
+                        raise OSError("blob shorter than its recorded size")
+                    offset += len(data)
+                    left -= len(data)
+                    yield data
+
+        return chunks()
+
+    def presigned_url(self, digest: str, expires: int = 900) -> str | None:
+        return None
+
     def writer(self) -> _FileWriter:
         path = self.tmp_dir / f"upload-{uuid.uuid4().hex}"
         return _FileWriter(path=path, _file=open(path, "xb"), _hash=hashlib.sha256())
@@ -265,6 +299,20 @@ class LocalBlobStore:
                 shutil.rmtree(d, ignore_errors=True)
                 removed.append(f"tmp/{d.name}")
         return removed
+
+
+def open_blob_store(settings: Settings, catalog: Catalog) -> BlobStore:
+    """The blob store `HANGAR_BLOBS` names: local files under the data directory, or a bucket."""
+    if settings.blobs:
+        from modelhangar.core.s3blobs import S3BlobStore
+
+        return S3BlobStore(
+            settings.blobs,
+            part_size=settings.s3_part_size,
+            path_style=settings.s3_path_style,
+            lease=catalog.lease,
+        )
+    return LocalBlobStore(settings.blobs_dir, settings.tmp_dir)
 
 
 def _fsync_dir(path: Path) -> None:

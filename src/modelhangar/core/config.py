@@ -107,6 +107,20 @@ def _fuse(text: str) -> float:
     return seconds
 
 
+def _blob_store(text: str) -> str:
+    s = text.strip()
+    if s and (not s.startswith("s3://") or not s[5:].split("/", 1)[0]):
+        raise ValueError(f"invalid blob store {text!r}: leave it empty or use s3://BUCKET[/PREFIX]")
+    return s
+
+
+def _part_size(text: str) -> int:
+    n = parse_size(text)
+    if n < 5 << 20:
+        raise ValueError(f"the part size is at least 5MiB, as S3 requires (got {text!r})")
+    return n
+
+
 def _count(text: str) -> int:
     n = int(text.strip())
     if n < 1:
@@ -178,6 +192,43 @@ KNOBS: tuple[Knob, ...] = (
         "",
         "the catalog (default `sqlite:///$HANGAR_HOME/catalog.db`); `postgresql+psycopg://...` "
         "when several servers share a store",
+    ),
+    Knob(
+        "blobs",
+        "HANGAR_BLOBS",
+        "blobs.store",
+        _blob_store,
+        "",
+        "where blobs live: empty for files under `$HANGAR_HOME/blobs`, or `s3://BUCKET[/PREFIX]` for an "
+        "S3-compatible bucket (endpoint, region and credentials the standard AWS way: `AWS_ENDPOINT_URL`, "
+        "`AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`); checked at start-up",
+    ),
+    Knob(
+        "s3_path_style",
+        "HANGAR_S3_PATH_STYLE",
+        "blobs.path_style",
+        _bool,
+        "false",
+        "address the bucket in the path (`http://host/BUCKET/key`), as MinIO-like servers want, instead "
+        "of a virtual host",
+    ),
+    Knob(
+        "s3_part_size",
+        "HANGAR_S3_PART_SIZE",
+        "blobs.part_size",
+        _part_size,
+        "16MiB",
+        "the size of the multipart parts an upload streams to the bucket in (at least 5MiB; a few are in "
+        "flight at once per upload)",
+    ),
+    Knob(
+        "blob_redirect",
+        "HANGAR_BLOB_REDIRECT",
+        "blobs.redirect",
+        _bool,
+        "false",
+        "with an S3 blob store, answer a `/v2` blob GET with a 307 to a presigned URL of the object, so "
+        "the bytes bypass the server",
     ),
     Knob(
         "host_port",
@@ -389,6 +440,10 @@ class Settings:
 
     home: Path
     database_url: str
+    blobs: str = ""
+    s3_path_style: bool = False
+    s3_part_size: int = 16 << 20
+    blob_redirect: bool = False
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     log_level: str = "info"

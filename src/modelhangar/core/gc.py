@@ -9,7 +9,10 @@ that very digest wins the race), then goes through the ordinary second phase.
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -252,18 +255,23 @@ def _reclaim_orphan_files(store: Store, cutoff: float) -> list[str]:
     return orphans
 
 
-def fsck(store: Store, *, verify: bool = False) -> list[Problem]:
+def fsck(
+    store: Store, *, verify: bool = False, progress: Callable[[int, int], None] | None = None
+) -> list[Problem]:
     """Check the invariants; an empty list means the store is consistent.
 
     The catalog is read in one snapshot, and every problem it suggests is confirmed under the row
     locks before it is reported, so a busy server beside it (deleting, uploading) never shows up as
     a problem of a consistent store.
     """
-    return [p for p in _suspects(store, verify=verify) if _confirmed(store, p)]
+    return [p for p in _suspects(store, verify=verify, progress=progress) if _confirmed(store, p)]
 
 
-def _suspects(store: Store, *, verify: bool) -> list[Problem]:
+def _suspects(
+    store: Store, *, verify: bool, progress: Callable[[int, int], None] | None = None
+) -> list[Problem]:
     problems: list[Problem] = []
+    to_hash: list[tuple[str, int]] = []
     ts = now()
     with store.catalog.read() as conn:
         rows = conn.execute(sa.select(t.blobs)).all()
@@ -322,9 +330,7 @@ def _suspects(store: Store, *, verify: bool) -> list[Problem]:
                 Problem("blob-size", row.digest, f"file has {size} bytes, catalog says {row.size}")
             )
         if verify:
-            path = store.blobs.local_path(row.digest)
-            if path is not None and sha256_file(path) != row.digest:
-                problems.append(Problem("blob-digest", row.digest, "content does not hash to its digest"))
+            to_hash.append((row.digest, size))
         if row.digest not in referenced and waits[row.digest] <= ts:
             problems.append(
                 Problem("blob-unreferenced", row.digest, "unreferenced past its reuse fuse or grace")
@@ -332,6 +338,45 @@ def _suspects(store: Store, *, verify: bool) -> list[Problem]:
     for digest, mtime in store.blobs.iter_blobs():
         if digest not in by_digest and mtime <= ts - store.settings.gc_grace:
             problems.append(Problem("file-unknown", digest, "blob file the catalog does not know"))
+    problems += _verify_contents(store, to_hash, progress)
+    return problems
+
+
+VERIFY_THREADS = 8
+
+
+def _hash_blob(store: Store, digest: str, size: int) -> str:
+    path = store.blobs.local_path(digest)
+    if path is not None:
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for chunk in store.blobs.stream(digest, 0, size):
+        h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _verify_contents(
+    store: Store, blobs: list[tuple[str, int]], progress: Callable[[int, int], None] | None
+) -> list[Problem]:
+    """Re-hash every listed blob, several at once (an object store answers each GET slowly but
+    in parallel); `progress(bytes_done, bytes_total)` after each one."""
+    total, done = sum(size for _, size in blobs), 0
+    problems: list[Problem] = []
+    if not blobs:
+        return problems
+    with ThreadPoolExecutor(max_workers=VERIFY_THREADS) as pool:
+        futures = {pool.submit(_hash_blob, store, d, size): (d, size) for d, size in blobs}
+        for f in as_completed(futures):
+            digest, size = futures[f]
+            try:
+                ok = f.result() == digest
+            except FileNotFoundError:
+                ok = True  # deleted since the snapshot: not a problem of its content
+            if not ok:
+                problems.append(Problem("blob-digest", digest, "content does not hash to its digest"))
+            done += size
+            if progress is not None:
+                progress(done, total)
     return problems
 
 

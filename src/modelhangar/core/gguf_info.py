@@ -8,8 +8,9 @@ import stat
 import struct
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, Final, TypeAlias
+from typing import IO, TYPE_CHECKING, Any, Final, TypeAlias
 
 JSONValue: TypeAlias = "str | int | float | bool | list[JSONValue] | dict[str, JSONValue] | None"
 
@@ -34,6 +35,9 @@ METADATA_BUDGET: Final = 256 << 20
 """Estimated bytes of Python objects one file may make us build. Arrays that would not fit are recorded by
 length only (value `[]`); scalars that would not fit make the file invalid. Real models need a few tens of
 MB."""
+
+if TYPE_CHECKING:
+    from modelhangar.core.blobstore import BlobStore
 
 _CHUNK: Final = 1 << 20
 _STRING: Final = 8
@@ -410,7 +414,7 @@ class _Cache:
         return (hit[0],)
 
     def get(
-        self, path: str | os.PathLike[str], digest: str, max_array_len: int | None
+        self, path: str | os.PathLike[str] | _Ranged, digest: str, max_array_len: int | None
     ) -> GGUFMetadata | None:
         key = (digest, max_array_len)
         with self._lock:
@@ -421,7 +425,10 @@ class _Cache:
             with self._lock:
                 if (hit := self._get(key)) is not None:
                     return hit[0]
-            meta = read_gguf_metadata(path, max_array_len=max_array_len)
+            if isinstance(path, _Ranged):
+                meta = _read_ranged(path, max_array_len)
+            else:
+                meta = read_gguf_metadata(path, max_array_len=max_array_len)
             cost = 256 + (meta.cost if meta is not None else 0)
             with self._lock:
                 self._gates.pop(key, None)
@@ -434,7 +441,50 @@ class _Cache:
             return meta
 
 
+class _Ranged:
+    """A blob with no local file, read by ranges (an object store): what `_Reader` needs of a file."""
+
+    def __init__(self, read_at: Callable[[int, int], bytes], size: int) -> None:
+        self._read_at = read_at
+        self.size = size
+        self.pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.size - self.pos if n < 0 else min(n, self.size - self.pos)
+        data = self._read_at(self.pos, n) if n > 0 else b""
+        self.pos += len(data)
+        return data
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = pos
+        return pos
+
+
+def _read_ranged(f: _Ranged, max_array_len: int | None) -> GGUFMetadata | None:
+    try:
+        if f.size < 4 or f.read(4) != b"GGUF":
+            return None
+        f.seek(0)
+        return _parse(f, f.size, max_array_len)  # type: ignore[arg-type]
+    except Exception:  # as read_gguf_metadata: never a crash
+        return None
+
+
 _cache = _Cache()
+
+
+def stored_blob_metadata(
+    blobs: BlobStore, digest: str, size: int, *, max_array_len: int | None = None
+) -> GGUFMetadata | None:
+    """`blob_metadata` of a stored blob, from its file or, in an object store, by ranged reads."""
+    path = blobs.local_path(digest)
+    if path is not None:
+        return _cache.get(path, digest, max_array_len)
+
+    def read_at(offset: int, n: int) -> bytes:
+        return b"".join(blobs.stream(digest, offset, n))
+
+    return _cache.get(_Ranged(read_at, size), digest, max_array_len)
 
 
 def blob_metadata(

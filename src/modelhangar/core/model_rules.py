@@ -29,6 +29,23 @@ class Removal:
     manifests: frozenset[str]
     """The manifests (versions) that leave it."""
     actor: Actor
+    tags: frozenset[str] = frozenset()
+    """The names of the tags that leave it."""
+
+
+KIND_MODULES = ("modelhangar.core.replicate_models",)
+"""The core modules that register rules for a kind: imported before the first rule is asked."""
+_loaded = False
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        import importlib
+
+        for name in KIND_MODULES:
+            importlib.import_module(name)
+        _loaded = True
 
 
 BlockerTuple = tuple[str, str, str]
@@ -48,5 +65,28 @@ def rule(kind: str) -> Callable[[Rule], Rule]:
 
 
 def blockers(conn: sa.Connection, removal: Removal) -> list[BlockerTuple]:
+    _load()
     kind = removal.repository.kind
     return [b for fn in RULES.get(kind, ()) for b in fn(conn, removal)] if kind else []
+
+
+PushHook = Callable[[Any, sa.Connection, Any, str, Any, float], None]
+"""(store, conn, repository row, manifest digest, its ManifestRefs, time): run in the transaction that
+stores a manifest in a repository of the hook's kind (Replicate: the manifest becomes a version)."""
+PUSH_HOOKS: dict[str, list[PushHook]] = {}
+
+
+def on_push(kind: str) -> Callable[[PushHook], PushHook]:
+    """Register what storing a manifest in a repository of `kind` also does."""
+
+    def register(fn: PushHook) -> PushHook:
+        PUSH_HOOKS.setdefault(kind, []).append(fn)
+        return fn
+
+    return register
+
+
+def pushed(store: Any, conn: sa.Connection, repository: Any, digest: str, refs: Any, ts: float) -> None:
+    _load()
+    for fn in PUSH_HOOKS.get(repository.kind or "", ()):
+        fn(store, conn, repository, digest, refs, ts)

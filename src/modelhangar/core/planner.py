@@ -366,8 +366,8 @@ class Planner:
                     )
                 ):
                     res.memberships.append((repo_id, m.manifest_digest))
-                if not rows and not res.memberships:
-                    plan.not_found.append(str(target))
+                if not rows and not res.memberships and res.rows[repo_id].kind is None:
+                    plan.not_found.append(str(target))  # a face's model object exists while empty
                     continue
             if target.kind in ("tag", "untag") and not rows:
                 plan.not_found.append(str(target))
@@ -395,7 +395,11 @@ class Planner:
                 plan.warnings += warning
             if repo_id in res.rows:
                 removal = model_rules.Removal(
-                    res.rows[repo_id], repo_id in res.whole_repos, frozenset(digests), actor
+                    res.rows[repo_id],
+                    repo_id in res.whole_repos,
+                    frozenset(digests),
+                    actor,
+                    frozenset(r[2] for r in res.tag_rows if r[0] == repo_id),
                 )
                 plan.blockers += [Blocker(*b) for b in model_rules.blockers(conn, removal)]
 
@@ -423,7 +427,12 @@ class Planner:
             conn.execute(
                 t.repo_blobs.delete().where(t.repo_blobs.c.repository_id.in_(sorted(res.whole_repos)))
             )
-        return self._remove(conn, res, actor, plan, ts, keep_expiry=keep_expiry)
+        released = self._remove(conn, res, actor, plan, ts, keep_expiry=keep_expiry)
+        for repo_id in sorted(res.whole_repos):  # a face's model object goes with the whole repository
+            row = res.rows.get(repo_id)
+            if row is not None and row.kind is not None:
+                conn.execute(t.repositories.delete().where(t.repositories.c.id == repo_id))
+        return released
 
     def _remove(
         self,
@@ -743,3 +752,8 @@ def unique_sizes(source: sa.Connection | Graph) -> dict[tuple[str, str], int]:
             cache[m] = freed(m)
         out[(repo, tag)] = cache[m]
     return out
+
+
+# Deletion rules of the kinds of models faces keep (`core/model_rules.py`), registered wherever the
+# planner runs (servers, the CLI).
+from modelhangar.core import ml_models as _ml_models  # noqa: E402,F401

@@ -42,7 +42,14 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from modelhangar.core import jsonsafe, permissions
 from modelhangar.core.actors import Actor as Actor  # re-exported: faces import it from here
-from modelhangar.core.blobstore import COPY_CHUNK, BlobWriter, LocalBlobStore, sha256_file
+from modelhangar.core.blobstore import (
+    COPY_CHUNK,
+    BlobStore,
+    BlobWriter,
+    LocalBlobStore,
+    open_blob_store,
+    sha256_file,
+)
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import Catalog, retrying
 from modelhangar.core.config import Settings
@@ -183,7 +190,7 @@ class Store:
         self.settings = settings
         settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.catalog = Catalog(settings.database_url, lock_dir=settings.home)
-        self.blobs = LocalBlobStore(settings.blobs_dir, settings.tmp_dir)
+        self.blobs: BlobStore = open_blob_store(settings, self.catalog)
         self.last_used = LastUsed(self.catalog)
         self._get_tag: sa.Select[Any] | None = None
         if migrate:
@@ -313,19 +320,14 @@ class Store:
         renamed or unlinked, never written in place. Symlinks are not followed.
         """
         want = str(parse_digest(expected))
-        tmp = self.blobs.tmp_dir / f"import-{uuid.uuid4().hex}"
+        local = self.blobs
+        if not isinstance(local, LocalBlobStore):  # an object store: stream the file in
+            return self._copy_in(path, want, also)
+        tmp = local.tmp_dir / f"import-{uuid.uuid4().hex}"
         try:
             os.link(path, tmp, follow_symlinks=False)
         except OSError:
-            w = self.blob_writer()
-            try:
-                with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
-                    while chunk := f.read(COPY_CHUNK):
-                        w.write(chunk)
-            except BaseException:
-                w.discard()
-                raise
-            return self.commit_blob(w, want, also=also)
+            return self._copy_in(path, want, also)
         try:
             if not stat.S_ISREG(os.lstat(tmp).st_mode):
                 raise OSError(f"{path}: not a regular file")
@@ -334,10 +336,23 @@ class Store:
             if digest != want:
                 raise DigestMismatch(want, digest)
             size = os.lstat(tmp).st_size
-            created = self._install_blob(digest, size, lambda: self.blobs.link_or_copy_in(tmp, digest), also)
+            created = self._install_blob(digest, size, lambda: local.link_or_copy_in(tmp, digest), also)
             return BlobCommit(digest=digest, size=size, created=created)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _copy_in(self, path: Path, want: str, also: Statements | None) -> BlobCommit:
+        w = self.blob_writer()
+        try:
+            with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
+                if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                    raise OSError(f"{path}: not a regular file")
+                while chunk := f.read(max(COPY_CHUNK, 8 << 20)):
+                    w.write(chunk)
+        except BaseException:
+            w.discard()
+            raise
+        return self.commit_blob(w, want, also=also)
 
     def put_blob_bytes(self, data: bytes, expected: str | None = None) -> BlobCommit:
         w = self.blob_writer()
@@ -776,6 +791,11 @@ class Store:
                         actor=actor,
                         keep_untagged=keep_untagged,
                     )
+                repo_row = conn.execute(sa.select(t.repositories).where(t.repositories.c.id == repo_id)).one()
+                if repo_row.kind is not None:  # a face's model object: its own bookkeeping of versions
+                    from modelhangar.core import model_rules
+
+                    model_rules.pushed(self, conn, repo_row, digest, refs, ts)
         except Refused as e:
             self._audit_refused(e)
             raise

@@ -157,10 +157,11 @@ def start(store: Store, repository: str, client: str | None = None) -> Upload:
     upload = Upload(upload_id, repository, ts, ts, 0)
     with store.catalog.write() as conn:  # the count and the insert in one transaction
         _check_caps(store, conn, client, ts)
-        directory = uploads_dir(store)
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / upload_id, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        os.close(fd)
+        if not _in_bucket(store):  # in an object store the session is its row and its parts
+            directory = uploads_dir(store)
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(directory / upload_id, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            os.close(fd)
         conn.execute(
             t.uploads.insert().values(
                 id=upload_id, repository=repository, created_at=ts, updated_at=ts, size=0, client=client
@@ -187,6 +188,11 @@ def cancel(store: Store, upload_id: str, repository: str) -> None:
         if upload is None or upload.repository.lower() != repository.lower():
             raise UploadUnknown(f"upload {upload_id} unknown")
         conn.execute(t.uploads.delete().where(t.uploads.c.id == upload_id))
+    if _in_bucket(store):
+        from modelhangar.core import s3_uploads
+
+        s3_uploads.forget(store, [upload_id])
+        return
     path.unlink(missing_ok=True)
 
 
@@ -322,12 +328,22 @@ class UploadHandle:
             self._fd = None
 
 
+def _in_bucket(store: Store) -> bool:
+    from modelhangar.core.s3blobs import S3BlobStore
+
+    return isinstance(store.blobs, S3BlobStore)
+
+
 def acquire(store: Store, upload_id: str, repository: str, *, start_at: int | None = None) -> UploadHandle:
     """Take a session for one request; `start_at` (a chunk's first byte) must be its offset.
 
     Raises UploadUnknown, UploadBusy or RangeInvalid.
     """
     path = _path(store, upload_id)
+    if _in_bucket(store):
+        from modelhangar.core import s3_uploads
+
+        return s3_uploads.acquire(store, upload_id, repository, start_at)  # type: ignore[return-value]
     try:
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
     except FileNotFoundError:
@@ -363,6 +379,8 @@ def expire(store: Store, older_than: float | None = None) -> list[str]:
         stale = [
             r.id for r in conn.execute(sa.select(t.uploads.c.id).where(t.uploads.c.updated_at <= cutoff))
         ]
+    if _in_bucket(store):
+        return _expire_in_bucket(store, stale, cutoff)
     for upload_id in stale:
         fd = None
         with contextlib.suppress(FileNotFoundError):
@@ -383,6 +401,24 @@ def expire(store: Store, older_than: float | None = None) -> list[str]:
     if directory.is_dir():
         removed += _sweep_files(store, directory, cutoff)
     return removed
+
+
+def _expire_in_bucket(store: Store, stale: list[str], cutoff: float) -> list[str]:
+    from modelhangar.core import s3_uploads
+
+    removed: list[str] = []
+    for upload_id in stale:
+        with store.catalog.lease(f"upload-{upload_id}") as free:
+            if not free:
+                continue  # a request holds it
+            with store.catalog.write() as conn:
+                gone = conn.execute(
+                    t.uploads.delete().where(t.uploads.c.id == upload_id, t.uploads.c.updated_at <= cutoff)
+                ).rowcount
+            if gone:
+                s3_uploads.forget(store, [upload_id])
+                removed.append(f"uploads/{upload_id}")
+    return removed + s3_uploads.sweep(store)
 
 
 def _sweep_files(store: Store, directory: Path, cutoff: float) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import random
 import re
 import time
@@ -169,6 +170,43 @@ class Catalog:
         with open(self._lock_dir / f"{name}.lock", "ab") as f:
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def lease(self, name: str) -> Iterator[bool]:
+        """A named lease held for the block, never waiting (yields False if another holds it).
+
+        Like `exclusive`, but keyed by the whole name (a 64-bit hash in a key space of its own), so
+        many leases (one per process, one per upload session) never share a key. It goes with its
+        holder if that process dies: a PostgreSQL session advisory lock on a connection of its
+        own, or an flock on `<lock_dir>/leases/<name>.lock` on SQLite.
+        """
+        if not self.is_sqlite:
+            digest = hashlib.sha256(name.encode()).digest()
+            key = int.from_bytes(digest[:8], "big", signed=True)
+            with self.engine.connect() as conn:
+                got = bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+                conn.commit()
+                try:
+                    yield got
+                finally:
+                    if got:
+                        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        conn.commit()
+            return
+        assert self._lock_dir is not None
+        directory = self._lock_dir / "leases"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.lock"
+        with open(path, "ab") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 yield False
                 return

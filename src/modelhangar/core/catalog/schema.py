@@ -36,6 +36,8 @@ repositories = sa.Table(
     # That face's fields of the model (description, hardware, ...), as JSON text.
     sa.Column("meta", sa.Text, nullable=True),
     sa.Index("ix_repositories_owner", "owner"),
+    # A face's model objects newest first, a page at a time (Replicate's `GET /v1/models`).
+    sa.Index("ix_repositories_kind_created", "kind", "created_at", "id"),
 )
 
 blobs = sa.Table(
@@ -209,6 +211,18 @@ uploads = sa.Table(
     sa.Index("ix_uploads_client", "client", "updated_at"),
 )
 
+
+# The parts of an upload session kept in an object store (`core/s3_uploads.py`): one object per
+# request that saved bytes, at `offset` of the blob. Any server continues a session from this list.
+upload_parts = sa.Table(
+    "upload_parts",
+    metadata,
+    sa.Column("upload_id", sa.String(32), primary_key=True),
+    sa.Column("offset", sa.BigInteger, primary_key=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("key", sa.String(1024), nullable=False),
+)
+
 # Accounts (`core/accounts.py`): users and organisations share one namespace of names.
 principals = sa.Table(
     "principals",
@@ -264,4 +278,82 @@ store_settings = sa.Table(
     metadata,
     sa.Column("key", sa.String(255), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
+)
+
+# OpenSearch ML Commons' own objects (`core/ml_models.py`): model groups, models, tasks, connectors,
+# ingest and search pipelines, agents; one JSON document each, as ML Commons keeps them in its indices.
+ml_objects = sa.Table(
+    "ml_objects",
+    metadata,
+    sa.Column("kind", sa.String(32), primary_key=True),
+    sa.Column("id", sa.String(255), primary_key=True),
+    sa.Column("name_key", sa.String(512), nullable=True),  # a group's name, lower-cased, for lookups
+    sa.Column("parent", sa.String(255), nullable=True),  # a model's group, a model's connector
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("doc", sa.Text, nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_ml_objects_name", "kind", "name_key"),
+    sa.Index("ix_ml_objects_parent", "kind", "parent"),
+)
+
+# The Replicate face (`core/replicate_models.py`): what a version is beyond its manifest, and the
+# things that use a version (predictions, trainings, deployments), recorded, never run here. Which of
+# them block a deletion is in `dependents`, not here.
+replicate_versions = sa.Table(
+    "replicate_versions",
+    metadata,
+    # The model's repository, by `name_key` (a deleted model's name may be created again).
+    sa.Column("repository_key", sa.String(1024), primary_key=True),
+    sa.Column("version_id", sa.String(64), primary_key=True),  # the manifest digest's hex: also its tag
+    sa.Column("manifest_digest", DIGEST, nullable=False),
+    sa.Column("cog_version", sa.String(64), nullable=False),
+    sa.Column("openapi_schema", sa.Text, nullable=False),  # JSON text
+    # Lineage: the training it was pushed under, and that training's base version (`owner/name:id`).
+    sa.Column("training_id", sa.String(64), nullable=True),
+    sa.Column("base_version", sa.String(1200), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+replicate_runs = sa.Table(
+    "replicate_runs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # 'prediction' or 'training'
+    sa.Column("model", sa.String(255), nullable=False),  # owner/name, lower-case
+    sa.Column("version_id", sa.String(64), nullable=False),
+    sa.Column("creator", sa.String(255), nullable=False),  # the account (or 'local') that asked
+    sa.Column("deployment", sa.String(255), nullable=True),
+    sa.Column("destination", sa.String(255), nullable=True),  # a training's model, owner/name
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("input", sa.Text, nullable=False),  # JSON text, as every field below
+    sa.Column("output", sa.Text, nullable=True),
+    sa.Column("logs", sa.Text, nullable=False, server_default=""),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("metrics", sa.Text, nullable=True),
+    sa.Column("webhook", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("completed_at", sa.Float, nullable=True),
+    sa.Index("ix_replicate_runs_creator", "kind", "creator", "created_at"),
+    sa.Index("ix_replicate_runs_model", "model", "version_id"),
+    sa.Index("ix_replicate_runs_destination", "destination", "status"),
+)
+
+replicate_deployments = sa.Table(
+    "replicate_deployments",
+    metadata,
+    sa.Column("name_key", sa.String(255), primary_key=True),  # owner/name, lower-case
+    sa.Column("owner", sa.String(255), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("release", sa.Integer, nullable=False),  # the current release's number
+    sa.Column("model", sa.String(255), nullable=False),
+    sa.Column("version_id", sa.String(64), nullable=False),
+    sa.Column("hardware", sa.String(64), nullable=False),
+    sa.Column("min_instances", sa.Integer, nullable=False),
+    sa.Column("max_instances", sa.Integer, nullable=False),
+    sa.Column("created_by", sa.String(255), nullable=False),
+    sa.Column("released_at", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_replicate_deployments_owner", "owner", "created_at"),
 )

@@ -127,7 +127,7 @@ async def add_user(request: Request, body: NewUser) -> dict[str, Any]:
             _store(request), body.name, admin=body.admin, roles=body.roles, token_name=body.token_name
         )
     )
-    return accounts.created_user(made, body.admin)
+    return accounts.created_user(made, body.admin, body.roles)
 
 
 @router.delete(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from modelhangar.auth import actor_of
 from modelhangar.core import repo_blobs, uploads
@@ -53,22 +53,29 @@ async def get_blob(request: Request, name: str, digest: str) -> Response:
     size = await run_in_threadpool(repo_blobs.blob_size, store, repository, d, actor)
     if size is None:
         raise OciError("BLOB_UNKNOWN", detail={"digest": d})
+    if store.settings.blob_redirect:  # the bytes bypass the server (distribution's `redirect`)
+        url = await run_in_threadpool(store.blobs.presigned_url, d)
+        if url is not None:  # a Range header goes to the object store as it is
+            headers = {"Location": url, "Docker-Content-Digest": d, "Content-Length": "0"}
+            return Response(status_code=307, headers=headers)
+    headers = _blob_headers(request, name, d, size)
+    status, start, length = 200, 0, size
+    raw_range = request.headers.get("range")
+    if raw_range is not None:
+        start, end = byte_range(raw_range, size)
+        status, length = 206, end - start + 1
+        headers["Content-Length"] = str(length)
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    if store.blobs.local_path(d) is None:  # an object store: a ranged GET streamed through
+        try:
+            chunks = await run_in_threadpool(store.blobs.stream, d, start, length)
+        except FileNotFoundError:
+            raise OciError("BLOB_UNKNOWN", detail={"digest": d}) from None
+        return StreamingResponse(iterate_in_threadpool(chunks), status_code=status, headers=headers)
     try:
         f = await run_in_threadpool(store.blobs.open, d)
     except FileNotFoundError:
         raise OciError("BLOB_UNKNOWN", detail={"digest": d}) from None
-    try:
-        headers = _blob_headers(request, name, d, size)
-        status, start, length = 200, 0, size
-        raw_range = request.headers.get("range")
-        if raw_range is not None:
-            start, end = byte_range(raw_range, size)
-            status, length = 206, end - start + 1
-            headers["Content-Length"] = str(length)
-            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-    except BaseException:
-        f.close()
-        raise
     return BlobBody(f, start, length, status, headers)
 
 

@@ -24,6 +24,7 @@ CODES: dict[str, tuple[int, str]] = {
     "DENIED": (403, "requested access to the resource is denied"),
     "UNSUPPORTED": (405, "the operation is unsupported"),
     "TOOMANYREQUESTS": (429, "too many requests"),
+    "UNAVAILABLE": (503, "service unavailable"),  # distribution's errcode.ErrorCodeUnavailable
     "UNKNOWN": (500, "unknown error"),
 }
 

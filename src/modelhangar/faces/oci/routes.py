@@ -27,6 +27,7 @@ from modelhangar.core.errors import (
     TooLarge,
 )
 from modelhangar.core.registry_tokens import Access
+from modelhangar.core.s3blobs import BlobStoreUnavailable
 from modelhangar.faces.oci import blobs, manifests, tokens
 from modelhangar.faces.oci.errors import OciError
 from modelhangar.faces.oci.wire import repository_of
@@ -125,6 +126,9 @@ def _resolve(path: str, method: str) -> tuple[Handler, dict[str, str]]:
 
 def _as_oci_error(exc: Exception) -> OciError | None:
     """Core errors that reach the dispatcher, as the client errors they are."""
+    if isinstance(exc, BlobStoreUnavailable):  # nothing half-written is kept: the client may retry
+        message = "the blob store is unavailable right now; nothing was kept, retry in a few seconds"
+        return OciError("UNAVAILABLE", message, headers={"Retry-After": "5"})
     if isinstance(exc, InvalidDigest):
         return OciError("DIGEST_INVALID", "invalid digest")
     if isinstance(exc, DigestMismatch):

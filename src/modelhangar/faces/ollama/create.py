@@ -10,7 +10,7 @@ from typing import Any
 from modelhangar.core import blob_access, jsonsafe
 from modelhangar.core.digests import InvalidDigest, parse_digest
 from modelhangar.core.errors import BlobUnknown, Denied, NotFound, QuotaExceeded, Refused
-from modelhangar.core.gguf_info import blob_metadata, config_for_model
+from modelhangar.core.gguf_info import config_for_model, stored_blob_metadata
 from modelhangar.core.manifests import DOCKER_V2, OLLAMA_CONFIG, parse_manifest
 from modelhangar.core.names import ModelName
 from modelhangar.core.store import Actor, Store
@@ -124,9 +124,8 @@ def _use_uploaded(store: Store, build: Build, digest: str, media_type: str, acto
         raise OllamaError(400, f"blob {digest} not found; upload it first with POST /api/blobs/{digest}")
     build.statuses.append({"status": f"using existing layer {digest}"})
     build.layers.append({"mediaType": media_type, "digest": digest, "size": size})
-    path = store.blobs.local_path(digest)
     # Only the architecture, parameter count and file type are needed: no array is read.
-    return blob_metadata(path, digest, max_array_len=0) if path is not None else None
+    return stored_blob_metadata(store.blobs, digest, size, max_array_len=0)
 
 
 def build_model(

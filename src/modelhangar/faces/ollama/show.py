@@ -7,7 +7,7 @@ from typing import Any
 
 from modelhangar.core import jsonsafe
 from modelhangar.core.errors import NotFound
-from modelhangar.core.gguf_info import SHOW_MAX_ARRAY, blob_metadata, details_from_config, model_info
+from modelhangar.core.gguf_info import SHOW_MAX_ARRAY, details_from_config, model_info, stored_blob_metadata
 from modelhangar.core.manifests import parse_manifest
 from modelhangar.core.store import Store, TagRecord
 from modelhangar.faces.ollama.create import (
@@ -66,9 +66,8 @@ def show_model(store: Store, record: TagRecord, verbose: bool = False) -> dict[s
     for layer in refs.layers:
         mt = layer.media_type
         if mt == MODEL:
-            path = store.blobs.local_path(layer.digest)
             limit = None if verbose else SHOW_MAX_ARRAY  # long arrays are shown only when verbose
-            meta = blob_metadata(path, layer.digest, max_array_len=limit) if path is not None else None
+            meta = stored_blob_metadata(store.blobs, layer.digest, layer.size, max_array_len=limit)
             if meta is not None:
                 info = model_info(meta, verbose=verbose)
             continue

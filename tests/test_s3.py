@@ -1,0 +1,335 @@
+"""Blobs in an S3 bucket (moto's server on loopback): several servers on one PostgreSQL catalog and
+one bucket, presigned redirects, crashes and a failing object store (README, "Safety rules")."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ollama
+import pytest
+
+from harness import (
+    S3_BUCKET,
+    MakeGguf,
+    S3Server,
+    ServerProcess,
+    StartServer,
+    hangar,
+    image_manifest,
+    wait_until,
+)
+
+MIB = 1 << 20
+
+
+def s3_env(s3: S3Server, prefix: str, **extra: str) -> dict[str, str]:
+    return {**s3.env, "HANGAR_BLOBS": f"s3://{S3_BUCKET}/{prefix}", "HANGAR_S3_PART_SIZE": "5MiB", **extra}
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def push_blob(url: str, repo: str, data: bytes) -> httpx.Response:
+    return httpx.post(f"{url}/v2/{repo}/blobs/uploads/?digest={digest_of(data)}", content=data, timeout=60)
+
+
+def push_image(url: str, repo: str, tag: str, layers: list[bytes]) -> str:
+    config = json.dumps({"architecture": "amd64", "os": "linux", "tag": tag}).encode()
+    for blob in [config, *layers]:
+        assert push_blob(url, repo, blob).status_code == 201
+    manifest = image_manifest(config, layers)
+    r = httpx.put(
+        f"{url}/v2/{repo}/manifests/{tag}",
+        content=manifest,
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    assert r.status_code == 201, r.text
+    return digest_of(manifest)
+
+
+def fsck_clean(home: Path, env: dict[str, str], database_url: str | None = None) -> dict[str, Any]:
+    gc = hangar("gc", home=home, env=env, database_url=database_url)
+    assert gc.returncode == 0, gc.stderr
+    out = hangar("fsck", "--verify", "--json", home=home, env=env, database_url=database_url)
+    report: dict[str, Any] = json.loads(out.stdout)
+    assert out.returncode == 0 and report["ok"], out.stdout + out.stderr
+    return report
+
+
+def objects(s3: S3Server, prefix: str, part: str) -> list[str]:
+    return s3.keys(S3_BUCKET, f"{prefix}/{part}")
+
+
+def multipart_uploads(s3: S3Server, prefix: str) -> list[str]:
+    page = s3.client().list_multipart_uploads(Bucket=S3_BUCKET, Prefix=f"{prefix}/")
+    return [u["Key"] for u in page.get("Uploads", [])]
+
+
+def slow_body(size: int, started: threading.Event, stop: threading.Event) -> Iterator[bytes]:
+    sent = 0
+    while sent < size and not stop.is_set():
+        chunk = os.urandom(min(MIB, size - sent))
+        sent += len(chunk)
+        if sent >= 7 * MIB:
+            started.set()
+        yield chunk
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------------------- one server
+
+
+def test_push_pull_ranges_and_redirect(
+    tmp_path: Path, s3_server: S3Server, start_server: StartServer
+) -> None:
+    env = s3_env(s3_server, "redirect")
+    srv = start_server(tmp_path / "a", env=env)
+    big = os.urandom(12 * MIB + 3)  # three parts of 5 MiB
+    push_image(srv.url, "lib/big", "v1", [big])
+    blob = f"{srv.url}/v2/lib/big/blobs/{digest_of(big)}"
+    assert httpx.get(blob, timeout=60).content == big
+    r = httpx.get(blob, headers={"Range": "bytes=5242879-5242888"})
+    assert r.status_code == 206 and r.content == big[5242879:5242889]
+    key = f"redirect/blobs/sha256/{digest_of(big)[7:]}"
+    assert key in objects(s3_server, "redirect", "blobs/")
+    assert objects(s3_server, "redirect", "tmp/") == []  # the upload's temporary object is gone
+    srv.stop()
+    # Redirects: the bytes come from the object store, ranges included.
+    srv = start_server(tmp_path / "a", env={**env, "HANGAR_BLOB_REDIRECT": "1"})
+    blob = f"{srv.url}/v2/lib/big/blobs/{digest_of(big)}"
+    r = httpx.get(blob)
+    assert r.status_code == 307 and r.headers["location"].startswith(s3_server.url)
+    direct = httpx.get(r.headers["location"], headers={"Range": "bytes=10-19"})
+    assert direct.status_code == 206 and direct.content == big[10:20]
+    assert httpx.get(blob, follow_redirects=True, timeout=60).content == big
+    fsck_clean(tmp_path / "a", env)
+
+
+def test_a_digest_mismatch_leaves_nothing(
+    tmp_path: Path, s3_server: S3Server, start_server: StartServer
+) -> None:
+    env = s3_env(s3_server, "mismatch")
+    srv = start_server(tmp_path / "a", env=env)
+    data = os.urandom(6 * MIB)
+    r = httpx.post(
+        f"{srv.url}/v2/lib/x/blobs/uploads/?digest={digest_of(b'other')}", content=data, timeout=60
+    )
+    assert r.status_code == 400 and r.json()["errors"][0]["code"] == "DIGEST_INVALID"
+    assert objects(s3_server, "mismatch", "") == []
+    assert multipart_uploads(s3_server, "mismatch") == []
+
+
+def test_ollama_create_and_show_read_the_gguf_by_ranges(
+    tmp_path: Path, s3_server: S3Server, start_server: StartServer, make_gguf: MakeGguf
+) -> None:
+    srv = start_server(tmp_path / "a", env=s3_env(s3_server, "ollama"))
+    client = ollama.Client(host=srv.url)
+    path = tmp_path / "m.gguf"
+    path.write_bytes(make_gguf(seed=7))
+    digest = client.create_blob(path)
+    client.create(model="tiny", files={"m.gguf": digest}, system="hi")
+    shown = client.show("tiny")
+    assert shown.modelinfo and shown.modelinfo.get("general.architecture") == "llama"
+
+
+def test_sigkill_mid_upload_then_gc_leaves_nothing(
+    tmp_path: Path, s3_server: S3Server, start_server: StartServer
+) -> None:
+    env = s3_env(s3_server, "killed")
+    home = tmp_path / "a"
+    srv = start_server(home, env=env)
+    started, stop = threading.Event(), threading.Event()
+
+    def upload() -> None:
+        body = slow_body(40 * MIB, started, stop)
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(
+                f"{srv.url}/v2/lib/k/blobs/uploads/?digest={digest_of(b'x')}", content=body, timeout=60
+            )
+
+    t = threading.Thread(target=upload)
+    t.start()
+    try:
+        assert started.wait(30)
+        assert wait_until(lambda: bool(multipart_uploads(s3_server, "killed")), timeout=20)
+        srv.kill()
+    finally:
+        stop.set()
+        t.join()
+    assert multipart_uploads(s3_server, "killed")  # the dead server's parts are still there
+    srv = start_server(home, env=env)  # a new process: the dead one's lease is free
+    fsck_clean(home, env)
+    assert multipart_uploads(s3_server, "killed") == []
+    assert objects(s3_server, "killed", "") == []
+
+
+def test_wrong_bucket_or_credential_fails_at_start_up(tmp_path: Path, s3_server: S3Server) -> None:
+    env = s3_env(s3_server, "x")
+    srv = ServerProcess(tmp_path / "a", env={**env, "HANGAR_BLOBS": "s3://no-such-bucket"})
+    with pytest.raises(RuntimeError, match="no such bucket"):
+        srv.start()
+    srv = ServerProcess(tmp_path / "b", env={**env, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    with pytest.raises(RuntimeError, match="cannot reach the object store"):
+        srv.start()
+
+
+def test_wrong_credential_fails_at_start_up(tmp_path: Path) -> None:
+    """moto checks credentials once IAM authentication is on (INITIAL_NO_AUTH_ACTION_COUNT=0)."""
+    s3 = S3Server(tmp_path / "s3", env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"}).start()
+    try:
+        env = {**s3.env, "HANGAR_BLOBS": f"s3://{S3_BUCKET}", "AWS_SECRET_ACCESS_KEY": "wrong"}
+        srv = ServerProcess(tmp_path / "a", env=env)
+        with pytest.raises(RuntimeError, match=r"HANGAR_BLOBS=s3://hangar-test: .*(access|key)"):
+            srv.start()
+    finally:
+        s3.stop()
+
+
+def test_object_store_down_mid_transfer_is_a_503_then_a_retry_succeeds(
+    tmp_path: Path, start_server: StartServer
+) -> None:
+    s3 = S3Server(tmp_path / "s3").start()
+    try:
+        s3.make_bucket()
+        env = s3_env(s3, "down")
+        home = tmp_path / "a"
+        srv = start_server(home, env=env)
+        started, stop = threading.Event(), threading.Event()
+        answers: list[httpx.Response] = []
+
+        def upload() -> None:
+            body = slow_body(30 * MIB, started, stop)
+            with contextlib.suppress(httpx.HTTPError):
+                answers.append(
+                    httpx.post(
+                        f"{srv.url}/v2/lib/d/blobs/uploads/?digest={digest_of(b'y')}",
+                        content=body,
+                        timeout=90,
+                    )
+                )
+
+        t = threading.Thread(target=upload)
+        t.start()
+        try:
+            assert started.wait(30)
+            s3.stop()
+        finally:
+            t.join(120)
+            stop.set()
+        assert answers, "the server gave no answer"
+        assert answers[0].status_code == 503 and answers[0].headers.get("retry-after")
+        assert answers[0].json()["errors"][0]["message"]
+        # The object store is back (empty: moto keeps nothing); the next attempt succeeds.
+        s3 = S3Server(tmp_path / "s3", port=s3.port).start()
+        s3.make_bucket()
+        data = os.urandom(11 * MIB)
+        assert push_blob(srv.url, "lib/d", data).status_code == 201
+        assert httpx.get(f"{srv.url}/v2/lib/d/blobs/{digest_of(data)}", timeout=60).content == data
+        fsck_clean(home, env)
+    finally:
+        s3.stop()
+
+
+# ---------------------------------------------------------------------------------- two servers, one PG
+
+
+def test_two_servers_share_one_catalog_and_one_bucket(
+    tmp_path: Path, s3_server: S3Server, start_server: StartServer, pg_url: str, make_gguf: MakeGguf
+) -> None:
+    prefix = f"two-{os.getpid()}-{time.monotonic_ns()}"
+    # A grace, so one server's GC does not reclaim a blob the other just uploaded for a create.
+    env = s3_env(s3_server, prefix, HANGAR_GC_GRACE="10m")
+    a = start_server(tmp_path / "a", env=env, database_url=pg_url)
+    b = start_server(tmp_path / "b", env=env, database_url=pg_url)
+    layer = os.urandom(6 * MIB)
+    manifest = push_image(a.url, "lib/shared", "v1", [layer])
+    r = httpx.get(f"{b.url}/v2/lib/shared/manifests/v1")
+    assert r.status_code == 200 and digest_of(r.content) == manifest
+    assert httpx.get(f"{b.url}/v2/lib/shared/blobs/{digest_of(layer)}", timeout=60).content == layer
+    # Concurrent creates, deletes and GC on both servers.
+    errors: list[str] = []
+
+    def work(srv: ServerProcess, n: int) -> None:
+        client = ollama.Client(host=srv.url)
+        for i in range(4):
+            path = tmp_path / f"m{n}-{i}.gguf"
+            path.write_bytes(make_gguf(seed=100 * n + i))
+            try:
+                digest = client.create_blob(path)
+                client.create(model=f"m{n}-{i}", files={"m.gguf": digest}, system=f"{n}-{i}")
+                if i % 2:
+                    client.delete(f"m{n}-{i}")
+                httpx.post(f"{srv.url}/api/hangar/gc", json={}, timeout=60)
+            except Exception as e:  # collected: asserted below
+                errors.append(f"{srv.url}: {e}")
+
+    threads = [threading.Thread(target=work, args=(srv, n)) for n, srv in enumerate((a, b, a, b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    models = {m["name"] for m in httpx.get(f"{b.url}/api/tags").json()["models"]}
+    assert {f"m{n}-{i}:latest" for n in range(4) for i in (0, 2)} <= models
+    fsck_clean(tmp_path / "a", env, pg_url)
+    # No object that nothing references: every blob object has a present row.
+    with httpx.Client() as http:
+        du = http.get(f"{a.url}/api/hangar/du").json()
+    assert du["breakdown"]["unknown_files"] == 0
+    assert objects(s3_server, prefix, "tmp/") == []
+    assert multipart_uploads(s3_server, prefix) == []
+
+
+def test_an_upload_session_started_on_one_server_finishes_on_another(
+    tmp_path: Path, s3_server: S3Server, start_server: StartServer, pg_url: str
+) -> None:
+    prefix = f"sessions-{time.monotonic_ns()}"
+    env = s3_env(s3_server, prefix)
+    a = start_server(tmp_path / "a", env=env, database_url=pg_url)
+    b = start_server(tmp_path / "b", env=env, database_url=pg_url)
+    data = os.urandom(13 * MIB)
+    cuts = [(0, 6 * MIB), (6 * MIB, 12 * MIB), (12 * MIB, 12 * MIB + 5)]
+    start = httpx.post(f"{a.url}/v2/lib/s/blobs/uploads/")
+    assert start.status_code == 202
+    path = start.headers["location"].split("/v2/", 1)[1]
+    for n, (lo, hi) in enumerate(cuts):  # chunks alternate between the servers
+        srv = (a, b)[n % 2]
+        r = httpx.patch(
+            f"{srv.url}/v2/{path}",
+            content=data[lo:hi],
+            headers={"Content-Range": f"{lo}-{hi - 1}", "Content-Type": "application/octet-stream"},
+            timeout=60,
+        )
+        assert r.status_code == 202, r.text
+        assert r.headers["range"] == f"0-{hi - 1}"
+    status = httpx.get(f"{b.url}/v2/{path}")
+    assert status.status_code == 204 and status.headers["range"] == f"0-{12 * MIB + 4}"
+    # A chunk that does not start at the offset is refused by either server.
+    r = httpx.patch(f"{a.url}/v2/{path}", content=b"x", headers={"Content-Range": "0-0"})
+    assert r.status_code == 416
+    a.kill()  # the session survives a server: its parts are in the catalog and the bucket
+    a = start_server(tmp_path / "a", env=env, database_url=pg_url)
+    last = data[12 * MIB + 5 :]
+    r = httpx.put(f"{a.url}/v2/{path}?digest={digest_of(data)}", content=last, timeout=60)
+    assert r.status_code == 201, r.text
+    assert httpx.get(f"{b.url}/v2/lib/s/blobs/{digest_of(data)}", timeout=60).content == data
+    assert objects(s3_server, prefix, "uploads/") == []
+    # A session whose content does not match its digest ends and leaves no object behind.
+    start = httpx.post(f"{b.url}/v2/lib/s/blobs/uploads/")
+    path = start.headers["location"].split("/v2/", 1)[1]
+    assert httpx.patch(f"{b.url}/v2/{path}", content=b"abc").status_code == 202
+    r = httpx.put(f"{a.url}/v2/{path}?digest={digest_of(b'abd')}")
+    assert r.status_code == 400 and r.json()["errors"][0]["code"] == "DIGEST_INVALID"
+    assert objects(s3_server, prefix, "uploads/") == []
+    assert objects(s3_server, prefix, "tmp/") == []
+    fsck_clean(tmp_path / "a", env, pg_url)
