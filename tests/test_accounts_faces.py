@@ -15,7 +15,7 @@ import httpx
 import ollama
 import pytest
 
-from harness import MakeGguf, ServerProcess, hangar, hangar_json
+from harness import MakeGguf, ServerProcess, hangar, hangar_json, wait_until
 
 SECRETS: list[str] = []
 """Every token this module made: none may appear in a log, an audit entry or an error."""
@@ -127,6 +127,13 @@ def test_no_token_a_wrong_one_and_a_revoked_one_are_401_on_every_face(world: Wor
         assert len(proc.stderr.strip().splitlines()) == 1
     proc = world.cli(None, "whoami")
     assert proc.returncode == 1 and "--token or HANGAR_TOKEN" in proc.stderr
+    brief = _token(hangar_json("token", "add", "bob", "--name", "brief", "--expires", "1s", home=world.home))
+
+    def expired() -> bool:
+        with world.http(brief) as http:
+            return http.get("/api/tags").status_code == 401
+
+    assert wait_until(expired, timeout=30)  # an expired token stops working, with nothing to do
 
 
 def test_another_users_private_model_does_not_exist_for_them(
@@ -184,6 +191,20 @@ def test_a_push_into_someone_elses_namespace_is_denied(world: World, make_gguf_m
     err = _fails(400, bob.create, model="stolen", files={"x.gguf": digest}, stream=False)
     assert "not found" in err
     assert "alice/intruder:latest" not in [m.model for m in world.ollama("root").list().models]
+
+
+def test_an_uploaded_blob_is_the_uploaders_only_until_it_is_reclaimed(
+    world: World, make_gguf_module: MakeGguf
+) -> None:
+    path = world.tmp / "loose.gguf"
+    path.write_bytes(make_gguf_module(seed=8))
+    digest = world.ollama("alice").create_blob(path)
+    assert world.http("alice").head(f"/api/blobs/{digest}").status_code == 200
+    assert world.http("bob").head(f"/api/blobs/{digest}").status_code == 404
+    assert hangar("gc", home=world.home).returncode == 0  # nothing names it: reclaimed (grace 0)
+    assert world.ollama("bob").create_blob(path) == digest  # bob uploads the same bytes again
+    assert world.http("bob").head(f"/api/blobs/{digest}").status_code == 200
+    assert world.http("alice").head(f"/api/blobs/{digest}").status_code == 404  # not alice's any more
 
 
 def test_an_organisation_member_acts_for_the_organisation(world: World, make_gguf_module: MakeGguf) -> None:

@@ -1104,6 +1104,8 @@ class Store:
                 self.blobs.delete(d)
                 conn.execute(t.blobs.delete().where(t.blobs.c.digest == d, t.blobs.c.state == DELETING))
                 conn.execute(t.repo_blobs.delete().where(t.repo_blobs.c.blob_digest == d))  # links go with it
+                # and so does who uploaded it: bytes uploaded again later are the new uploader's alone
+                conn.execute(t.uploader_blobs.delete().where(t.uploader_blobs.c.blob_digest == d))
                 removed += 1
         return removed
 
