@@ -60,6 +60,16 @@ def error_response(path: str, status: int, message: str, headers: dict[str, str]
             "errors": [{"code": _OCI_CODES.get(status, "UNKNOWN"), "message": message, "detail": {}}]
         }
         headers = {"Docker-Distribution-API-Version": "registry/2.0", **(headers or {})}
+    elif path == "/ui" or path.startswith("/ui/"):
+        from html import escape
+
+        from starlette.responses import HTMLResponse
+
+        page = (
+            '<!doctype html><html lang="en"><meta charset="utf-8"><title>modelhangar: error</title>'
+            f'<h1>{status}</h1><p>{escape(message)}</p><p><a href="/ui/">modelhangar</a></p></html>'
+        )
+        return HTMLResponse(page, status_code=status, headers=headers)
     elif path.startswith("/api/hangar") or path in ("/docs", "/redoc", "/openapi.json"):
         body = {"detail": message}
     else:
@@ -70,6 +80,11 @@ def error_response(path: str, status: int, message: str, headers: dict[str, str]
 def is_blob_upload(path: str) -> bool:
     """Paths whose bodies are blobs (streamed to disk, never held): not capped, not JSON."""
     return path.startswith("/api/blobs/") or (path.startswith("/v2/") and "/blobs/" in path)
+
+
+def is_web_form(path: str) -> bool:
+    """The web UI's own forms: sent from its pages (same origin) and carrying a CSRF token each."""
+    return path.startswith("/ui/")
 
 
 def is_loopback(host: str) -> bool:
@@ -171,6 +186,7 @@ class Guards:
                 method in UNSAFE_METHODS
                 and has_body
                 and not is_blob_upload(path)
+                and not is_web_form(path)
                 and not declares_json(headers.get("content-type", ""))
             ):
                 message = "a request from a web page must declare its JSON body as application/json"
