@@ -106,7 +106,8 @@ def blocker_text(kind: str, ident: str, reason: str) -> str:
 
 def bar_chart(items: list[tuple[str, int, int, str]], *, width: int = 640) -> str:
     """A horizontal bar chart as inline SVG: per item (label, size, freed, link), a bar of its size with
-    the part deleting it frees in a darker shade. Drawn on the server; no script, no external asset."""
+    the part deleting it frees in a darker shade (the table beside it links each model).
+    Drawn on the server; no script, no external asset."""
     if not items:
         return ""
     bar_h, gap, label_w = 22, 10, 180
@@ -119,20 +120,20 @@ def bar_chart(items: list[tuple[str, int, int, str]], *, width: int = 640) -> st
         '<title id="chart-title">The biggest models</title>',
         '<desc id="chart-desc">Each bar is a model\'s size; its dark part is what deleting it frees.</desc>',
     ]
-    for i, (label, total, freed, link) in enumerate(items):
+    for i, (label, total, freed, _link) in enumerate(items):
         y = i * (bar_h + gap)
         w = max(1.0, plot * total / top)
         wf = plot * freed / top
         name = escape(label)
         parts.append(
-            f'<a href="{escape(link)}"><g>'
+            "<g>"
             f"<title>{name}: {size(total)}, deleting it frees {size(freed)}</title>"
             f'<text class="label" x="{label_w - 8}" y="{y + bar_h * 0.7:.1f}" text-anchor="end">'
             f"{escape(label if len(label) <= 24 else label[:23] + '…')}</text>"
             f'<rect class="bar" x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" rx="3"/>'
             f'<rect class="freed" x="{label_w}" y="{y}" width="{wf:.1f}" height="{bar_h}" rx="3"/>'
             f'<text class="value" x="{label_w + w + 6:.1f}" y="{y + bar_h * 0.7:.1f}">{size(total)}</text>'
-            "</g></a>"
+            "</g>"
         )
     y = len(items) * (bar_h + gap) + 12
     parts.append(
