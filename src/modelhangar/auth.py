@@ -113,6 +113,25 @@ def _public(path: str, method: str) -> bool:
 Authenticator = Callable[[Store, str, str], Actor | None]
 AUTHENTICATORS: list[Authenticator] = [accounts.authenticate]
 """How a presented secret becomes an actor: API tokens, and (added by the registry face) its tokens."""
+SessionReader = Callable[[Store, str, str], Actor | None]
+SESSION_COOKIES: list[tuple[str, str, SessionReader]] = []
+"""(path prefix, cookie name, reader): faces whose browsers sign in once and then send a session cookie
+(the web UI). A cookie that does not check out is a 401, as a bad token is."""
+
+
+def session_cookie(request_headers: dict[bytes, bytes], name: str) -> str | None:
+    from http.cookies import CookieError, SimpleCookie
+
+    raw = request_headers.get(b"cookie")
+    if raw is None:
+        return None
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(raw.decode("latin-1"))
+    except CookieError:
+        return ""
+    morsel = jar.get(name)
+    return None if morsel is None else morsel.value
 
 
 def resolve(store: Store, secret: str, face: str) -> Actor | None:
@@ -146,7 +165,20 @@ class Authenticate:
         raw = headers.get(b"authorization")
         secret = credentials(raw.decode("latin-1") if raw is not None else None)
         actor: Actor | None = None
-        if secret is not None:
+        if secret is None and not _public(path, method):  # signing in again is always possible
+            for prefix, cookie, reader in SESSION_COOKIES:
+                value = session_cookie(headers, cookie) if path.startswith(prefix) else None
+                if value is not None:
+                    actor = await run_in_threadpool(reader, store, value, face) if value else None
+                    if actor is None:
+                        await self.unauthorized(path, "invalid or expired session: sign in again")(
+                            scope, receive, send
+                        )
+                        return
+                    break
+        if actor is not None:
+            pass  # a browser's session
+        elif secret is not None:
             actor = await run_in_threadpool(resolve, store, secret, face) if secret else None
             if actor is None:
                 if not answers_own_401(path):

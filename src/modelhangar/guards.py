@@ -68,6 +68,16 @@ def error_response(path: str, status: int, message: str, headers: dict[str, str]
         titles = {401: "Unauthenticated", 403: "Forbidden", 404: "Not found", 405: "Method not allowed"}
         body = {"title": titles.get(status, "Error"), "detail": message, "status": status}
         return JSONResponse(body, status_code=status, headers=headers, media_type="application/problem+json")
+    elif path == "/ui" or path.startswith("/ui/"):
+        from html import escape
+
+        from starlette.responses import HTMLResponse
+
+        page = (
+            '<!doctype html><html lang="en"><meta charset="utf-8"><title>modelhangar: error</title>'
+            f'<h1>{status}</h1><p>{escape(message)}</p><p><a href="/ui/">modelhangar</a></p></html>'
+        )
+        return HTMLResponse(page, status_code=status, headers=headers)
     elif path.startswith("/api/hangar") or path in ("/docs", "/redoc", "/openapi.json"):
         body = {"detail": message}
     else:
@@ -85,6 +95,11 @@ def is_blob_upload(path: str) -> bool:
 
 
 ML_CHUNK = re.compile(r"/_plugins/_ml/models/[^/]+/(?:upload_chunk|chunk)/[^/]+/?")
+
+
+def is_web_form(path: str) -> bool:
+    """The web UI's own forms: sent from its pages (same origin) and carrying a CSRF token each."""
+    return path.startswith("/ui/")
 
 
 def is_loopback(host: str) -> bool:
@@ -186,6 +201,7 @@ class Guards:
                 method in UNSAFE_METHODS
                 and has_body
                 and not is_blob_upload(path)
+                and not is_web_form(path)
                 and not declares_json(headers.get("content-type", ""))
             ):
                 message = "a request from a web page must declare its JSON body as application/json"

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from modelhangar import __version__, connections, guards
+from modelhangar import __version__, connections, guards, web
 from modelhangar.access_log import AccessLog, configure_logging
 from modelhangar.auth import Authenticate
 from modelhangar.core import gc, reclaim
@@ -155,12 +155,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.router.routes.extend(transfer_routes.routes())
     app.router.routes.extend(oci.routes())
     app.router.routes.extend(replicate.routes())
+    app.router.routes.extend(web.routes())
     app.add_middleware(Authenticate, unauthorized=_unauthorized)
     return app
 
 
 def _unauthorized(path: str, message: str) -> Response:
     """A 401 in the face's own format; the registry's says how to sign in (a basic-auth challenge)."""
+    if path == "/ui" or path.startswith("/ui/"):  # a browser: the sign-in page
+        return web.unauthorized(path, message)
     headers = {"WWW-Authenticate": 'Basic realm="modelhangar"'} if path.startswith("/v2") else None
     return guards.error_response(path, 401, message, headers)
 

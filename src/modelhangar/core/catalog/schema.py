@@ -357,3 +357,16 @@ replicate_deployments = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Index("ix_replicate_deployments_owner", "owner", "created_at"),
 )
+
+# Web UI sign-ins (`core/sessions.py`): a browser's session cookie, stored only as its sha256, tied to
+# the API token it signed in with (revoking the token ends the session at once).
+web_sessions = sa.Table(
+    "web_sessions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # sha256 hex of the cookie's secret
+    sa.Column("token_id", sa.String(32), nullable=False),
+    sa.Column("principal", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Index("ix_web_sessions_expires", "expires_at"),
+)
