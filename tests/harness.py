@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -488,6 +489,32 @@ def blob_bytes(home: Path) -> int:
 def blob_file(digest: str) -> str:
     """The file name of a `sha256:<hex>` digest."""
     return digest.replace(":", "-", 1)
+
+
+def upload_sessions(home: Path) -> list[str]:
+    """Upload sessions of `home`: its session files, or (HANGAR_TEST_BLOBS=s3) its session rows and
+    their part objects in the bucket."""
+    if S3_ENV:
+        import sqlite3
+
+        db = home / "catalog.db"
+        if not db.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            rows = {r[0] for r in conn.execute("SELECT id FROM uploads")}
+        base = s3_url_for(home)[len(f"s3://{S3_BUCKET}/") :] + "/uploads/"
+        parts = {k[len(base) :].split("/", 1)[0] for k in S3Server.of_env().keys(S3_BUCKET, base)}
+        return sorted(rows | parts)
+    root = home / "uploads"
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def temp_objects(home: Path) -> list[str]:
+    """Temporary objects of `home` in the test bucket (HANGAR_TEST_BLOBS=s3), else []."""
+    if not S3_ENV:
+        return []
+    base = s3_url_for(home)[len(f"s3://{S3_BUCKET}/") :] + "/tmp/"
+    return S3Server.of_env().keys(S3_BUCKET, base)
 
 
 def temp_files(home: Path) -> list[Path]:

@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -93,7 +93,7 @@ def _push_blob(
         progress.done()
         return
     try:
-        f = store.blobs.open(blob.digest)
+        f = _open_blob(store, blob.digest, blob.size)
     except FileNotFoundError:
         raise RegistryError(f"blob {blob.digest} is missing from this store", status=404) from None
     with f:
@@ -182,3 +182,21 @@ def _read(f: BinaryIO, start: int, length: int, progress: Progress) -> Iterator[
         yield chunk
         offset += len(chunk)
         progress(offset)
+
+
+def _open_blob(store: Any, digest: str, size: int) -> Any:
+    """The blob as an open file: its own, or (an object store) an unnamed spooled copy."""
+    if store.blobs.local_path(digest) is not None:
+        return store.blobs.open(digest)
+    import tempfile
+
+    store.settings.home.mkdir(parents=True, exist_ok=True)
+    f = tempfile.TemporaryFile(dir=store.settings.home)  # noqa: SIM115 - the caller closes it
+    try:
+        for chunk in store.blobs.stream(digest, 0, size):
+            f.write(chunk)
+        f.flush()
+    except BaseException:
+        f.close()
+        raise
+    return f
