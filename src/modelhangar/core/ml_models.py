@@ -1306,6 +1306,19 @@ def search(store: Store, actor: Actor, kind: str, body: dict[str, Any]) -> dict[
         raise MLError(400, f"failed to parse the search request: {e}", "parsing_exception") from None
 
 
+def _live_models() -> Any:
+    """Model documents whose version is still in the store (or still registering): a version deleted
+    through another face stays out of `_search` and comes back if restored from the trash."""
+    r, g = t.repositories.c, t.tags.c
+    live = (
+        sa.select(r.name_key + ":" + g.name_key)
+        .select_from(t.tags.join(t.repositories, r.id == g.repository_id))
+        .where(r.kind == REPO_KIND)
+    )
+    registering = t.ml_objects.c.doc.contains(json.dumps({"model_state": "REGISTERING"})[1:-1])
+    return sa.or_(t.ml_objects.c.name_key.in_(live), registering)
+
+
 def _search(store: Store, actor: Actor, kind: str, body: dict[str, Any]) -> dict[str, Any]:
     query = body.get("query", {"match_all": {}})
     size, offset = body.get("size", 10), body.get("from", 0)
@@ -1332,11 +1345,12 @@ def _search(store: Store, actor: Actor, kind: str, body: dict[str, Any]) -> dict
         else:
             allowed = lambda row, doc: True  # noqa: E731
         base = sa.select(o).where(o.c.kind == kind)
+        counted = sa.select(sa.func.count()).select_from(o).where(o.c.kind == kind)
+        if kind == "model":  # a version another face deleted is gone from this listing too (README)
+            base, counted = base.where(_live_models()), counted.where(_live_models())
         simple = query == {"match_all": {}} and not sort and not control
         if simple:  # one indexed count and one page: no walk over every document
-            total = int(
-                conn.execute(sa.select(sa.func.count()).select_from(o).where(o.c.kind == kind)).scalar() or 0
-            )
+            total = int(conn.execute(counted).scalar() or 0)
             rows = list(conn.execute(base.order_by(o.c.id).offset(offset).limit(size)))
             found = [(r, _doc(r)) for r in rows]
         else:

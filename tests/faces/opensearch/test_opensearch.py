@@ -571,7 +571,12 @@ def test_other_faces_see_models_and_keep_ml_commons_rules(env: Env) -> None:
         assert refused["results"][0]["status"] == "refused"
         assert "deployed" in refused["results"][0]["error"]
         ml.undeploy_model(mid)
+        listed = h.post(ML + "/models/_search", json={"query": {"match_all": {}}, "size": 1000}).json()
+        assert mid in {hit["_id"] for hit in listed["hits"]["hits"]}
         assert h.post("/api/hangar/delete", json={"models": [name]}).json()["ok"]
+        for query in ({"match_all": {}}, {"term": {"name": "seen-elsewhere"}}):  # both search paths
+            listed = h.post(ML + "/models/_search", json={"query": query, "size": 1000}).json()
+            assert mid not in {hit["_id"] for hit in listed["hits"]["hits"]}
     with pytest.raises(NotFoundError, match="Failed to find model"):
         ml.get_model_info(mid)
     with pytest.raises(NotFoundError):
