@@ -43,6 +43,12 @@ def may_use(store: Store, actor: Actor, digest: str) -> bool:
         return conn.execute(readable).first() is not None
 
 
+def reuse(store: Store, actor: Actor, digest: str) -> int | None:
+    """The blob's size, touched against a concurrent delete (`Store.reuse_blob`), when `actor` may use
+    it; None when it is absent or not theirs to name: the same answer, so neither leaks."""
+    return store.reuse_blob(digest) if may_use(store, actor, digest) else None
+
+
 def record_upload(actor: Actor, digest: str) -> Statements | None:
     """Statements (run in the transaction that installs the blob) noting that `actor` uploaded it."""
     if actor.principal is None:

@@ -119,7 +119,7 @@ def _put_text_layer(store: Store, build: Build, media_type: str, data: bytes) ->
 
 
 def _use_uploaded(store: Store, build: Build, digest: str, media_type: str, actor: Actor) -> Any:
-    size = store.reuse_blob(digest) if blob_access.may_use(store, actor, digest) else None
+    size = blob_access.reuse(store, actor, digest)
     if size is None:
         raise OllamaError(400, f"blob {digest} not found; upload it first with POST /api/blobs/{digest}")
     build.statuses.append({"status": f"using existing layer {digest}"})

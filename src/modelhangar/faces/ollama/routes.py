@@ -181,10 +181,7 @@ def _digest(raw: str) -> str:
 async def head_blob(request: Request) -> Response:
     digest = _digest(request.path_params["digest"])
     store, actor = _store(request), _actor(request)
-    size = None
-    if await run_in_threadpool(blob_access.may_use, store, actor, digest):
-        size = await run_in_threadpool(store.reuse_blob, digest)
-    if size is None:  # absent, or not this actor's to name (core/blob_access.py)
+    if await run_in_threadpool(blob_access.reuse, store, actor, digest) is None:  # absent, or not theirs
         return error(404, f'blob "{request.path_params["digest"]}" not found')
     return Response(status_code=200)
 
@@ -192,10 +189,7 @@ async def head_blob(request: Request) -> Response:
 async def post_blob(request: Request) -> Response:
     digest = _digest(request.path_params["digest"])
     store, actor = _store(request), _actor(request)
-    if (
-        await run_in_threadpool(blob_access.may_use, store, actor, digest)
-        and await run_in_threadpool(store.reuse_blob, digest) is not None
-    ):
+    if await run_in_threadpool(blob_access.reuse, store, actor, digest) is not None:
         return Response(status_code=200)
     writer = store.blob_writer()
     try:
