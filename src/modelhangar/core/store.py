@@ -378,7 +378,24 @@ class Store:
         owner: str | _Unset | None = UNSET,
         visibility: str | None = None,
     ) -> int | None:
-        """The repository's id, checked for `need` by `actor` (NotFound / Denied); with `create`, a new
+        """The id of `_repository_row`'s row, or None."""
+        row = self._repository_row(
+            conn, name, create=create, actor=actor, need=need, owner=owner, visibility=visibility
+        )
+        return None if row is None else int(row.id)
+
+    def _repository_row(
+        self,
+        conn: sa.Connection,
+        name: str,
+        *,
+        create: bool,
+        actor: Actor | None = None,
+        need: permissions.Need | None = None,
+        owner: str | _Unset | None = UNSET,
+        visibility: str | None = None,
+    ) -> Any:
+        """The repository's row, checked for `need` by `actor` (NotFound / Denied); with `create`, a new
         repository when there is none, owned as `core/permissions.py` says unless `owner` is given."""
         key = name.lower()
         q = sa.select(t.repositories).where(t.repositories.c.name_key == key)
@@ -388,7 +405,7 @@ class Store:
         if row is not None:
             if need is not None:
                 permissions.check(actor or Actor(), need, row.name, row.owner, row.visibility)
-            return int(row.id)
+            return row
         if not create:
             return None
         if isinstance(owner, _Unset):
@@ -408,11 +425,12 @@ class Store:
         assert row is not None
         if need is not None:  # another writer created it first
             permissions.check(actor or Actor(), need, row.name, row.owner, row.visibility)
-        return int(row.id)
+        return row
 
-    def _check_quota(self, conn: sa.Connection, repo_id: int, digest: str, total: int, new_tag: bool) -> None:
-        """Refuse (QuotaExceeded) a manifest that would take its owner past its quota (README)."""
-        owner = conn.execute(sa.select(t.repositories.c.owner).where(t.repositories.c.id == repo_id)).scalar()
+    def _check_quota(self, conn: sa.Connection, repo: Any, digest: str, total: int, new_tag: bool) -> None:
+        """Refuse (QuotaExceeded) a manifest that would take the owner of `repo` (its row) past its
+        quota (README)."""
+        repo_id, owner = int(repo.id), repo.owner
         if owner is None:
             return
         quota = conn.execute(
@@ -699,7 +717,7 @@ class Store:
             with self.catalog.write() as conn:
                 # Lock order everywhere: tag, then manifest, then blobs (sorted): no deadlocks.
                 ts = now()
-                repo_id = self._repository_id(
+                repo = self._repository_row(
                     conn,
                     repository,
                     create=True,
@@ -707,7 +725,7 @@ class Store:
                     need="write",
                     **({} if owner is None else {"owner": owner}),
                 )
-                assert repo_id is not None
+                repo_id = int(repo.id)
                 existing_tag = None
                 if tag is not None:
                     existing_tag = conn.execute(
@@ -768,7 +786,7 @@ class Store:
                         conn, t.manifest_children, {"parent_digest": digest, "child_digest": c}
                     )
                 self._check_quota(
-                    conn, repo_id, digest, refs.total_size, new_tag=tag is not None and existing_tag is None
+                    conn, repo, digest, refs.total_size, new_tag=tag is not None and existing_tag is None
                 )
                 self._insert_ignore(
                     conn,
@@ -791,11 +809,10 @@ class Store:
                         actor=actor,
                         keep_untagged=keep_untagged,
                     )
-                repo_row = conn.execute(sa.select(t.repositories).where(t.repositories.c.id == repo_id)).one()
-                if repo_row.kind is not None:  # a face's model object: its own bookkeeping of versions
+                if repo.kind is not None:  # a face's model object: its own bookkeeping of versions
                     from modelhangar.core import model_rules
 
-                    model_rules.pushed(self, conn, repo_row, digest, refs, ts)
+                    model_rules.pushed(self, conn, repo, digest, refs, ts)
         except Refused as e:
             self._audit_refused(e)
             raise
@@ -903,15 +920,15 @@ class Store:
                 conn.execute(
                     sa.select(t.manifests.c.digest).where(t.manifests.c.digest == digest).with_for_update()
                 )
-                dst_repo = self._repository_id(conn, dst_repository, create=True, actor=actor, need="write")
-                assert dst_repo is not None
+                dst = self._repository_row(conn, dst_repository, create=True, actor=actor, need="write")
+                dst_repo = int(dst.id)
                 ts = now()
                 existing = conn.execute(
                     sa.select(t.tags.c.name_key).where(
                         t.tags.c.repository_id == dst_repo, t.tags.c.name_key == dst_tag.lower()
                     )
                 ).first()
-                self._check_quota(conn, dst_repo, digest, 0, new_tag=existing is None)
+                self._check_quota(conn, dst, digest, 0, new_tag=existing is None)
                 self._insert_ignore(
                     conn,
                     t.repo_manifests,
