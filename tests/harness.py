@@ -68,9 +68,14 @@ variables of the test S3 server, passed to every server and CLI run."""
 S3_BUCKET = "hangar-test"
 
 
+def s3_prefix_for(home: Path) -> str:
+    """The prefix of a data directory's blob store in the test bucket (one of its own)."""
+    return hashlib.sha256(str(home).encode()).hexdigest()[:16]
+
+
 def s3_url_for(home: Path) -> str:
-    """The blob store of a data directory in the test bucket: a prefix of its own."""
-    return f"s3://{S3_BUCKET}/{hashlib.sha256(str(home).encode()).hexdigest()[:16]}"
+    """The blob store of a data directory in the test bucket."""
+    return f"s3://{S3_BUCKET}/{s3_prefix_for(home)}"
 
 
 def moto_installed() -> bool:
@@ -448,7 +453,7 @@ def blobs_dir(home: Path) -> Path:
 
 def _s3_blobs(home: Path) -> dict[str, str]:
     """{`sha256-<hex>`: object key} of the blobs of `home` in the test bucket (HANGAR_TEST_BLOBS=s3)."""
-    base = s3_url_for(home)[len(f"s3://{S3_BUCKET}/") :] + "/blobs/sha256/"
+    base = s3_prefix_for(home) + "/blobs/sha256/"
     keys = S3Server.of_env().keys(S3_BUCKET, base)
     return {"sha256-" + k[len(base) :]: k for k in keys}
 
@@ -502,7 +507,7 @@ def upload_sessions(home: Path) -> list[str]:
             return []
         with contextlib.closing(sqlite3.connect(db)) as conn:
             rows = {r[0] for r in conn.execute("SELECT id FROM uploads")}
-        base = s3_url_for(home)[len(f"s3://{S3_BUCKET}/") :] + "/uploads/"
+        base = s3_prefix_for(home) + "/uploads/"
         parts = {k[len(base) :].split("/", 1)[0] for k in S3Server.of_env().keys(S3_BUCKET, base)}
         return sorted(rows | parts)
     root = home / "uploads"
@@ -513,7 +518,7 @@ def temp_objects(home: Path) -> list[str]:
     """Temporary objects of `home` in the test bucket (HANGAR_TEST_BLOBS=s3), else []."""
     if not S3_ENV:
         return []
-    base = s3_url_for(home)[len(f"s3://{S3_BUCKET}/") :] + "/tmp/"
+    base = s3_prefix_for(home) + "/tmp/"
     return S3Server.of_env().keys(S3_BUCKET, base)
 
 

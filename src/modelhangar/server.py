@@ -86,10 +86,12 @@ async def _account_error(request: Request, exc: Exception) -> Response:
     """What the accounts refuse, in the face's own format (a route may answer it more precisely)."""
     status = next(code for kind, code in _ACCOUNT_STATUS.items() if isinstance(exc, kind))
     return _error_body(request, status, str(exc))
+
+
 async def _store_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("object store unavailable on %s %s: %s", request.method, request.url.path, exc)
-    message = "the blob store is unavailable right now; nothing was kept, retry in a few seconds"
-    return _error_body(request, 503, message, {"Retry-After": "5"})
+    retry = {"Retry-After": str(BlobStoreUnavailable.retry_after)}
+    return _error_body(request, 503, BlobStoreUnavailable.advice, retry)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

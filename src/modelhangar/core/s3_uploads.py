@@ -28,7 +28,7 @@ from modelhangar.core.catalog import schema as t
 from modelhangar.core.digests import parse_digest
 from modelhangar.core.errors import DigestMismatch, SizeMismatch
 from modelhangar.core.s3blobs import MIN_PART, S3BlobStore, S3Writer, _wrapped
-from modelhangar.core.store import BlobCommit, Statements, Store, now
+from modelhangar.core.store import BlobCommit, Statements, Store
 
 
 def _parts(conn: sa.Connection, upload_id: str) -> list[tuple[int, int, str]]:
@@ -86,38 +86,28 @@ class S3UploadHandle:
             raise SizeMismatch(f"received {self.written} bytes, expected {expected}")
 
     def _save_part(self, conn: sa.Connection) -> None:
-        conn.execute(
-            t.upload_parts.insert().values(
-                upload_id=self.upload.id, offset=self.start, size=self.written, key=self._writer.key
+        if self.written:
+            conn.execute(
+                t.upload_parts.insert().values(
+                    upload_id=self.upload.id, offset=self.start, size=self.written, key=self._writer.key
+                )
             )
-        )
 
     def save(self, expected: int | None = None) -> Any:
-        from modelhangar.core.uploads import Upload, UploadUnknown, _running
+        from modelhangar.core.uploads import _running, save_offset
 
         try:
             self._check_length(expected)
             if self.written:
                 self._writer.finish()
-            ts = now()
-            with self.store.catalog.write() as conn:
-                result = conn.execute(
-                    t.uploads.update()
-                    .where(t.uploads.c.id == self.upload.id, t.uploads.c.size == self.start)
-                    .values(size=self.offset, updated_at=ts)
-                )
-                if result.rowcount != 1:
-                    raise UploadUnknown(f"upload {self.upload.id} was cancelled")
-                if self.written:
-                    self._save_part(conn)
+            saved = save_offset(self.store, self.upload, self.offset, also=self._save_part)
         except BaseException:
             self.abort()
             raise
         if self._hasher is not None:
             _running.keep(self.upload.id, self.offset, self._hasher)
         self._release()
-        up = self.upload
-        return Upload(up.id, up.repository, up.created_at, ts, self.offset)
+        return saved
 
     def complete(
         self, digest: str, expected: int | None = None, *, also: Statements | None = None

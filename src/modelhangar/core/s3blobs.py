@@ -13,7 +13,7 @@ digest does not match is never copied to its blob key: its temporary object and 
 are removed at once (and, if the process dies first, by the next GC).
 
 No flock and no clock decides which temporary objects are dead: each process holds a lease for
-its whole life (`Catalog.exclusive("s3-proc-<proc>")`: a PostgreSQL advisory lock on a
+its whole life (`Catalog.lease("s3-proc-<proc>")`: a PostgreSQL advisory lock on a
 connection of its own, an flock on SQLite), and the sweep removes only the temporary objects and
 multipart uploads of processes whose lease it can take (README, "Safety rules": invariant 1).
 The endpoint, region and credentials are read the standard AWS way (AWS_ENDPOINT_URL, AWS_REGION,
@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,6 +45,10 @@ _pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="s3-part")
 
 class BlobStoreUnavailable(HangarError):
     """The object store did not answer (or refused); the request may be retried."""
+
+    retry_after = 5
+    advice = "the blob store is unavailable right now; nothing was kept, retry in a few seconds"
+    """What every face answers (a 503 with `Retry-After`): nothing half-written is kept (README)."""
 
 
 class BlobStoreConfigError(HangarError):
@@ -274,7 +277,6 @@ class S3BlobStore:
             self._lease = lease(f"s3-proc-{self.proc_id}")
             if not self._lease.__enter__():
                 raise RuntimeError("could not take this process's own lease")
-        self._closed = threading.Event()
 
     def _check(self) -> None:
         _check(self.s3, self.url, self.bucket, self.prefix)
@@ -366,14 +368,6 @@ class S3BlobStore:
                 cfg = TransferConfig(multipart_chunksize=max(self.part_size, 256 << 20))
                 self.s3.copy({"Bucket": self.bucket, "Key": src}, self.bucket, dst, Config=cfg)
 
-    def put_file(self, path: Path, digest: str) -> None:
-        """Upload a local file straight to its blob key (the caller verified its digest)."""
-        from boto3.s3.transfer import TransferConfig
-
-        cfg = TransferConfig(multipart_chunksize=self.part_size, multipart_threshold=self.part_size)
-        with _wrapped("uploading a blob"):
-            self.s3.upload_file(str(path), self.bucket, self.key(digest), Config=cfg)
-
     def delete(self, digest: str) -> bool:
         if not self.exists(digest):
             return False
@@ -405,15 +399,6 @@ class S3BlobStore:
             except ValueError:
                 continue
             yield digest, obj["LastModified"].timestamp()
-
-    def iter_sizes(self) -> Iterator[tuple[str, int]]:
-        """(digest, size) of every blob object, from the listing (du and fsck need no HEAD each)."""
-        base = f"{self.prefix}blobs/sha256/"
-        for obj in self._pages(base):
-            digest = "sha256:" + obj["Key"][len(base) :]
-            with contextlib.suppress(ValueError):
-                parse_digest(digest)
-                yield digest, int(obj["Size"])
 
     def _proc_dead(self, proc: str, dead: dict[str, bool]) -> bool:
         """True if the process `proc` is gone: its lease can be taken (then it is released again)."""

@@ -196,6 +196,23 @@ def cancel(store: Store, upload_id: str, repository: str) -> None:
     path.unlink(missing_ok=True)
 
 
+def save_offset(store: Store, upload: Upload, offset: int, also: Statements | None = None) -> Upload:
+    """Commit `offset` as the session's new offset (running `also` in that transaction); raises
+    UploadUnknown if the session is gone or no longer at `upload.size` (cancelled meanwhile)."""
+    ts = now()
+    with store.catalog.write() as conn:
+        result = conn.execute(
+            t.uploads.update()
+            .where(t.uploads.c.id == upload.id, t.uploads.c.size == upload.size)
+            .values(size=offset, updated_at=ts)
+        )
+        if result.rowcount != 1:
+            raise UploadUnknown(f"upload {upload.id} was cancelled")
+        if also is not None:
+            also(conn)
+    return Upload(upload.id, upload.repository, upload.created_at, ts, offset)
+
+
 def _lock(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -252,23 +269,14 @@ class UploadHandle:
         """Commit this request's bytes as the session's new offset (and release the session)."""
         try:
             self._check_length(expected)
-            ts = now()
-            with self.store.catalog.write() as conn:
-                result = conn.execute(
-                    t.uploads.update()
-                    .where(t.uploads.c.id == self.upload.id)
-                    .values(size=self.offset, updated_at=ts)
-                )
-                if result.rowcount != 1:
-                    raise UploadUnknown(f"upload {self.upload.id} was cancelled")
+            saved = save_offset(self.store, self.upload, self.offset)
         except BaseException:
             self.abort()
             raise
         if self._hasher is not None:
             _running.keep(self.upload.id, self.offset, self._hasher)
         self._close()
-        up = self.upload
-        return Upload(up.id, up.repository, up.created_at, ts, self.offset)
+        return saved
 
     def complete(
         self, digest: str, expected: int | None = None, *, also: Statements | None = None

@@ -144,15 +144,31 @@ class Catalog:
         with self.read_engine.connect() as conn:
             yield conn
 
-    @contextlib.contextmanager
-    def exclusive(self, name: str, *, blocking: bool) -> Iterator[bool]:
+    def exclusive(self, name: str, *, blocking: bool) -> contextlib.AbstractContextManager[bool]:
         """A store-wide lock held for the block (yields False when `blocking` is off and another holds it).
 
         PostgreSQL: a session advisory lock on a connection of its own; elsewhere an flock on
         `<lock_dir>/<name>.lock`. Either way it goes with its holder if that process dies.
         """
+        return self._held(7340922 + sum(name.encode()) % 1000, Path(f"{name}.lock"), blocking=blocking)
+
+    def lease(self, name: str) -> contextlib.AbstractContextManager[bool]:
+        """A named lease held for the block, never waiting (yields False if another holds it).
+
+        Like `exclusive`, but keyed by the whole name (a 64-bit hash in a key space of its own), so
+        many leases (one per process, one per upload session) never share a key. It goes with its
+        holder if that process dies: a PostgreSQL session advisory lock on a connection of its
+        own, or an flock on `<lock_dir>/leases/<name>.lock` on SQLite.
+        """
+        digest = hashlib.sha256(name.encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        return self._held(key, Path("leases", f"{digest.hex()[:32]}.lock"), blocking=False)
+
+    @contextlib.contextmanager
+    def _held(self, key: int, lock_file: Path, *, blocking: bool) -> Iterator[bool]:
+        """The lock of `exclusive` and `lease`: the advisory lock `key` on PostgreSQL, an flock on
+        `<lock_dir>/<lock_file>` on SQLite; yields whether it is held."""
         if not self.is_sqlite:
-            key = 7340922 + sum(name.encode()) % 1000
             with self.engine.connect() as conn:
                 fn = "pg_advisory_lock" if blocking else "pg_try_advisory_lock"
                 got = conn.execute(sa.text(f"SELECT {fn}(:k)"), {"k": key}).scalar()
@@ -166,47 +182,11 @@ class Catalog:
                         conn.commit()
             return
         assert self._lock_dir is not None
-        self._lock_dir.mkdir(parents=True, exist_ok=True)
-        with open(self._lock_dir / f"{name}.lock", "ab") as f:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-    @contextlib.contextmanager
-    def lease(self, name: str) -> Iterator[bool]:
-        """A named lease held for the block, never waiting (yields False if another holds it).
-
-        Like `exclusive`, but keyed by the whole name (a 64-bit hash in a key space of its own), so
-        many leases (one per process, one per upload session) never share a key. It goes with its
-        holder if that process dies: a PostgreSQL session advisory lock on a connection of its
-        own, or an flock on `<lock_dir>/leases/<name>.lock` on SQLite.
-        """
-        if not self.is_sqlite:
-            digest = hashlib.sha256(name.encode()).digest()
-            key = int.from_bytes(digest[:8], "big", signed=True)
-            with self.engine.connect() as conn:
-                got = bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
-                conn.commit()
-                try:
-                    yield got
-                finally:
-                    if got:
-                        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                        conn.commit()
-            return
-        assert self._lock_dir is not None
-        directory = self._lock_dir / "leases"
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.lock"
+        path = self._lock_dir / lock_file
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab") as f:
             try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
             except BlockingIOError:
                 yield False
                 return

@@ -127,8 +127,7 @@ def _resolve(path: str, method: str) -> tuple[Handler, dict[str, str]]:
 def _as_oci_error(exc: Exception) -> OciError | None:
     """Core errors that reach the dispatcher, as the client errors they are."""
     if isinstance(exc, BlobStoreUnavailable):  # nothing half-written is kept: the client may retry
-        message = "the blob store is unavailable right now; nothing was kept, retry in a few seconds"
-        return OciError("UNAVAILABLE", message, headers={"Retry-After": "5"})
+        return OciError("UNAVAILABLE", exc.advice, headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, InvalidDigest):
         return OciError("DIGEST_INVALID", "invalid digest")
     if isinstance(exc, DigestMismatch):
