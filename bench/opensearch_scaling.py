@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,13 +32,13 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from delete_scaling import free_port
 from modelhangar.core import ml_models as ml
 from modelhangar.core.actors import Actor
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.config import load_settings
 from modelhangar.core.manifests import OCI_MANIFEST
 from modelhangar.core.store import PRESENT, Store
+from peers import start_hangar, stop
 
 TARGET_RATIO = 2.0
 ROUNDS = 7
@@ -272,23 +270,8 @@ def measure(n: int, users: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="hangar-os-") as tmp:
         home = Path(tmp) / "home"
         target = populate(home, n, users)
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
-        env |= {"HANGAR_HOME": str(home), "HANGAR_LOG_LEVEL": "warning", "HANGAR_GC_INTERVAL": "1h"}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "modelhangar.cli.main", "serve", "--host", f"127.0.0.1:{port}"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
+        url, proc = start_hangar(home)
         try:
-            for _ in range(300):
-                try:
-                    if httpx.get(url + "/api/version", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
             with httpx.Client(base_url=url, timeout=120, headers={"User-Agent": "opensearch-py/3.2.0"}) as c:
                 first = c.delete(f"/_plugins/_ml/models/{target}")
                 reason = first.json()["error"]["reason"]
@@ -304,8 +287,7 @@ def measure(n: int, users: int) -> tuple[float, float]:
                     c, "POST", "/_plugins/_ml/models/_search", {"query": {"match_all": {}}, "size": 10}, 200
                 )
         finally:
-            proc.terminate()
-            proc.wait(30)
+            stop(proc)
         return check, search
 
 

@@ -198,8 +198,19 @@ def _as_setting(value: Any) -> str | None:
 BOOLEAN_SETTINGS = (SAFE_DELETE, ACCESS_CONTROL)
 
 
+def check_settings_admin(actor: Actor) -> None:
+    """Only admins change the cluster's settings (`cluster:admin/settings/update`): 403 otherwise."""
+    if not actor.admin:
+        raise MLError(
+            403,
+            f"no permissions for [cluster:admin/settings/update] and User [name={actor.name}]",
+            "security_exception",
+        )
+
+
 def put_cluster_settings(store: Store, body: dict[str, Any]) -> dict[str, Any]:
-    """`PUT /_cluster/settings`: persistent and transient, nested or flat; transient wins."""
+    """`PUT /_cluster/settings` (after `check_settings_admin`): persistent and transient, nested or flat;
+    transient wins."""
     answer: dict[str, Any] = {"acknowledged": True}
     with store.catalog.write() as conn:
         for scope, key in (("persistent", PERSISTENT), ("transient", TRANSIENT)):
@@ -249,8 +260,11 @@ def _control_on(conn: sa.Connection) -> bool:
 
 def _may(conn: sa.Connection, actor: Actor, group: dict[str, Any] | None) -> bool:
     """ML Commons' `checkModelGroupPermission` (README, "Safety rules")."""
-    if group is None or actor.admin or not _control_on(conn):
-        return True
+    return group is None or actor.admin or not _control_on(conn) or _group_allows(actor, group)
+
+
+def _group_allows(actor: Actor, group: dict[str, Any]) -> bool:
+    """`_may` once access control is known to be on and `actor` is not an admin."""
     owner = (group.get("owner") or {}).get("name")
     access = group.get("access", "public")
     if owner is None or access == "public":
@@ -833,10 +847,12 @@ def _tagged(conn: sa.Connection, hidden: dict[str, Any]) -> bool:
     return found is not None
 
 
-def _model(conn: sa.Connection, actor: Actor, model_id: str) -> tuple[Any, dict[str, Any]]:
+def _model(
+    conn: sa.Connection, actor: Actor, model_id: str, missing: str = "Failed to find model"
+) -> tuple[Any, dict[str, Any]]:
     row = _row(conn, "model", model_id)
     if row is None:
-        raise MLError(404, "Failed to find model")
+        raise MLError(404, missing)
     doc = _doc(row)
     if doc.get("model_state") != "REGISTERING" and not _tagged(conn, doc[HIDDEN]):
         raise MLError(404, "Failed to find model")  # deleted through another face (`hangar rm`)
@@ -848,10 +864,8 @@ def _model(conn: sa.Connection, actor: Actor, model_id: str) -> tuple[Any, dict[
 
 def get_model(store: Store, actor: Actor, model_id: str) -> dict[str, Any]:
     with store.catalog.read() as conn:
-        row = _row(conn, "model", model_id)
-        if row is None:
-            raise MLError(404, f"Failed to find model with the provided model id: {model_id}")
-        return shown(_model(conn, actor, model_id)[1])
+        missing = f"Failed to find model with the provided model id: {model_id}"
+        return shown(_model(conn, actor, model_id, missing)[1])
 
 
 def _set_state(store: Store, actor: Actor, model_id: str, state: str, stamp: str, task_type: str) -> str:
@@ -920,9 +934,7 @@ def delete_model(store: Store, actor: Actor, model_id: str) -> dict[str, Any]:
             "Model cannot be deleted in deploying or deployed state. Try undeploy model first then delete",
         )
     hidden = doc[HIDDEN]
-    with store.catalog.read() as conn:
-        tagged = doc.get("model_state") != "REGISTERING" and _tagged(conn, hidden)
-    if tagged:
+    if state != "REGISTERING":  # `_model` found its version in the store
         plan = Planner(store).delete([Target("tag", hidden["repository"], hidden["tag"])], admin_as(actor))
         if not plan.executed:
             blocked: dict[str, list[str]] = {}
@@ -1319,6 +1331,18 @@ def _live_models() -> Any:
     return sa.or_(t.ml_objects.c.name_key.in_(live), registering)
 
 
+def _visible_to(conn: sa.Connection, actor: Actor, kind: str) -> Callable[[Any], bool]:
+    """Which rows of `kind` a non-admin sees with access control on, asked of the row before its
+    document is parsed: models and groups by their group's rule (`_group_allows`, each group read
+    once), tasks, connectors and agents by their owner."""
+    if kind not in ("model", "group"):
+        return lambda row: row.owner in (None, actor.principal)
+    o = t.ml_objects.c
+    groups = conn.execute(sa.select(o.id, o.doc).where(o.kind == "group"))
+    denied = {g.id for g in groups if not _group_allows(actor, json.loads(g.doc))}
+    return lambda row: (row.id if kind == "group" else row.parent) not in denied
+
+
 def _search(store: Store, actor: Actor, kind: str, body: dict[str, Any]) -> dict[str, Any]:
     query = body.get("query", {"match_all": {}})
     size, offset = body.get("size", 10), body.get("from", 0)
@@ -1331,19 +1355,6 @@ def _search(store: Store, actor: Actor, kind: str, body: dict[str, Any]) -> dict
     o = t.ml_objects
     with store.catalog.read() as conn:
         control = _control_on(conn) and not actor.admin
-        allowed: Callable[[Any, dict[str, Any]], bool]
-        if kind in ("model", "group") and control:
-            groups = {r.id: _doc(r) for r in conn.execute(sa.select(o).where(o.c.kind == "group"))}
-
-            def allowed(row: Any, doc: dict[str, Any]) -> bool:
-                g = doc if kind == "group" else groups.get(row.parent)
-                return _may(conn, actor, g)
-        elif kind in ("task", "connector", "agent") and not actor.admin and control:
-
-            def allowed(row: Any, doc: dict[str, Any]) -> bool:
-                return row.owner in (None, actor.principal)
-        else:
-            allowed = lambda row, doc: True  # noqa: E731
         base = sa.select(o).where(o.c.kind == kind)
         counted = sa.select(sa.func.count()).select_from(o).where(o.c.kind == kind)
         if kind == "model":  # a version another face deleted is gone from this listing too (README)
@@ -1354,8 +1365,10 @@ def _search(store: Store, actor: Actor, kind: str, body: dict[str, Any]) -> dict
             rows = list(conn.execute(base.order_by(o.c.id).offset(offset).limit(size)))
             found = [(r, _doc(r)) for r in rows]
         else:
-            every = [(r, _doc(r)) for r in conn.execute(base.order_by(o.c.created_at, o.c.id))]
-            hits = [(r, d) for r, d in every if allowed(r, d) and matches(shown(d), r.id, query)]
+            visible = _visible_to(conn, actor, kind) if control else lambda row: True
+            ordered = conn.execute(base.order_by(o.c.created_at, o.c.id))
+            every = [(r, _doc(r)) for r in ordered if visible(r)]
+            hits = [(r, d) for r, d in every if matches(shown(d), r.id, query)]
             for field, desc in reversed(sort):
                 if field == "_score":
                     continue

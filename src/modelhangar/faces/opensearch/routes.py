@@ -84,12 +84,7 @@ def cluster_settings(c: Call) -> Any:
 
 @route("PUT", "/_cluster/settings")
 def put_cluster_settings(c: Call) -> Any:
-    if not c.actor.admin:
-        raise ml.MLError(
-            403,
-            f"no permissions for [cluster:admin/settings/update] and User [name={c.actor.name}]",
-            "security_exception",
-        )
+    ml.check_settings_admin(c.actor)  # before the body is read, as the security plugin refuses it
     return ml.put_cluster_settings(c.store, c.json())
 
 
@@ -109,19 +104,9 @@ for _m in ("GET", "POST"):
     route(_m, ML + "/agents/_search")(lambda c: ml.search(c.store, c.actor, "agent", c.json()))
 
 
-@route("GET", ML + "/model_groups/{id}")
-def get_group(c: Call) -> Any:
-    return ml.get_group(c.store, c.actor, c.params["id"])
-
-
 @route("PUT", ML + "/model_groups/{id}")
 def update_group(c: Call) -> Any:
     return ml.update_group(c.store, c.actor, c.params["id"], c.json())
-
-
-@route("DELETE", ML + "/model_groups/{id}")
-def delete_group(c: Call) -> Any:
-    return ml.delete_group(c.store, c.actor, c.params["id"])
 
 
 # ------------------------------------------------------------------------------------ models
@@ -158,22 +143,6 @@ def upload_chunk(c: Call) -> Any:
     return ml.upload_chunk(c.store, c.actor, c.params["id"], c.params["n"], c.raw)
 
 
-@route("GET", ML + "/models/{id}")
-def get_model(c: Call) -> Any:
-    return ml.get_model(c.store, c.actor, c.params["id"])
-
-
-@route("DELETE", ML + "/models/{id}")
-def delete_model(c: Call) -> Any:
-    return ml.delete_model(c.store, c.actor, c.params["id"])
-
-
-@route("POST", ML + "/models/{id}/_deploy")
-@route("POST", ML + "/models/{id}/_load")
-def deploy(c: Call) -> Any:
-    return ml.deploy(c.store, c.actor, c.params["id"])
-
-
 @route("POST", ML + "/models/{id}/_undeploy")
 @route("POST", ML + "/models/{id}/_unload")
 def undeploy(c: Call) -> Any:
@@ -192,29 +161,9 @@ def undeploy_many(c: Call) -> Any:
 # ------------------------------------------------------------------------------------ tasks, connectors
 
 
-@route("GET", ML + "/tasks/{id}")
-def get_task(c: Call) -> Any:
-    return ml.get_task(c.store, c.actor, c.params["id"])
-
-
-@route("DELETE", ML + "/tasks/{id}")
-def delete_task(c: Call) -> Any:
-    return ml.delete_task(c.store, c.actor, c.params["id"])
-
-
 @route("POST", ML + "/connectors/_create")
 def create_connector(c: Call) -> Any:
     return ml.create_connector(c.store, c.actor, c.json())
-
-
-@route("GET", ML + "/connectors/{id}")
-def get_connector(c: Call) -> Any:
-    return ml.get_connector(c.store, c.actor, c.params["id"])
-
-
-@route("DELETE", ML + "/connectors/{id}")
-def delete_connector(c: Call) -> Any:
-    return ml.delete_connector(c.store, c.actor, c.params["id"])
 
 
 # ------------------------------------------------------------------------------------ pipelines, agents
@@ -246,6 +195,31 @@ def get_agent(c: Call) -> Any:
 @route("DELETE", ML + "/agents/{id}")
 def delete_agent(c: Call) -> Any:
     return ml.delete_agent(c.store, c.params["id"])
+
+
+# ------------------------------------------------------------------------------------ by id
+
+
+def _by_id(fn: Callable[[Store, Actor, str], Any]) -> Handler:
+    """One object by its id, as `ml.<fn>(store, actor, id)`."""
+    return lambda c: fn(c.store, c.actor, c.params["id"])
+
+
+# Registered after the `_search`, `_register` and `_create` routes above: for a method, the first
+# matching route wins, so those are not taken for an `{id}`.
+for _method, _path, _fn in (
+    ("GET", "/model_groups/{id}", ml.get_group),
+    ("DELETE", "/model_groups/{id}", ml.delete_group),
+    ("GET", "/models/{id}", ml.get_model),
+    ("DELETE", "/models/{id}", ml.delete_model),
+    ("POST", "/models/{id}/_deploy", ml.deploy),
+    ("POST", "/models/{id}/_load", ml.deploy),
+    ("GET", "/tasks/{id}", ml.get_task),
+    ("DELETE", "/tasks/{id}", ml.delete_task),
+    ("GET", "/connectors/{id}", ml.get_connector),
+    ("DELETE", "/connectors/{id}", ml.delete_connector),
+):
+    route(_method, ML + _path)(_by_id(_fn))
 
 
 # ------------------------------------------------------------------------------------ dispatch
