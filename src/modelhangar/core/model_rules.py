@@ -33,8 +33,9 @@ class Removal:
     """The names of the tags that leave it."""
 
 
-KIND_MODULES = ("modelhangar.core.replicate_models",)
-"""The core modules that register rules for a kind: imported before the first rule is asked."""
+KIND_MODULES = ("modelhangar.core.replicate_models", "modelhangar.core.ml_models")
+"""The core modules that register rules (and push hooks) for a kind: imported before the first is
+asked, wherever the planner or the store runs (servers, the CLI), whichever faces are loaded."""
 _loaded = False
 
 

@@ -752,8 +752,3 @@ def unique_sizes(source: sa.Connection | Graph) -> dict[tuple[str, str], int]:
             cache[m] = freed(m)
         out[(repo, tag)] = cache[m]
     return out
-
-
-# Deletion rules of the kinds of models faces keep (`core/model_rules.py`), registered wherever the
-# planner runs (servers, the CLI).
-from modelhangar.core import ml_models as _ml_models  # noqa: E402,F401
