@@ -432,6 +432,7 @@ class Planner:
             row = res.rows.get(repo_id)
             if row is not None and row.kind is not None:
                 conn.execute(t.repositories.delete().where(t.repositories.c.id == repo_id))
+                model_rules.removed(conn, row)
         return released
 
     def _remove(

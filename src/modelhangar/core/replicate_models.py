@@ -343,10 +343,6 @@ def create_model(store: Store, actor: Actor, body: dict[str, Any]) -> Model:
                 meta=json.dumps(meta),
             )
         )
-        # what an earlier model of this name left (its versions went before it could go)
-        conn.execute(
-            t.replicate_versions.delete().where(t.replicate_versions.c.repository_key == repository.lower())
-        )
         row = conn.execute(sa.select(r).where(r.c.name_key == repository.lower())).one()
         return _model(row)
 
@@ -438,16 +434,7 @@ def delete_model(store: Store, actor: Actor, owner: str, name: str, *, dry_run: 
     with store.catalog.read() as conn:
         row = _repo_row(conn, actor, owner, name)
     plan = Planner(store).delete([Target("repository", row.name)], actor, dry_run=dry_run)
-    _refuse_unless_ok(plan, f"model {owner}/{name}")
-    if not dry_run:
-        with store.catalog.write() as conn:
-            conn.execute(
-                t.replicate_versions.delete().where(
-                    t.replicate_versions.c.repository_key == row.name_key,
-                    ~sa.exists().where(t.repositories.c.name_key == row.name_key),
-                )
-            )
-    return plan
+    return _refuse_unless_ok(plan, f"model {owner}/{name}")
 
 
 # ---------------------------------------------------------------------------------------------- versions
@@ -627,6 +614,14 @@ def _replicate_rules(conn: sa.Connection, removal: model_rules.Removal) -> list[
             for vid in _version_ids(conn, int(repo.id))
         ]
     return out
+
+
+@model_rules.on_remove(KIND)
+def _removed(conn: sa.Connection, repo: Any) -> None:
+    """A model's versions' metadata goes with it, in the planner's transaction, whichever face deleted
+    it: a new model of the same name starts without versions."""
+    v = t.replicate_versions
+    conn.execute(v.delete().where(v.c.repository_key == repo.name_key))
 
 
 # ---------------------------------------------------------------------------------------------- runs
