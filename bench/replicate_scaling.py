@@ -16,13 +16,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,15 +29,10 @@ from modelhangar.core import replicate_models as rm
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.config import load_settings
 from modelhangar.core.store import Store
+from peers import start_hangar, stop
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 LAYERS = 50
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def populate(home: Path, n: int, versions: int, predictions: int) -> tuple[str, list[tuple[str, str]]]:
@@ -178,43 +168,16 @@ def _d(blob: object) -> dict[str, object]:
     return {"digest": blob.digest, "size": blob.size}  # type: ignore[attr-defined]
 
 
-def serve(home: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "HANGAR_HOME": str(home),
-        "HANGAR_AUTH": "required",
-        "HANGAR_TRASH_RETENTION": "0",
-        "HANGAR_REUSE_FUSE": "0",
-        "HANGAR_GC_INTERVAL": "24h",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "modelhangar.cli.main", "serve", "--host", f"127.0.0.1:{port}"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < 120:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/version", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.01)
-    proc.kill()
-    raise RuntimeError("server did not start")
-
-
 def measure(n: int, versions: int, predictions: int, repeats: int, workdir: Path) -> dict[str, float]:
     home = workdir / f"store-{n}"
     t0 = time.perf_counter()
     token, deletable = populate(home, n, versions, predictions)
     setup = time.perf_counter() - t0
-    port = free_port()
-    proc = serve(home, port)
+    env = {"HANGAR_AUTH": "required", "HANGAR_TRASH_RETENTION": "0", "HANGAR_REUSE_FUSE": "0"}
+    url, proc = start_hangar(home, env)
     try:
         headers = {"Authorization": f"Bearer {token}"}
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=300) as client:
+        with httpx.Client(base_url=url, headers=headers, timeout=300) as client:
             for _ in range(3):  # warm-up
                 client.get("/v1/models").raise_for_status()
             lists = []
@@ -233,8 +196,7 @@ def measure(n: int, versions: int, predictions: int, repeats: int, workdir: Path
                     deletes.append(time.perf_counter() - t2)
                 assert r.status_code == 204, r.text
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        stop(proc)
     return {
         "models": n,
         "setup_s": setup,

@@ -33,8 +33,9 @@ class Removal:
     """The names of the tags that leave it."""
 
 
-KIND_MODULES = ("modelhangar.core.replicate_models",)
-"""The core modules that register rules for a kind: imported before the first rule is asked."""
+KIND_MODULES = ("modelhangar.core.replicate_models", "modelhangar.core.ml_models")
+"""The core modules that register rules (and push hooks) for a kind: imported before the first is
+asked, wherever the planner or the store runs (servers, the CLI), whichever faces are loaded."""
 _loaded = False
 
 
@@ -90,3 +91,25 @@ def pushed(store: Any, conn: sa.Connection, repository: Any, digest: str, refs: 
     _load()
     for fn in PUSH_HOOKS.get(repository.kind or "", ()):
         fn(store, conn, repository, digest, refs, ts)
+
+
+RemoveHook = Callable[[sa.Connection, Any], None]
+"""(conn, repository row): run in the planner's transaction that removes a repository of the hook's
+kind (the model object), whichever face asked (Replicate: its versions' metadata goes with it)."""
+REMOVE_HOOKS: dict[str, list[RemoveHook]] = {}
+
+
+def on_remove(kind: str) -> Callable[[RemoveHook], RemoveHook]:
+    """Register what removing a whole repository of `kind` also removes."""
+
+    def register(fn: RemoveHook) -> RemoveHook:
+        REMOVE_HOOKS.setdefault(kind, []).append(fn)
+        return fn
+
+    return register
+
+
+def removed(conn: sa.Connection, repository: Any) -> None:
+    _load()
+    for fn in REMOVE_HOOKS.get(repository.kind or "", ()):
+        fn(conn, repository)

@@ -432,6 +432,7 @@ class Planner:
             row = res.rows.get(repo_id)
             if row is not None and row.kind is not None:
                 conn.execute(t.repositories.delete().where(t.repositories.c.id == repo_id))
+                model_rules.removed(conn, row)
         return released
 
     def _remove(
@@ -752,8 +753,3 @@ def unique_sizes(source: sa.Connection | Graph) -> dict[tuple[str, str], int]:
             cache[m] = freed(m)
         out[(repo, tag)] = cache[m]
     return out
-
-
-# Deletion rules of the kinds of models faces keep (`core/model_rules.py`), registered wherever the
-# planner runs (servers, the CLI).
-from modelhangar.core import ml_models as _ml_models  # noqa: E402,F401

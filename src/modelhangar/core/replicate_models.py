@@ -194,6 +194,14 @@ def decode_cursor(raw: str, n: int) -> list[Any]:
     return parts
 
 
+def _after(cursor: str, ident_type: type) -> tuple[float, Any]:
+    """(created at, id) of a page's last item, as `encode_cursor` wrote them."""
+    created, ident = decode_cursor(cursor, 2)
+    if not isinstance(created, int | float) or not isinstance(ident, ident_type):
+        raise Invalid("invalid cursor", "cursor")
+    return created, ident
+
+
 # ---------------------------------------------------------------------------------------------- models
 
 
@@ -211,6 +219,25 @@ def _check_owner(owner: Any) -> str:
     if not isinstance(owner, str) or not OWNER_RE.fullmatch(owner):
         raise Invalid("Enter a valid owner: a user or organization name.", "owner")
     return owner
+
+
+def _check_visibility(value: Any) -> str:
+    if value not in permissions.VISIBILITIES:
+        raise Invalid('visibility must be "public" or "private"', "visibility")
+    return str(value)
+
+
+def _check_hardware(value: Any) -> str:
+    if value not in SKUS:
+        raise Invalid(f"hardware must be one of {', '.join(sorted(SKUS))}", "hardware")
+    return str(value)
+
+
+def _check_text(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise Invalid(f"{key} must be a string", key)
+    return value
 
 
 def _model(row: Any, run_count: int = 0, latest: Version | None = None) -> Model:
@@ -290,18 +317,9 @@ def create_model(store: Store, actor: Actor, body: dict[str, Any]) -> Model:
     organisation it belongs to; visibility and hardware are required."""
     owner = _check_owner(body.get("owner"))
     name = _check_name(body.get("name"))
-    visibility = body.get("visibility")
-    if visibility not in permissions.VISIBILITIES:
-        raise Invalid('visibility must be "public" or "private"', "visibility")
-    hardware = body.get("hardware")
-    if hardware not in SKUS:
-        raise Invalid(f"hardware must be one of {', '.join(sorted(SKUS))}", "hardware")
-    meta: dict[str, Any] = {"hardware": hardware}
-    for key in META_FIELDS:
-        value = body.get(key)
-        if value is not None and not isinstance(value, str):
-            raise Invalid(f"{key} must be a string", key)
-        meta[key] = value
+    visibility = _check_visibility(body.get("visibility"))
+    meta: dict[str, Any] = {"hardware": _check_hardware(body.get("hardware"))}
+    meta |= {key: _check_text(body, key) for key in META_FIELDS}
     repository = repository_name(owner, name)
     with store.catalog.write() as conn:
         account = conn.execute(sa.select(t.principals.c.name).where(t.principals.c.name == owner)).first()
@@ -325,10 +343,6 @@ def create_model(store: Store, actor: Actor, body: dict[str, Any]) -> Model:
                 meta=json.dumps(meta),
             )
         )
-        # what an earlier model of this name left (its versions went before it could go)
-        conn.execute(
-            t.replicate_versions.delete().where(t.replicate_versions.c.repository_key == repository.lower())
-        )
         row = conn.execute(sa.select(r).where(r.c.name_key == repository.lower())).one()
         return _model(row)
 
@@ -345,18 +359,10 @@ def update_model(store: Store, actor: Actor, owner: str, name: str, body: dict[s
         meta = json.loads(row.meta or "{}")
         values: dict[str, Any] = {}
         if "visibility" in body:
-            if body["visibility"] not in permissions.VISIBILITIES:
-                raise Invalid('visibility must be "public" or "private"', "visibility")
-            values["visibility"] = body["visibility"]
+            values["visibility"] = _check_visibility(body["visibility"])
         if "hardware" in body:
-            if body["hardware"] not in SKUS:
-                raise Invalid(f"hardware must be one of {', '.join(sorted(SKUS))}", "hardware")
-            meta["hardware"] = body["hardware"]
-        for key in META_FIELDS:
-            if key in body:
-                if body[key] is not None and not isinstance(body[key], str):
-                    raise Invalid(f"{key} must be a string", key)
-                meta[key] = body[key]
+            meta["hardware"] = _check_hardware(body["hardware"])
+        meta |= {key: _check_text(body, key) for key in META_FIELDS if key in body}
         values["meta"] = json.dumps(meta)
         conn.execute(t.repositories.update().where(t.repositories.c.id == row.id).values(**values))
         row = conn.execute(sa.select(t.repositories).where(t.repositories.c.id == row.id)).one()
@@ -379,9 +385,7 @@ def list_models(store: Store, actor: Actor, cursor: str | None = None, limit: in
     if clause is not None:
         q = q.where(clause)
     if cursor is not None:
-        created, ident = decode_cursor(cursor, 2)
-        if not isinstance(created, int | float) or not isinstance(ident, int):
-            raise Invalid("invalid cursor", "cursor")
+        created, ident = _after(cursor, int)
         q = q.where(sa.or_(r.c.created_at < created, sa.and_(r.c.created_at == created, r.c.id < ident)))
     q = q.order_by(r.c.created_at.desc(), r.c.id.desc()).limit(limit + 1)
     with store.catalog.read() as conn:
@@ -430,16 +434,7 @@ def delete_model(store: Store, actor: Actor, owner: str, name: str, *, dry_run: 
     with store.catalog.read() as conn:
         row = _repo_row(conn, actor, owner, name)
     plan = Planner(store).delete([Target("repository", row.name)], actor, dry_run=dry_run)
-    _refuse_unless_ok(plan, f"model {owner}/{name}")
-    if not dry_run:
-        with store.catalog.write() as conn:
-            conn.execute(
-                t.replicate_versions.delete().where(
-                    t.replicate_versions.c.repository_key == row.name_key,
-                    ~sa.exists().where(t.repositories.c.name_key == row.name_key),
-                )
-            )
-    return plan
+    return _refuse_unless_ok(plan, f"model {owner}/{name}")
 
 
 # ---------------------------------------------------------------------------------------------- versions
@@ -451,9 +446,7 @@ def list_versions(
     q = _version_query()
     tg = t.tags
     if cursor is not None:
-        created, ident = decode_cursor(cursor, 2)
-        if not isinstance(created, int | float) or not isinstance(ident, str):
-            raise Invalid("invalid cursor", "cursor")
+        created, ident = _after(cursor, str)
         q = q.where(
             sa.or_(tg.c.created_at < created, sa.and_(tg.c.created_at == created, tg.c.name_key < ident))
         )
@@ -509,7 +502,7 @@ def _labels(store: Store, refs: Any) -> dict[str, str]:
         return {}
     if not isinstance(doc, dict):
         return {}
-    labels = (doc.get("config") or doc.get("Config") or {}) if isinstance(doc, dict) else {}
+    labels = doc.get("config") or doc.get("Config") or {}
     found = labels.get("Labels") if isinstance(labels, dict) else None
     return {k: v for k, v in found.items() if isinstance(v, str)} if isinstance(found, dict) else {}
 
@@ -623,6 +616,14 @@ def _replicate_rules(conn: sa.Connection, removal: model_rules.Removal) -> list[
     return out
 
 
+@model_rules.on_remove(KIND)
+def _removed(conn: sa.Connection, repo: Any) -> None:
+    """A model's versions' metadata goes with it, in the planner's transaction, whichever face deleted
+    it: a new model of the same name starts without versions."""
+    v = t.replicate_versions
+    conn.execute(v.delete().where(v.c.repository_key == repo.name_key))
+
+
 # ---------------------------------------------------------------------------------------------- runs
 
 
@@ -713,10 +714,6 @@ def _webhook(body: dict[str, Any]) -> str | None:
     return json.dumps({"url": hook, "events": body.get("webhook_events_filter")}) if hook else None
 
 
-def _acts_for_model(actor: Actor, repo: Any) -> bool:
-    return actor.acts_for(repo.owner)
-
-
 @retrying
 def create_prediction(
     store: Store,
@@ -761,7 +758,7 @@ def create_prediction(
                 created_at=ts,
             )
         )
-        if not _acts_for_model(actor, repo):
+        if not actor.acts_for(repo.owner):
             dependents.record(
                 conn,
                 "predictions",
@@ -802,9 +799,7 @@ def list_runs(store: Store, actor: Actor, kind: str, cursor: str | None = None, 
     runs = t.replicate_runs
     q = sa.select(runs).where(runs.c.kind == kind, runs.c.creator == _who(actor))
     if cursor is not None:
-        created, ident = decode_cursor(cursor, 2)
-        if not isinstance(created, int | float) or not isinstance(ident, str):
-            raise Invalid("invalid cursor", "cursor")
+        created, ident = _after(cursor, str)
         q = q.where(
             sa.or_(runs.c.created_at < created, sa.and_(runs.c.created_at == created, runs.c.id < ident))
         )
@@ -1041,9 +1036,7 @@ def create_deployment(store: Store, actor: Actor, body: dict[str, Any]) -> Deplo
         raise Invalid("model is required (owner/name)", "model")
     if not isinstance(version_raw, str) or not VERSION_RE.fullmatch(version_raw.lower()):
         raise Invalid("version is required (a 64-character version id)", "version")
-    hardware = body.get("hardware")
-    if hardware not in SKUS:
-        raise Invalid(f"hardware must be one of {', '.join(sorted(SKUS))}", "hardware")
+    hardware = _check_hardware(body.get("hardware"))
     low = _instances(body, "min_instances", 0, 5)
     high = _instances(body, "max_instances", 1, 20)
     if low > high:
@@ -1110,9 +1103,7 @@ def update_deployment(store: Store, actor: Actor, owner: str, name: str, body: d
                 raise NotFound(f"version {raw} of {row.model} not found")
             values["version_id"] = raw.lower()
         if "hardware" in body:
-            if body["hardware"] not in SKUS:
-                raise Invalid(f"hardware must be one of {', '.join(sorted(SKUS))}", "hardware")
-            values["hardware"] = body["hardware"]
+            values["hardware"] = _check_hardware(body["hardware"])
         if "min_instances" in body:
             values["min_instances"] = _instances(body, "min_instances", None, 5)
         if "max_instances" in body:

@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from modelhangar.core import jsonsafe, permissions
+from modelhangar.core import jsonsafe, model_rules, permissions
 from modelhangar.core.actors import Actor as Actor  # re-exported: faces import it from here
 from modelhangar.core.blobstore import (
     COPY_CHUNK,
@@ -810,8 +810,6 @@ class Store:
                         keep_untagged=keep_untagged,
                     )
                 if repo.kind is not None:  # a face's model object: its own bookkeeping of versions
-                    from modelhangar.core import model_rules
-
                     model_rules.pushed(self, conn, repo, digest, refs, ts)
         except Refused as e:
             self._audit_refused(e)

@@ -138,6 +138,32 @@ def _cursor(request: Request) -> str | None:
     return request.query_params.get("cursor") or None
 
 
+def _page(request: Request, page: rm.Page, path: str, render: Callable[[Any], dict[str, Any]]) -> Response:
+    return JSONResponse(page_json(request, page, path, [render(item) for item in page.items]))
+
+
+def _named(
+    get: Callable[..., Any],
+    update: Callable[..., Any],
+    delete: Callable[..., Any],
+    render: Callable[[Request, Any], dict[str, Any]],
+) -> Handler:
+    """GET, PATCH and DELETE of one `{owner}/{name}` object (a model, a deployment)."""
+
+    @endpoint
+    async def one(request: Request) -> Response:
+        args = (_store(request), _actor(request), _p(request, "owner"), _p(request, "name"))
+        if request.method == "DELETE":
+            await run_in_threadpool(delete, *args)
+            return Response(status_code=204)
+        if request.method == "PATCH":
+            body = await _body(request)
+            return JSONResponse(render(request, await run_in_threadpool(update, *args, body)))
+        return JSONResponse(render(request, await run_in_threadpool(get, *args)))
+
+    return one
+
+
 # ---------------------------------------------------------------------------------------------- account
 
 
@@ -174,26 +200,12 @@ async def models(request: Request) -> Response:
         except UnicodeDecodeError:
             raise rm.Invalid("The query must be UTF-8 text", "query") from None
         page = await run_in_threadpool(rm.search_models, store, actor, text[:MAX_QUERY])
-        return JSONResponse(
-            page_json(request, page, "/v1/models", [model_json(request, m) for m in page.items])
-        )
-    page = await run_in_threadpool(rm.list_models, store, actor, _cursor(request))
-    return JSONResponse(page_json(request, page, "/v1/models", [model_json(request, m) for m in page.items]))
+    else:
+        page = await run_in_threadpool(rm.list_models, store, actor, _cursor(request))
+    return _page(request, page, "/v1/models", lambda m: model_json(request, m))
 
 
-@endpoint
-async def model(request: Request) -> Response:
-    actor, store = _actor(request), _store(request)
-    owner, name = _p(request, "owner"), _p(request, "name")
-    if request.method == "DELETE":
-        await run_in_threadpool(rm.delete_model, store, actor, owner, name)
-        return Response(status_code=204)
-    if request.method == "PATCH":
-        body = await _body(request)
-        updated = await run_in_threadpool(rm.update_model, store, actor, owner, name, body)
-        return JSONResponse(model_json(request, updated))
-    found = await run_in_threadpool(rm.get_model, store, actor, owner, name)
-    return JSONResponse(model_json(request, found))
+model = _named(rm.get_model, rm.update_model, rm.delete_model, model_json)
 
 
 @endpoint
@@ -201,8 +213,7 @@ async def versions(request: Request) -> Response:
     actor, store = _actor(request), _store(request)
     owner, name = _p(request, "owner"), _p(request, "name")
     page = await run_in_threadpool(rm.list_versions, store, actor, owner, name, _cursor(request))
-    path = f"/v1/models/{owner}/{name}/versions"
-    return JSONResponse(page_json(request, page, path, [version_json(v) for v in page.items]))
+    return _page(request, page, f"/v1/models/{owner}/{name}/versions", version_json)
 
 
 @endpoint
@@ -226,27 +237,25 @@ async def predictions(request: Request) -> Response:
         run = await run_in_threadpool(rm.create_prediction, store, actor, body)
         return JSONResponse(run_json(request, run), status_code=201)
     page = await run_in_threadpool(rm.list_runs, store, actor, "prediction", _cursor(request))
-    return JSONResponse(
-        page_json(request, page, "/v1/predictions", [run_json(request, r) for r in page.items])
-    )
+    return _page(request, page, "/v1/predictions", lambda r: run_json(request, r))
 
 
-@endpoint
-async def model_predictions(request: Request) -> Response:
-    actor, store = _actor(request), _store(request)
-    body = await _body(request)
-    ref = f"{_p(request, 'owner')}/{_p(request, 'name')}"
-    run = await run_in_threadpool(lambda: rm.create_prediction(store, actor, body, model=ref))
-    return JSONResponse(run_json(request, run), status_code=201)
+def _predictions_of(kind: str) -> Handler:
+    """`POST …/{owner}/{name}/predictions` of a model or a deployment (`kind`: the keyword naming it)."""
+
+    @endpoint
+    async def create(request: Request) -> Response:
+        actor, store = _actor(request), _store(request)
+        body = await _body(request)
+        ref = {kind: f"{_p(request, 'owner')}/{_p(request, 'name')}"}
+        run = await run_in_threadpool(rm.create_prediction, store, actor, body, **ref)
+        return JSONResponse(run_json(request, run), status_code=201)
+
+    return create
 
 
-@endpoint
-async def deployment_predictions(request: Request) -> Response:
-    actor, store = _actor(request), _store(request)
-    body = await _body(request)
-    ref = f"{_p(request, 'owner')}/{_p(request, 'name')}"
-    run = await run_in_threadpool(lambda: rm.create_prediction(store, actor, body, deployment=ref))
-    return JSONResponse(run_json(request, run), status_code=201)
+model_predictions = _predictions_of("model")
+deployment_predictions = _predictions_of("deployment")
 
 
 def _run_endpoints(kind: str) -> tuple[Handler, Handler, Handler]:
@@ -283,7 +292,7 @@ training, cancel_training, report_training = _run_endpoints("training")
 async def trainings(request: Request) -> Response:
     actor, store = _actor(request), _store(request)
     page = await run_in_threadpool(rm.list_runs, store, actor, "training", _cursor(request))
-    return JSONResponse(page_json(request, page, "/v1/trainings", [run_json(request, r) for r in page.items]))
+    return _page(request, page, "/v1/trainings", lambda r: run_json(request, r))
 
 
 @endpoint
@@ -313,23 +322,12 @@ async def deployments(request: Request) -> Response:
         created = await run_in_threadpool(rm.create_deployment, store, actor, body)
         return JSONResponse(deployment_json(created))
     page = await run_in_threadpool(rm.list_deployments, store, actor)
-    return JSONResponse(page_json(request, page, "/v1/deployments", [deployment_json(d) for d in page.items]))
+    return _page(request, page, "/v1/deployments", deployment_json)
 
 
-@endpoint
-async def deployment(request: Request) -> Response:
-    actor, store = _actor(request), _store(request)
-    owner, name = _p(request, "owner"), _p(request, "name")
-    if request.method == "DELETE":
-        await run_in_threadpool(rm.delete_deployment, store, actor, owner, name)
-        return Response(status_code=204)
-    if request.method == "PATCH":
-        body = await _body(request)
-        updated = await run_in_threadpool(rm.update_deployment, store, actor, owner, name, body)
-        return JSONResponse(deployment_json(updated))
-    return JSONResponse(
-        deployment_json(await run_in_threadpool(rm.get_deployment, store, actor, owner, name))
-    )
+deployment = _named(
+    rm.get_deployment, rm.update_deployment, rm.delete_deployment, lambda _, d: deployment_json(d)
+)
 
 
 def routes() -> list[BaseRoute]:

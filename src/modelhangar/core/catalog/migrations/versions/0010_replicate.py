@@ -1,7 +1,7 @@
 """the Replicate face: versions' metadata and lineage, predictions and trainings, deployments
 
 Revision ID: 0010
-Revises: 0007
+Revises: 0013
 """
 
 from __future__ import annotations
