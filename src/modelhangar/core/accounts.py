@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from modelhangar.core import permissions
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import retrying
 from modelhangar.core.errors import Conflict, HangarError, NotFound
@@ -93,6 +94,10 @@ class NewToken:
 
     info: TokenInfo
     token: str = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What making a token answers (the API, `hangar token add|rotate --json`): its secret, once."""
+        return {**self.info.to_dict(), "token": self.token}
 
 
 def created_user(made: NewToken, admin: bool, roles: Iterable[str] = ()) -> dict[str, Any]:
@@ -354,12 +359,13 @@ def list_tokens(store: Store, user: str | None = None) -> list[TokenInfo]:
         return [_token_info(r) for r in conn.execute(q)]
 
 
-def _find_token(conn: sa.Connection, prefix: str) -> Any:
+def _find_token(conn: sa.Connection, prefix: str, actor: Actor | None) -> Any:
+    """The one token `prefix` begins; NotFound unless one of those is `actor`'s to manage (any for None)."""
     ident = prefix.strip().removeprefix(TOKEN_PREFIX).split("_", 1)[0]
     if not ident or not re.fullmatch(r"[a-z2-7]{1,10}", ident):
         raise NotFound(f'no token "{prefix}"')
     rows = conn.execute(sa.select(t.tokens).where(t.tokens.c.id.startswith(ident, autoescape=True))).all()
-    if not rows:
+    if not rows or not (actor is None or any(permissions.may_manage_token(actor, r.principal) for r in rows)):
         raise NotFound(f'no token "{prefix}"')
     if len(rows) > 1:
         raise Conflict(f'"{prefix}" matches {len(rows)} tokens; give more of it')
@@ -367,20 +373,22 @@ def _find_token(conn: sa.Connection, prefix: str) -> Any:
 
 
 @retrying
-def revoke_token(store: Store, prefix: str) -> TokenInfo:
-    """Revoke the token `hgr_<id>` (a unique beginning of it is enough); it stops working at once."""
+def revoke_token(store: Store, prefix: str, actor: Actor | None = None) -> TokenInfo:
+    """Revoke the token `hgr_<id>` (a unique beginning of it is enough); it stops working at once.
+    With `actor`, only a token it may manage (`permissions.may_manage_token`)."""
     with store.catalog.write() as conn:
-        row = _find_token(conn, prefix)
+        row = _find_token(conn, prefix, actor)
         if row.revoked_at is None:
             conn.execute(t.tokens.update().where(t.tokens.c.id == row.id).values(revoked_at=now()))
         return _token_info(conn.execute(sa.select(t.tokens).where(t.tokens.c.id == row.id)).one())
 
 
 @retrying
-def rotate_token(store: Store, prefix: str) -> NewToken:
-    """Replace a token by a new one with the same name and lifetime; the old one stops working at once."""
+def rotate_token(store: Store, prefix: str, actor: Actor | None = None) -> NewToken:
+    """Replace a token by a new one with the same name and lifetime; the old one stops working at once.
+    With `actor`, only a token it may manage (`permissions.may_manage_token`)."""
     with store.catalog.write() as conn:
-        row = _find_token(conn, prefix)
+        row = _find_token(conn, prefix, actor)
         if row.revoked_at is not None:
             raise Conflict(f"token {TOKEN_PREFIX}{row.id} is revoked")
         ts = now()

@@ -73,11 +73,7 @@ def resolve(store: Store, secret: str, face: str) -> Actor | None:
             return None
         if row.revoked_at is not None or (row.token_expires is not None and row.token_expires <= ts):
             return None
-        orgs = frozenset(
-            conn.execute(
-                sa.select(t.memberships.c.org).where(t.memberships.c.member == row.principal)
-            ).scalars()
-        )
+        orgs = frozenset(conn.execute(accounts._ORGS_OF, {"member": row.principal}).scalars())
     return Actor(
         name=row.principal,
         face=face,
