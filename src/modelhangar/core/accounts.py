@@ -411,18 +411,22 @@ _ORGS_OF = sa.select(t.memberships.c.org).where(t.memberships.c.member == sa.bin
 
 
 def authenticate(store: Store, token: str, face: str) -> Actor | None:
-    """The actor a token speaks for, or None when it is malformed, unknown, revoked or expired.
+    """The actor a token speaks for, or None when it is malformed, unknown, revoked or expired."""
+    m = _TOKEN_RE.fullmatch(token.strip())
+    return None if m is None else token_actor(store, m.group(1), face, secret=token.strip())
+
+
+def token_actor(store: Store, token_id: str, face: str, *, secret: str | None = None) -> Actor | None:
+    """The actor of API token `token_id` (checked against its `secret` when given: a registry token
+    carries only the id), None when it is unknown, revoked or expired.
 
     Revocation and expiry are read from the catalog on every request; the last-used time is
     written at most once a minute per token, and by a server in its batches of last-used times
     (`core/recency.py`), so a request with a token never waits for a catalog write."""
-    m = _TOKEN_RE.fullmatch(token.strip())
-    if m is None:
-        return None
     ts = now()
     with store.catalog.read() as conn:
-        row = conn.execute(_TOKEN_ROW, {"token_id": m.group(1)}).first()
-        if row is None or not hmac.compare_digest(_hash(token.strip()), row.hash):
+        row = conn.execute(_TOKEN_ROW, {"token_id": token_id}).first()
+        if row is None or (secret is not None and not hmac.compare_digest(_hash(secret), row.hash)):
             return None
         if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= ts):
             return None
@@ -430,6 +434,11 @@ def authenticate(store: Store, token: str, face: str) -> Actor | None:
     last = max(row.last_used_at or 0.0, store.last_used.token_pending(row.id) or 0.0)
     if last < ts - LAST_USED_EVERY:
         store.last_used.note_token(row.id, ts)
+    return row_actor(row, orgs, face)
+
+
+def row_actor(row: Any, orgs: frozenset[str], face: str) -> Actor:
+    """The actor of a catalog row with a token's `name` and its principal's `principal`, `admin`, `roles`."""
     return Actor(
         name=row.principal,
         face=face,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
 
 import sqlalchemy as sa
@@ -74,15 +73,7 @@ def resolve(store: Store, secret: str, face: str) -> Actor | None:
         if row.revoked_at is not None or (row.token_expires is not None and row.token_expires <= ts):
             return None
         orgs = frozenset(conn.execute(accounts._ORGS_OF, {"member": row.principal}).scalars())
-    return Actor(
-        name=row.principal,
-        face=face,
-        admin=bool(row.admin),
-        principal=row.principal,
-        token=row.name,
-        orgs=orgs,
-        roles=frozenset(json.loads(row.roles or "[]")),
-    )
+    return accounts.row_actor(row, orgs, face)
 
 
 @retrying
