@@ -25,16 +25,14 @@ import hmac
 import json
 import re
 import secrets
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from modelhangar.core import accounts, permissions
+from modelhangar.core import accounts, permissions, shared_settings
 from modelhangar.core.actors import Actor
-from modelhangar.core.catalog import schema as t
 from modelhangar.core.errors import Denied, NotFound
 from modelhangar.core.store import Store, now
 
@@ -133,30 +131,8 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-_keys: weakref.WeakKeyDictionary[Store, bytes] = weakref.WeakKeyDictionary()
-"""Each open store's key (it never changes once made)."""
-
-
 def _key(store: Store) -> bytes:
-    """The store's signing key, made on first use (every server of the store then reads the same)."""
-    cached = _keys.get(store)
-    if cached is not None:
-        return cached
-    with store.catalog.read() as conn:
-        row = conn.execute(
-            sa.select(t.store_settings.c.value).where(t.store_settings.c.key == KEY_SETTING)
-        ).first()
-    if row is None:
-        with store.catalog.write() as conn:
-            store._insert_ignore(
-                conn, t.store_settings, {"key": KEY_SETTING, "value": json.dumps(secrets.token_hex(32))}
-            )
-            row = conn.execute(
-                sa.select(t.store_settings.c.value).where(t.store_settings.c.key == KEY_SETTING)
-            ).one()
-    key = bytes.fromhex(json.loads(row.value))
-    _keys[store] = key
-    return key
+    return shared_settings.secret_key(store, KEY_SETTING)
 
 
 def _sign(store: Store, claims: dict[str, Any]) -> str:

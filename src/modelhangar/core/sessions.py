@@ -82,12 +82,6 @@ def sign_out(store: Store, secret: str) -> None:
         conn.execute(t.web_sessions.delete().where(t.web_sessions.c.id == _hash(secret)))
 
 
-@retrying
 def csrf_key(store: Store) -> bytes:
     """The store's key for CSRF tokens (made on first use, shared by every server of the store)."""
-    with store.catalog.write() as conn:
-        value = shared_settings.read(conn, CSRF_KEY)
-        if not isinstance(value, str):
-            value = secrets.token_hex(32)
-            shared_settings.write(conn, CSRF_KEY, value)
-    return bytes.fromhex(value)
+    return shared_settings.secret_key(store, CSRF_KEY)
