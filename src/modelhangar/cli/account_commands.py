@@ -46,10 +46,6 @@ def _p(segment: str) -> str:
     return quote(segment, safe="")
 
 
-def _new_token(made: Any) -> dict[str, Any]:
-    return {**made.info.to_dict(), "token": made.token}
-
-
 def _print_token(doc: dict[str, Any], what: str) -> None:
     say(what)
     say(f"token: {doc['token']}")
@@ -176,7 +172,7 @@ def cmd_token_add(args: argparse.Namespace) -> int:
         from modelhangar.core import accounts
 
         expires = None if a.expires is None else duration(a.expires) or None  # 0: never
-        return _new_token(accounts.add_token(store, a.user, name=a.name, expires_in=expires))
+        return accounts.add_token(store, a.user, name=a.name, expires_in=expires).to_dict()
 
     def remote(client: Client, a: argparse.Namespace) -> Any:
         return client.post_json("/api/hangar/tokens", {"user": a.user, "name": a.name, "expires": a.expires})
@@ -243,7 +239,7 @@ def cmd_token_rotate(args: argparse.Namespace) -> int:
     def local(store: Store, a: argparse.Namespace) -> Any:
         from modelhangar.core import accounts
 
-        return _new_token(accounts.rotate_token(store, a.prefix))
+        return accounts.rotate_token(store, a.prefix).to_dict()
 
     doc = _run(args, local, lambda c, a: c.post_json(f"/api/hangar/tokens/{_p(a.prefix)}/rotate", {}))
     if args.json:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from modelhangar.core import permissions
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import retrying
 from modelhangar.core.errors import Conflict, HangarError, NotFound
@@ -93,6 +94,10 @@ class NewToken:
 
     info: TokenInfo
     token: str = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What making a token answers (the API, `hangar token add|rotate --json`): its secret, once."""
+        return {**self.info.to_dict(), "token": self.token}
 
 
 def created_user(made: NewToken, admin: bool, roles: Iterable[str] = ()) -> dict[str, Any]:
@@ -354,12 +359,13 @@ def list_tokens(store: Store, user: str | None = None) -> list[TokenInfo]:
         return [_token_info(r) for r in conn.execute(q)]
 
 
-def _find_token(conn: sa.Connection, prefix: str) -> Any:
+def _find_token(conn: sa.Connection, prefix: str, actor: Actor | None) -> Any:
+    """The one token `prefix` begins; NotFound unless one of those is `actor`'s to manage (any for None)."""
     ident = prefix.strip().removeprefix(TOKEN_PREFIX).split("_", 1)[0]
     if not ident or not re.fullmatch(r"[a-z2-7]{1,10}", ident):
         raise NotFound(f'no token "{prefix}"')
     rows = conn.execute(sa.select(t.tokens).where(t.tokens.c.id.startswith(ident, autoescape=True))).all()
-    if not rows:
+    if not rows or not (actor is None or any(permissions.may_manage_token(actor, r.principal) for r in rows)):
         raise NotFound(f'no token "{prefix}"')
     if len(rows) > 1:
         raise Conflict(f'"{prefix}" matches {len(rows)} tokens; give more of it')
@@ -367,20 +373,22 @@ def _find_token(conn: sa.Connection, prefix: str) -> Any:
 
 
 @retrying
-def revoke_token(store: Store, prefix: str) -> TokenInfo:
-    """Revoke the token `hgr_<id>` (a unique beginning of it is enough); it stops working at once."""
+def revoke_token(store: Store, prefix: str, actor: Actor | None = None) -> TokenInfo:
+    """Revoke the token `hgr_<id>` (a unique beginning of it is enough); it stops working at once.
+    With `actor`, only a token it may manage (`permissions.may_manage_token`)."""
     with store.catalog.write() as conn:
-        row = _find_token(conn, prefix)
+        row = _find_token(conn, prefix, actor)
         if row.revoked_at is None:
             conn.execute(t.tokens.update().where(t.tokens.c.id == row.id).values(revoked_at=now()))
         return _token_info(conn.execute(sa.select(t.tokens).where(t.tokens.c.id == row.id)).one())
 
 
 @retrying
-def rotate_token(store: Store, prefix: str) -> NewToken:
-    """Replace a token by a new one with the same name and lifetime; the old one stops working at once."""
+def rotate_token(store: Store, prefix: str, actor: Actor | None = None) -> NewToken:
+    """Replace a token by a new one with the same name and lifetime; the old one stops working at once.
+    With `actor`, only a token it may manage (`permissions.may_manage_token`)."""
     with store.catalog.write() as conn:
-        row = _find_token(conn, prefix)
+        row = _find_token(conn, prefix, actor)
         if row.revoked_at is not None:
             raise Conflict(f"token {TOKEN_PREFIX}{row.id} is revoked")
         ts = now()
@@ -403,18 +411,22 @@ _ORGS_OF = sa.select(t.memberships.c.org).where(t.memberships.c.member == sa.bin
 
 
 def authenticate(store: Store, token: str, face: str) -> Actor | None:
-    """The actor a token speaks for, or None when it is malformed, unknown, revoked or expired.
+    """The actor a token speaks for, or None when it is malformed, unknown, revoked or expired."""
+    m = _TOKEN_RE.fullmatch(token.strip())
+    return None if m is None else token_actor(store, m.group(1), face, secret=token.strip())
+
+
+def token_actor(store: Store, token_id: str, face: str, *, secret: str | None = None) -> Actor | None:
+    """The actor of API token `token_id` (checked against its `secret` when given: a registry token
+    carries only the id), None when it is unknown, revoked or expired.
 
     Revocation and expiry are read from the catalog on every request; the last-used time is
     written at most once a minute per token, and by a server in its batches of last-used times
     (`core/recency.py`), so a request with a token never waits for a catalog write."""
-    m = _TOKEN_RE.fullmatch(token.strip())
-    if m is None:
-        return None
     ts = now()
     with store.catalog.read() as conn:
-        row = conn.execute(_TOKEN_ROW, {"token_id": m.group(1)}).first()
-        if row is None or not hmac.compare_digest(_hash(token.strip()), row.hash):
+        row = conn.execute(_TOKEN_ROW, {"token_id": token_id}).first()
+        if row is None or (secret is not None and not hmac.compare_digest(_hash(secret), row.hash)):
             return None
         if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= ts):
             return None
@@ -422,6 +434,11 @@ def authenticate(store: Store, token: str, face: str) -> Actor | None:
     last = max(row.last_used_at or 0.0, store.last_used.token_pending(row.id) or 0.0)
     if last < ts - LAST_USED_EVERY:
         store.last_used.note_token(row.id, ts)
+    return row_actor(row, orgs, face)
+
+
+def row_actor(row: Any, orgs: frozenset[str], face: str) -> Actor:
+    """The actor of a catalog row with a token's `name` and its principal's `principal`, `admin`, `roles`."""
     return Actor(
         name=row.principal,
         face=face,

@@ -5,6 +5,8 @@
   absent from every listing.
 * Write (push, create, overwrite, tag, change visibility) and delete: admins, the owner, the members
   of the owning organisation. A model owned by no account (`owner` None) is the local admin's.
+* Accounts (users, organisations, roles) are the admins'; a user manages its own API tokens, an
+  admin anyone's.
 * A new model belongs to the account named by its namespace (`acme/model` is acme's) when there is
   one, and only that account or its members (or an admin) may create it; a model in any other
   namespace (`tiny` is `library/tiny`) belongs to whoever creates it.
@@ -40,6 +42,27 @@ def visible(actor: Actor) -> Any:
     r = t.repositories.c
     mine = [n for n in (actor.principal, *sorted(actor.orgs)) if n]
     return sa.or_(r.visibility == PUBLIC, r.owner.in_(mine)) if mine else r.visibility == PUBLIC
+
+
+def check_admin(actor: Actor) -> None:
+    """Denied unless `actor` is an admin (managing users, organisations and roles)."""
+    if not actor.admin:
+        raise Denied(f"{actor.name} is not an admin")
+
+
+def may_manage_token(actor: Actor, principal: str | None) -> bool:
+    """Whether `actor` may revoke or rotate a token of `principal`: its own, or an admin anyone's."""
+    return actor.admin or (actor.principal is not None and principal == actor.principal)
+
+
+def tokens_user(actor: Actor, user: str | None) -> str | None:
+    """The user whose tokens `actor` may manage when it asks about `user`: anyone's (None: everyone's)
+    for an admin, else only its own (Denied for another's)."""
+    if actor.admin:
+        return user
+    if actor.principal is None or (user is not None and user.lower() != actor.principal):
+        raise Denied(f"{actor.name} may manage only its own tokens")
+    return actor.principal
 
 
 def namespace_of(repository: str) -> str | None:

@@ -7,8 +7,9 @@ credentials and presents that token as `Bearer` from then on. Such a token is sh
 every server sharing the catalog accepts it) and carries the access it grants: the intersection
 of what was asked and what the account may do (`grant`), as distribution's token server does.
 
-It speaks only for the API token it came from: verifying it looks that token up (one indexed read,
-as an API token costs), so revoking or expiring the API token stops its registry tokens at once.
+It speaks only for the API token it came from: verifying it looks that token up
+(`accounts.token_actor`, the same reads as an API token costs), so revoking or expiring the API
+token stops its registry tokens at once.
 A registry token is accepted on `/v2` only, and only for what it grants; what a request may really
 do is still decided by `core/permissions.py` for the account behind it.
 
@@ -24,16 +25,14 @@ import hmac
 import json
 import re
 import secrets
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from modelhangar.core import accounts, permissions
+from modelhangar.core import accounts, permissions, shared_settings
 from modelhangar.core.actors import Actor
-from modelhangar.core.catalog import schema as t
 from modelhangar.core.errors import Denied, NotFound
 from modelhangar.core.store import Store, now
 
@@ -132,30 +131,8 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-_keys: weakref.WeakKeyDictionary[Store, bytes] = weakref.WeakKeyDictionary()
-"""Each open store's key (it never changes once made)."""
-
-
 def _key(store: Store) -> bytes:
-    """The store's signing key, made on first use (every server of the store then reads the same)."""
-    cached = _keys.get(store)
-    if cached is not None:
-        return cached
-    with store.catalog.read() as conn:
-        row = conn.execute(
-            sa.select(t.store_settings.c.value).where(t.store_settings.c.key == KEY_SETTING)
-        ).first()
-    if row is None:
-        with store.catalog.write() as conn:
-            store._insert_ignore(
-                conn, t.store_settings, {"key": KEY_SETTING, "value": json.dumps(secrets.token_hex(32))}
-            )
-            row = conn.execute(
-                sa.select(t.store_settings.c.value).where(t.store_settings.c.key == KEY_SETTING)
-            ).one()
-    key = bytes.fromhex(json.loads(row.value))
-    _keys[store] = key
-    return key
+    return shared_settings.secret_key(store, KEY_SETTING)
 
 
 def _sign(store: Store, claims: dict[str, Any]) -> str:
@@ -203,29 +180,6 @@ def issue(
     return Issued(_sign(store, claims), TTL, ts, access)
 
 
-def _backing_actor(store: Store, token_id: str, face: str) -> Actor | None:
-    """The actor of API token `token_id` if it is still valid: the same two prebuilt reads as an API
-    token costs (`accounts.authenticate`); its use counts as the API token's (last-used time)."""
-    ts = now()
-    with store.catalog.read() as conn:
-        row = conn.execute(accounts._TOKEN_ROW, {"token_id": token_id}).first()
-        if row is None or row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= ts):
-            return None
-        orgs = frozenset(r.org for r in conn.execute(accounts._ORGS_OF, {"member": row.principal}))
-    last = max(row.last_used_at or 0.0, store.last_used.token_pending(row.id) or 0.0)
-    if last < ts - accounts.LAST_USED_EVERY:
-        store.last_used.note_token(row.id, ts)
-    return Actor(
-        name=row.principal,
-        face=face,
-        admin=bool(row.admin),
-        principal=row.principal,
-        token=row.name,
-        orgs=orgs,
-        roles=frozenset(json.loads(row.roles or "[]")),
-    )
-
-
 def verify(store: Store, token: str, face: str, *, kind: Kind = "access") -> Actor | None:
     """The actor a registry token (or, with `kind="refresh"`, a refresh token) speaks for, or None."""
     claims = _claims(store, token)
@@ -238,7 +192,7 @@ def verify(store: Store, token: str, face: str, *, kind: Kind = "access") -> Act
         exp = claims.get("exp")
         if not isinstance(exp, int) or exp <= now():
             return None
-    actor = _backing_actor(store, tid, face)
+    actor = accounts.token_actor(store, tid, face)  # its use counts as the API token's
     if actor is None or actor.principal != claims.get("sub"):
         return None
     if kind == "refresh":

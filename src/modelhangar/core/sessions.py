@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
 
 import sqlalchemy as sa
@@ -73,20 +72,8 @@ def resolve(store: Store, secret: str, face: str) -> Actor | None:
             return None
         if row.revoked_at is not None or (row.token_expires is not None and row.token_expires <= ts):
             return None
-        orgs = frozenset(
-            conn.execute(
-                sa.select(t.memberships.c.org).where(t.memberships.c.member == row.principal)
-            ).scalars()
-        )
-    return Actor(
-        name=row.principal,
-        face=face,
-        admin=bool(row.admin),
-        principal=row.principal,
-        token=row.name,
-        orgs=orgs,
-        roles=frozenset(json.loads(row.roles or "[]")),
-    )
+        orgs = frozenset(conn.execute(accounts._ORGS_OF, {"member": row.principal}).scalars())
+    return accounts.row_actor(row, orgs, face)
 
 
 @retrying
@@ -95,12 +82,6 @@ def sign_out(store: Store, secret: str) -> None:
         conn.execute(t.web_sessions.delete().where(t.web_sessions.c.id == _hash(secret)))
 
 
-@retrying
 def csrf_key(store: Store) -> bytes:
     """The store's key for CSRF tokens (made on first use, shared by every server of the store)."""
-    with store.catalog.write() as conn:
-        value = shared_settings.read(conn, CSRF_KEY)
-        if not isinstance(value, str):
-            value = secrets.token_hex(32)
-            shared_settings.write(conn, CSRF_KEY, value)
-    return bytes.fromhex(value)
+    return shared_settings.secret_key(store, CSRF_KEY)

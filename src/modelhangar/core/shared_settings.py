@@ -5,11 +5,14 @@ Values are JSON. Unlike `core/config.py` (one process's knobs), these change at 
 from __future__ import annotations
 
 import json
+import secrets
+import weakref
 from typing import Any
 
 import sqlalchemy as sa
 
 from modelhangar.core.catalog import schema as t
+from modelhangar.core.catalog.db import retrying
 from modelhangar.core.store import Store
 
 
@@ -38,3 +41,26 @@ def put(store: Store, key: str, value: Any) -> None:
 def is_true(conn: sa.Connection, key: str) -> bool:
     value = read(conn, key, False)
     return value is True or (isinstance(value, str) and value.lower() == "true")
+
+
+_keys: weakref.WeakKeyDictionary[Store, dict[str, bytes]] = weakref.WeakKeyDictionary()
+"""Each open store's secret keys (one never changes once made)."""
+
+
+@retrying
+def secret_key(store: Store, key: str) -> bytes:
+    """A random 32-byte key of the store under `key`, made on first use: every server of the store
+    reads the same one (it signs registry tokens, the web UI's CSRF tokens)."""
+    cached = _keys.get(store, {}).get(key)
+    if cached is not None:
+        return cached
+    value = get(store, key)
+    if not isinstance(value, str):
+        with store.catalog.write() as conn:  # another server may make it first: then that one holds
+            store._insert_ignore(
+                conn, t.store_settings, {"key": key, "value": json.dumps(secrets.token_hex(32))}
+            )
+            value = read(conn, key)
+    made = bytes.fromhex(value)
+    _keys.setdefault(store, {})[key] = made
+    return made

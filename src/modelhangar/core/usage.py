@@ -142,7 +142,7 @@ def disk_usage(
             if key != "reclaimable":
                 waiting_until[key] = max(waiting_until.get(key, 0.0), until)
         breakdown[key] += size
-    if scan_files:
+    if scan_files and clause is None:  # a restricted actor gets no breakdown: no need to scan
         known = {row[0] for row in g.blob_rows}
         for digest, _mtime in store.blobs.iter_blobs():
             if digest not in known:

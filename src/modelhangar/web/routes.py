@@ -313,7 +313,7 @@ async def model_routes(request: Request) -> Response:
     if parts == ["delete"]:
         target = Target("repository", detail.row.repository)
         return await _delete(
-            request, detail, [target], label=shown, confirm_word=shown, back=model_url(shown, "settings")
+            request, [target], label=shown, confirm_word=shown, back=model_url(shown, "settings")
         )
     if len(parts) >= 2 and parts[0] == "versions":
         version = next((v for v in detail.versions if v.digest == parts[1]), None)
@@ -326,7 +326,6 @@ async def model_routes(request: Request) -> Response:
             target = Target("manifest", detail.row.repository, version.digest)
             return await _delete(
                 request,
-                detail,
                 [target],
                 label=f"version {label} of {shown}",
                 confirm_word=shown,
@@ -336,15 +335,23 @@ async def model_routes(request: Request) -> Response:
 
 
 async def _delete(
-    request: Request, detail: Any, targets: list[Target], *, label: str, confirm_word: str, back: str
+    request: Request,
+    targets: list[Target],
+    *,
+    label: str,
+    confirm_word: str,
+    back: str,
+    models: list[str] | None = None,
+    fields: dict[str, list[str]] | None = None,
+    preview_on: tuple[str, ...] = ("GET",),
 ) -> Response:
-    """GET: the preview and the confirmation form. POST: the delete, once the typed name matches."""
+    """GET: the preview and the confirmation form. POST: the delete, once the typed word matches.
+    `models` go back in the form (the list's selection), `fields` is the form when already read."""
     store, actor = _store(request), _actor(request)
     planner = Planner(store)
     if request.method == "POST":
-        fields = await form(request)
-        typed = one(fields, "confirm").strip()
-        if typed != confirm_word:
+        fields = fields if fields is not None else await form(request)
+        if one(fields, "confirm").strip() != confirm_word:
             plan = (await run_in_threadpool(planner.preview, [targets], actor))[0]
             return await _preview_page(
                 request,
@@ -354,17 +361,20 @@ async def _delete(
                 back,
                 400,
                 error=f'Type "{confirm_word}" exactly to confirm.',
+                models=models,
             )
         plan = await run_in_threadpool(planner.delete, targets, actor)
         if plan.ok:
             return await render(
                 request, "deleted.html", plan=plan, label=label, sentences=words.plan_sentences(plan, label)
             )
-        return await _preview_page(request, plan, label, confirm_word, back, 409 if plan.blockers else 404)
-    if request.method != "GET":
+        return await _preview_page(
+            request, plan, label, confirm_word, back, 409 if plan.blockers else 404, models=models
+        )
+    if request.method not in preview_on:
         raise WebError(405, "use GET for the preview, POST to delete")
     plan = (await run_in_threadpool(planner.preview, [targets], actor))[0]
-    return await _preview_page(request, plan, label, confirm_word, back, 200)
+    return await _preview_page(request, plan, label, confirm_word, back, 200, models=models)
 
 
 async def _preview_page(
@@ -411,42 +421,23 @@ def _blocker_link(kind: str, ident: str, plan: Plan) -> str:
 @page
 async def bulk(request: Request) -> Response:
     """Several models from the list, one preview for the whole selection, deleted as one unit."""
-    if request.method == "POST":
-        fields = await form(request)
-        names = fields.get("model", [])
-    else:
-        names = request.query_params.getlist("model")
+    fields = await form(request) if request.method == "POST" else None
+    names = fields.get("model", []) if fields is not None else request.query_params.getlist("model")
     names = list(dict.fromkeys(n for n in names if n))[:MAX_FIELDS]
     if not names:
         raise WebError(400, "select at least one model")
     targets = [Target("repository", _repository(n)) for n in names]
-    store, actor = _store(request), _actor(request)
-    planner = Planner(store)
     label = names[0] if len(names) == 1 else f"{len(names)} models"
-    word = f"delete {len(names)}"
-    if request.method == "POST":
-        if one(fields, "confirm").strip() != word:
-            plan = (await run_in_threadpool(planner.preview, [targets], actor))[0]
-            return await _preview_page(
-                request,
-                plan,
-                label,
-                word,
-                "/ui/",
-                400,
-                models=names,
-                error=f'Type "{word}" exactly to confirm.',
-            )
-        plan = await run_in_threadpool(planner.delete, targets, actor)
-        if plan.ok:
-            return await render(
-                request, "deleted.html", plan=plan, label=label, sentences=words.plan_sentences(plan, label)
-            )
-        return await _preview_page(
-            request, plan, label, word, "/ui/", 409 if plan.blockers else 404, models=names
-        )
-    plan = (await run_in_threadpool(planner.preview, [targets], actor))[0]
-    return await _preview_page(request, plan, label, word, "/ui/", 200, models=names)
+    return await _delete(
+        request,
+        targets,
+        label=label,
+        confirm_word=f"delete {len(names)}",
+        back="/ui/",
+        models=names,
+        fields=fields,
+        preview_on=("GET", "HEAD"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- trash
@@ -502,11 +493,7 @@ async def trash_empty(request: Request) -> Response:
 @page
 async def usage(request: Request) -> Response:
     store, actor = _store(request), _actor(request)
-    result = await run_in_threadpool(
-        lambda: disk_usage(
-            store, with_sharers=False, scan_files=actor.admin, actor=None if actor.admin else actor
-        )
-    )
+    result = await run_in_threadpool(lambda: disk_usage(store, with_sharers=False, actor=actor))
     biggest = sorted(result.models, key=lambda m: (-m.size, m.repository, m.tag))[:15]
     rows = [
         (

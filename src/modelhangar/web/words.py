@@ -9,7 +9,7 @@ from html import escape
 from typing import Any
 
 from modelhangar.core.names import display_repository, display_stored
-from modelhangar.core.planner import Plan
+from modelhangar.core.planner import TRASH_REASON, Plan
 
 UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
 
@@ -73,7 +73,8 @@ def _plural(n: int, word: str) -> str:
 
 
 def plan_sentences(plan: Plan, label: str) -> list[str]:
-    """The preview in words: what it frees, which layers stay and who keeps them, when space comes back."""
+    """The preview in words: what it frees, which layers stay and who keeps them, when space comes back
+    (the trash's expiry, and the reuse fuse's delay for blobs an upload just used)."""
     out = [f"Deleting {label} frees {size(plan.bytes_freed)}."]
     kept: dict[str, list[int]] = defaultdict(list)
     for k in plan.kept:
@@ -84,7 +85,7 @@ def plan_sentences(plan: Plan, label: str) -> list[str]:
         pronoun = "it" if n == 1 else "them"
         out.append(f"{_plural(n, 'layer')} ({size(sum(sizes))}) {verb}: {who} uses {pronoun}.")
     if plan.trash and plan.bytes_freed:
-        later = [x for x in plan.later if x.get("reason") == "kept in the trash"]
+        later = [x for x in plan.later if x.get("reason") == TRASH_REASON]
         if later:
             due = max(float(x["at"]) for x in later)
             out.append(
@@ -93,6 +94,11 @@ def plan_sentences(plan: Plan, label: str) -> list[str]:
             )
     elif plan.trash:
         out.append("It goes to the trash first, restorable until the trash entry expires.")
+    for x in plan.later:  # the reuse fuse (README, "Safety rules" 2), as `hangar rm` says it
+        if x.get("reason") != TRASH_REASON and x.get("bytes"):
+            left = float(x.get("at") or 0.0) - time.time()
+            when = f"in {span(left)}" if left >= 1 else "in a moment"
+            out.append(f"{size(x['bytes'])} of it comes back {when}, not at once: {x['reason']}.")
     for w in plan.warnings:
         out.append(f"It will break {w.kind} {w.id}: {w.reason}.")
     return out

@@ -2,8 +2,9 @@
 
 The same store commands `hangar user|token|org` run on HANGAR_HOME, for admins over HTTP. Users,
 organisations and roles are the admins'; a user may list, add, revoke and rotate its own tokens;
-visibility is the model's owner's (and its organisation's members', and admins'), as every write
-(`core/permissions.py`). A token's secret is in an answer once, when it is made.
+visibility is the model's owner's (and its organisation's members', and admins'), as every write.
+Who may do which is `core/permissions.py`'s answer, not this module's. A token's secret is in an
+answer once, when it is made.
 """
 
 from __future__ import annotations
@@ -15,12 +16,20 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
-from modelhangar.core import accounts
+from modelhangar.core import accounts, permissions
 from modelhangar.core.config import parse_duration
 from modelhangar.core.errors import Conflict, Denied, HangarError, NotFound
 from modelhangar.core.names import NAME_PATTERN, InvalidName, parse_name
-from modelhangar.core.store import Actor, Store
-from modelhangar.faces.hangar.routes import DURATION, ErrorBody, Strict, _JsonSafeRoute
+from modelhangar.core.store import Actor
+from modelhangar.faces.hangar.routes import (
+    DURATION,
+    ErrorBody,
+    Strict,
+    _actor,
+    _admin,
+    _JsonSafeRoute,
+    _store,
+)
 
 router = APIRouter(
     prefix="/api/hangar",
@@ -41,24 +50,6 @@ AccountName = Field(
 )
 
 
-def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
-
-
-def _actor(request: Request) -> Actor:
-    from modelhangar.auth import actor_of
-
-    return actor_of(request, "hangar")
-
-
-def _admin(request: Request) -> Actor:
-    actor = _actor(request)
-    if not actor.admin:
-        raise HTTPException(403, f"{actor.name} is not an admin")
-    return actor
-
-
 async def _run(fn: Callable[[], T]) -> T:
     """Run a core call off the event loop, its refusals as the API's errors (a reserved name is taken)."""
     try:
@@ -73,10 +64,6 @@ async def _run(fn: Callable[[], T]) -> T:
         raise HTTPException(403, str(e)) from e
     except (HangarError, ValueError) as e:
         raise HTTPException(400, str(e)) from e
-
-
-def _new_token(made: accounts.NewToken) -> dict[str, Any]:
-    return {**made.info.to_dict(), "token": made.token}
 
 
 def _members_known(fn: Callable[[], T]) -> Callable[[], T]:
@@ -176,22 +163,11 @@ async def change_members(request: Request, name: str, body: Change) -> dict[str,
 
 
 def _own_user(actor: Actor, user: str | None) -> str | None:
-    """The user whose tokens `actor` asks about: anyone's for an admin, else only its own."""
-    if actor.admin:
-        return user
-    if actor.principal is None or (user is not None and user.lower() != actor.principal):
-        raise HTTPException(403, f"{actor.name} may manage only its own tokens")
-    return actor.principal
-
-
-def _check_token_owner(store: Store, actor: Actor, prefix: str) -> None:
-    """NotFound unless the token `prefix` names is one of `actor`'s (admins: anyone's)."""
-    if actor.admin:
-        return
-    ident = prefix.strip().removeprefix(accounts.TOKEN_PREFIX).split("_", 1)[0]
-    mine = [t for t in accounts.list_tokens(store, actor.principal) if ident and t.id.startswith(ident)]
-    if not mine:
-        raise NotFound(f'no token "{prefix}"')
+    """The user whose tokens `actor` asks about (`permissions.tokens_user`; 403 for another's)."""
+    try:
+        return permissions.tokens_user(actor, user)
+    except Denied as e:
+        raise HTTPException(403, str(e)) from e
 
 
 @router.get("/tokens", summary="Tokens (never their secrets): a user's, or everyone's for admins")
@@ -226,29 +202,19 @@ async def add_token(request: Request, body: NewToken) -> dict[str, Any]:
     if expires is not None and expires <= 0:
         expires = None  # `0`: never, as the CLI reads it
     made = await _run(lambda: accounts.add_token(_store(request), who, name=body.name, expires_in=expires))
-    return _new_token(made)
+    return made.to_dict()
 
 
 @router.post("/tokens/{prefix}/revoke", summary="Revoke a token: it stops working at once")
 async def revoke_token(request: Request, prefix: str) -> dict[str, Any]:
     store, actor = _store(request), _actor(request)
-
-    def run() -> accounts.TokenInfo:
-        _check_token_owner(store, actor, prefix)
-        return accounts.revoke_token(store, prefix)
-
-    return (await _run(run)).to_dict()
+    return (await _run(lambda: accounts.revoke_token(store, prefix, actor))).to_dict()
 
 
 @router.post("/tokens/{prefix}/rotate", summary="Replace a token by a new one (shown this once)")
 async def rotate_token(request: Request, prefix: str) -> dict[str, Any]:
     store, actor = _store(request), _actor(request)
-
-    def run() -> accounts.NewToken:
-        _check_token_owner(store, actor, prefix)
-        return accounts.rotate_token(store, prefix)
-
-    return _new_token(await _run(run))
+    return (await _run(lambda: accounts.rotate_token(store, prefix, actor))).to_dict()
 
 
 class VisibilityRequest(Strict):

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
 from modelhangar.auth import actor_of
-from modelhangar.core import gc, jsonsafe, trash
+from modelhangar.core import gc, jsonsafe, permissions, trash
 from modelhangar.core.audit import list_audit
 from modelhangar.core.config import parse_duration
 from modelhangar.core.deletion import ModelDeletion, delete_models
@@ -115,10 +115,12 @@ def _actor(request: Request) -> Actor:
 
 
 def _admin(request: Request) -> Actor:
-    """The actor, who must be an admin (403 otherwise)."""
+    """The actor, who must be an admin (`permissions.check_admin`; 403 otherwise)."""
     actor = _actor(request)
-    if not actor.admin:
-        raise HTTPException(403, f"{actor.name} is not an admin")
+    try:
+        permissions.check_admin(actor)
+    except Denied as e:
+        raise HTTPException(403, str(e)) from e
     return actor
 
 

@@ -15,7 +15,6 @@ account is a 404, exactly as an absent one.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -37,7 +36,8 @@ TOKEN_PATH = "/v2/token"
 INSUFFICIENT_SCOPE_STATUS = 401
 """What a registry token outside its scopes gets: 401, as distribution answers (RFC 6750 would say 403)."""
 MAX_FORM = 64 << 10
-_TOKEN_ID = re.compile(r"hgr_([a-z2-7]{10})_[A-Za-z0-9]{40}")
+_TOKEN_ID = accounts._TOKEN_RE
+"""An API token, its id the first group (the core's own pattern)."""
 
 if registry_tokens.authenticate not in auth.AUTHENTICATORS:
     auth.AUTHENTICATORS.append(registry_tokens.authenticate)
