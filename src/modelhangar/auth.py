@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelhangar.core import accounts
 from modelhangar.core.store import Actor, Store
+from modelhangar.guards import face_of as face_of  # re-exported: the one map of paths to faces
 
 STATE_KEY = "actor"
 PUBLIC_PATHS: dict[str, frozenset[str]] = {
@@ -37,10 +38,6 @@ PUBLIC_PATHS: dict[str, frozenset[str]] = {
 }
 """Paths (and methods) that answer without credentials; a face may add its own (`allow_anonymous`)."""
 PUBLIC_PREFIXES: list[tuple[str, frozenset[str]]] = [("/docs/", frozenset({"GET", "HEAD"}))]
-ANSWERS_ITS_OWN_401: list[str] = ["/v2/", "/v2"]
-"""Paths whose face answers a missing credential itself (the registry's token challenge)."""
-OWN_401_PREFIXES: list[str] = ["/v2/"]
-"""Prefixes whose face answers missing and invalid credentials itself (`actor_of` raises there)."""
 AUTH_ERROR_KEY = "auth_error"
 """Where the middleware leaves why credentials failed, on paths whose face answers the 401."""
 
@@ -51,22 +48,6 @@ def allow_anonymous(path: str, methods: frozenset[str], *, prefix: bool = False)
         PUBLIC_PREFIXES.append((path, methods))
     else:
         PUBLIC_PATHS[path] = methods
-
-
-def face_of(path: str) -> str:
-    if path.startswith("/api/hangar"):
-        return "hangar"
-    if path.startswith("/api/"):
-        return "ollama"
-    if path == "/v2" or path.startswith("/v2/"):
-        return "oci"
-    if path.startswith("/v1/"):
-        return "replicate"
-    if path.startswith("/ui"):
-        return "web"
-    if path.startswith("/_"):  # /_plugins, /_cluster, /_ingest, /_search and OpenSearch's other routes
-        return "opensearch"
-    return "http"
 
 
 def credentials(authorization: str | None) -> str | None:
@@ -101,7 +82,9 @@ def is_loopback_client(scope: Scope) -> bool:
 
 
 def answers_own_401(path: str) -> bool:
-    return path in ANSWERS_ITS_OWN_401 or any(path.startswith(p) for p in OWN_401_PREFIXES)
+    """The registry face answers missing and invalid credentials itself, with its token challenge
+    (`actor_of` raises there)."""
+    return face_of(path) == "oci"
 
 
 def _public(path: str, method: str) -> bool:

@@ -53,22 +53,40 @@ _OCI_CODES = {
 }
 
 
+def face_of(path: str) -> str:
+    """The face that serves `path`: the one map of paths to faces (errors, credentials, audit)."""
+    if path.startswith("/api/hangar"):
+        return "hangar"
+    if path.startswith("/api/"):
+        return "ollama"
+    if path == "/v2" or path.startswith("/v2/"):
+        return "oci"
+    if path == "/v1" or path.startswith("/v1/"):
+        return "replicate"
+    if path == "/ui" or path.startswith("/ui/"):
+        return "web"
+    if path.startswith("/_"):  # /_plugins, /_cluster, /_ingest, /_search and OpenSearch's other routes
+        return "opensearch"
+    return "http"
+
+
 def error_response(path: str, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """An error in the format of the face that serves `path`."""
-    if path == "/v2" or path.startswith("/v2/"):
+    face = face_of(path)
+    if face == "oci":
         body: Any = {
             "errors": [{"code": _OCI_CODES.get(status, "UNKNOWN"), "message": message, "detail": {}}]
         }
         headers = {"Docker-Distribution-API-Version": "registry/2.0", **(headers or {})}
-    elif path.startswith("/_"):  # the OpenSearch face's envelope
+    elif face == "opensearch":
         from modelhangar.faces.opensearch.wire import error_for
 
         return error_for(status, message, headers)
-    elif path == "/v1" or path.startswith("/v1/"):  # Replicate's problem details
+    elif face == "replicate":  # Replicate's problem details
         titles = {401: "Unauthenticated", 403: "Forbidden", 404: "Not found", 405: "Method not allowed"}
         body = {"title": titles.get(status, "Error"), "detail": message, "status": status}
         return JSONResponse(body, status_code=status, headers=headers, media_type="application/problem+json")
-    elif path == "/ui" or path.startswith("/ui/"):
+    elif face == "web":
         from html import escape
 
         from starlette.responses import HTMLResponse
@@ -78,7 +96,7 @@ def error_response(path: str, status: int, message: str, headers: dict[str, str]
             f'<h1>{status}</h1><p>{escape(message)}</p><p><a href="/ui/">modelhangar</a></p></html>'
         )
         return HTMLResponse(page, status_code=status, headers=headers)
-    elif path.startswith("/api/hangar") or path in ("/docs", "/redoc", "/openapi.json"):
+    elif face == "hangar" or path in ("/docs", "/redoc", "/openapi.json"):
         body = {"detail": message}
     else:
         body = {"error": message}

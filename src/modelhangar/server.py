@@ -163,11 +163,10 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _unauthorized(path: str, message: str) -> Response:
-    """A 401 in the face's own format; the registry's says how to sign in (a basic-auth challenge)."""
-    if path == "/ui" or path.startswith("/ui/"):  # a browser: the sign-in page
+    """A 401 in the face's own format (the registry face answers its own, with its token challenge)."""
+    if guards.face_of(path) == "web":  # a browser: the sign-in page
         return web.unauthorized(path, message)
-    headers = {"WWW-Authenticate": 'Basic realm="modelhangar"'} if path.startswith("/v2") else None
-    return guards.error_response(path, 401, message, headers)
+    return guards.error_response(path, 401, message)
 
 
 def _scheduled_round(store: Store) -> None:
