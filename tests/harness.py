@@ -17,7 +17,7 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -437,6 +437,58 @@ def hangar_json(*args: str, home: Path, **kw: Any) -> Any:
             f"hangar {' '.join(args)} --json printed no JSON (exit {proc.returncode}):\n"
             f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
         ) from e
+
+
+TOKEN_ENV = {"HANGAR_AUTH": "required", "HANGAR_LAST_USED_FLUSH": "1s"}
+"""A server of the token variants of the race and crash tests: every request needs a token, and the
+tokens' last-used times are written in batches while the race runs (README, "Accounts")."""
+
+
+def add_user(home: Path, name: str, *, admin: bool = False, database_url: str | None = None) -> str:
+    """`hangar user add NAME [--admin] --json` on the store (no server): the user's first token."""
+    doc = hangar_json(
+        "user", "add", name, *(["--admin"] if admin else []), home=home, database_url=database_url
+    )
+    assert doc.get("name") == name and str(doc.get("token", "")).startswith("hgr_"), doc
+    return str(doc["token"])
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    """The headers of a request carrying `token` (none for None)."""
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+def audit_rows(home: Path, database_url: str | None = None) -> list[dict[str, Any]]:
+    """Every audit entry of the store, as the catalog holds it (servers may run)."""
+    import sqlalchemy as sa
+
+    from modelhangar.core.catalog import schema as t
+
+    url = database_url or f"sqlite:///{home / 'catalog.db'}"
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.select(t.audit))]
+    finally:
+        engine.dispose()
+
+
+def assert_tokens_secret(
+    tokens: Sequence[str],
+    *,
+    logs: Sequence[str],
+    home: Path,
+    database_url: str | None = None,
+    bodies: Sequence[str] = (),
+) -> None:
+    """No token, nor its secret part alone, appears in a server's log (stderr and access log), an audit
+    entry or an error body the server answered (README, "Accounts": "never a token")."""
+    audit = json.dumps(audit_rows(home, database_url), default=str)
+    for token in tokens:
+        secret = token.rsplit("_", 1)[-1]
+        for where, texts in (("a server log", logs), ("the audit log", [audit]), ("an error body", bodies)):
+            leaked = [text for text in texts if token in text or secret in text]
+            assert not leaked, f"a token appears in {where}"
 
 
 def sha256_file(path: Path) -> str:

@@ -1,12 +1,20 @@
 """Races between creates, deletes, copies and `hangar gc`, on one server and on two sharing a data dir.
 
 Transient failures a race explains are fine (a 404 for a model another thread deleted, a 4xx
-create whose reused blob was just collected); a 5xx, a dropped connection or a broken invariant
-at the end is not: no listed model may reference a blob that is not on disk.
+create whose reused blob was just collected); a 5xx, a 401 or 403, a dropped connection or a
+broken invariant at the end is not: no listed model may reference a blob that is not on disk.
+
+The `tokens` variants run the same races under HANGAR_AUTH=required, every request carrying a
+real token of a non-admin user (each worker thread its own; the GC endpoint, which is the admins',
+gets an admin's token), so the token lookup and its last-used bookkeeping are on every request. Beside the
+workers a key thread makes tokens, uses them and revokes them through the API: a revoked token is
+refused at once by every server sharing the catalog, under the load of the race. At the end no
+token may appear in a server's log, an audit entry or an error body.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 from collections.abc import Callable
@@ -17,11 +25,24 @@ import httpx
 import ollama
 import pytest
 
-from harness import MakeGguf, ServerProcess, StartServer, assert_store_consistent, hangar
+from harness import (
+    TOKEN_ENV,
+    MakeGguf,
+    ServerProcess,
+    StartServer,
+    add_user,
+    assert_store_consistent,
+    assert_tokens_secret,
+    audit_rows,
+    bearer,
+    hangar,
+    wait_until,
+)
 
 CREATORS, DELETERS = 8, 4
 CREATES_PER_THREAD, DELETES_PER_THREAD = 10, 12  # 128 client operations, plus gc rounds
 MAX_GC_ROUNDS = 40
+KEY_ROUNDS = 12  # tokens the key thread makes, uses and revokes during a race
 NAMES = [f"race{i}" for i in range(10)]
 TEMPLATES = ["{{ .Prompt }}", "USER: {{ .Prompt }}", "<s>{{ .Prompt }}</s>"]
 SYSTEMS = ["be brief", "be kind"]
@@ -34,6 +55,8 @@ class Race:
         self.lock = threading.Lock()
         self.failures: list[str] = []
         self.counts: dict[str, int] = {}
+        self.bodies: list[str] = []
+        """Every error the servers answered (none may hold a token)."""
 
     def note(self, what: str) -> None:
         with self.lock:
@@ -44,11 +67,14 @@ class Race:
             self.failures.append(what)
 
     def call(self, label: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> bool:
-        """Run one client call; True on success, False on an expected 4xx; anything else is recorded."""
+        """Run one client call; True on success, False on an expected 4xx; anything else is recorded
+        (a 401 or 403 too: every worker may do all it tries, and a race must never lose its token)."""
         try:
             fn(*args, **kw)
         except ollama.ResponseError as e:
-            if 400 <= e.status_code < 500:
+            with self.lock:
+                self.bodies.append(str(e.error))
+            if 400 <= e.status_code < 500 and e.status_code not in (401, 403):
                 self.note(f"{label} {e.status_code}")
                 return False
             self.fail(f"{label}{args}{kw}: {e.status_code} {e.error}")
@@ -60,17 +86,68 @@ class Race:
         return True
 
 
-def run_race(urls: list[str], home: Path, gguf_paths: list[Path], database_url: str | None = None) -> Race:
+class Tokens:
+    """The accounts of a token run: `racer` (not an admin), whose tokens every worker carries, and
+    `root` (an admin) for the GC endpoint, both made with `hangar user add` on the store."""
+
+    def __init__(self, home: Path, database_url: str | None) -> None:
+        self.racer = add_user(home, "racer", database_url=database_url)
+        self.root = add_user(home, "root", admin=True, database_url=database_url)
+        self.made = [self.racer, self.root]
+        """Every token of the run: none may appear in a log, an audit entry or an error."""
+        self.workers: list[str] = []
+
+    def add(self, url: str, name: str, http: httpx.Client | None = None) -> dict[str, Any]:
+        """A new token of racer's, made through the API with its first token."""
+        with contextlib.ExitStack() as stack:
+            if http is None:
+                http = stack.enter_context(httpx.Client(timeout=60))
+            r = http.post(f"{url}/api/hangar/tokens", json={"name": name}, headers=bearer(self.racer))
+            assert r.status_code == 200, r.text
+            doc: dict[str, Any] = r.json()
+        self.made.append(doc["token"])
+        return doc
+
+    def issue_workers(self, url: str, n: int) -> None:
+        self.workers = [self.add(url, f"worker{i}")["token"] for i in range(n)]
+
+
+def accounts_for(
+    auth: str, home: Path, database_url: str | None = None
+) -> tuple[Tokens | None, dict[str, str]]:
+    """(the run's tokens, the servers' environment) for the `anonymous` or the `tokens` variant."""
+    if auth == "anonymous":
+        return None, {}
+    return Tokens(home, database_url), TOKEN_ENV
+
+
+def run_race(
+    urls: list[str],
+    home: Path,
+    gguf_paths: list[Path],
+    database_url: str | None = None,
+    tokens: Tokens | None = None,
+) -> Race:
     race = Race()
-    clients = [ollama.Client(host=url, timeout=120) for url in urls]
+    if tokens is not None:
+        tokens.issue_workers(urls[0], CREATORS + DELETERS)
+
+    def client_of(worker: int) -> ollama.Client:
+        """Worker `worker`'s client: its server, and its own token in a token run."""
+        token = None if tokens is None else tokens.workers[worker]
+        return ollama.Client(host=urls[worker % len(urls)], timeout=120, headers=bearer(token))
+
     done = threading.Event()
     progress = threading.Condition()
     creates_done = [0]
     creates_total = CREATORS * CREATES_PER_THREAD
 
+    def reached(share: int) -> Callable[[], bool]:
+        return lambda: creates_done[0] >= share
+
     def creator(n: int) -> None:
         rng = random.Random(n)
-        client = clients[n % len(clients)]
+        client = client_of(n)
         for i in range(CREATES_PER_THREAD):
             name = rng.choice(NAMES)
             if i % 4 == 3:
@@ -99,11 +176,7 @@ def run_race(urls: list[str], home: Path, gguf_paths: list[Path], database_url: 
     def deleter(n: int) -> None:
         """Keeps pace with the creators (its i-th step waits for a share of the creates), so they overlap."""
         rng = random.Random(1000 + n)
-        client = clients[n % len(clients)]
-
-        def reached(share: int) -> Callable[[], bool]:
-            return lambda: creates_done[0] >= share
-
+        client = client_of(CREATORS + n)
         for i in range(DELETES_PER_THREAD):
             with progress:
                 progress.wait_for(reached(i * creates_total // DELETES_PER_THREAD), 120)
@@ -129,8 +202,8 @@ def run_race(urls: list[str], home: Path, gguf_paths: list[Path], database_url: 
             race.note("gc")
 
     def online_collector() -> None:
-        """The server's own GC endpoint, more often than a process can start."""
-        with httpx.Client(timeout=120) as http:
+        """The server's own GC endpoint, more often than a process can start (an admin's)."""
+        with httpx.Client(timeout=120, headers=bearer(None if tokens is None else tokens.root)) as http:
             for i in range(MAX_GC_ROUNDS):
                 if done.is_set():
                     return
@@ -141,8 +214,37 @@ def run_race(urls: list[str], home: Path, gguf_paths: list[Path], database_url: 
                 with progress:
                     progress.wait(0.5)
 
+    def keys(held: Tokens) -> None:
+        """Makes a token on one server, uses it on the next, revokes it: every server refuses it at once."""
+        with httpx.Client(timeout=120) as http:
+            for i in range(KEY_ROUNDS):
+                with progress:
+                    progress.wait_for(reached(i * creates_total // KEY_ROUNDS), 120)
+                try:
+                    doc = held.add(urls[i % len(urls)], f"key{i}", http)
+                except AssertionError as e:
+                    race.fail(f"making a token: {e}")
+                    continue
+                used = http.get(f"{urls[(i + 1) % len(urls)]}/api/tags", headers=bearer(doc["token"]))
+                if used.status_code != 200:
+                    race.fail(f"a new token refused: {used.status_code} {used.text}")
+                r = http.post(
+                    f"{urls[i % len(urls)]}/api/hangar/tokens/{doc['prefix']}/revoke",
+                    headers=bearer(held.racer),
+                )
+                if r.status_code != 200 or r.json().get("active") is not False:
+                    race.fail(f"revoking {doc['prefix']}: {r.status_code} {r.text}")
+                for url in urls:
+                    after = http.get(f"{url}/api/tags", headers=bearer(doc["token"]))
+                    race.bodies.append(after.text)
+                    if after.status_code != 401:
+                        race.fail(f"{url} still accepts a revoked token: {after.status_code}")
+                race.note("token revoked")
+
     workers = [threading.Thread(target=creator, args=(n,)) for n in range(CREATORS)]
     workers += [threading.Thread(target=deleter, args=(n,)) for n in range(DELETERS)]
+    if tokens is not None:
+        workers.append(threading.Thread(target=keys, args=(tokens,)))
     collectors = [threading.Thread(target=collector), threading.Thread(target=online_collector)]
     for w in [*workers, *collectors]:
         w.start()
@@ -156,7 +258,11 @@ def run_race(urls: list[str], home: Path, gguf_paths: list[Path], database_url: 
 
 
 def check_outcome(
-    race: Race, servers: list[ServerProcess], home: Path, database_url: str | None = None
+    race: Race,
+    servers: list[ServerProcess],
+    home: Path,
+    database_url: str | None = None,
+    tokens: Tokens | None = None,
 ) -> None:
     print(f"race outcome: {sorted(race.counts.items())}")
     assert not race.failures, "\n".join(race.failures) + f"\ncounts: {race.counts}"
@@ -164,7 +270,9 @@ def check_outcome(
     assert race.counts.get("delete ok", 0) > 0, race.counts
     listings = []
     for srv in servers:
-        client = ollama.Client(host=srv.url, timeout=60)
+        client = ollama.Client(
+            host=srv.url, timeout=60, headers=bearer(None if tokens is None else tokens.racer)
+        )
         listed = sorted(m.model for m in client.list().models if m.model)
         for name in listed:
             shown = client.show(name)
@@ -176,6 +284,35 @@ def check_outcome(
     assert_store_consistent(home, database_url)
     for srv in servers:
         assert "Traceback" not in srv.log(), srv.log()
+    if tokens is not None:
+        check_tokens(race, servers, home, database_url, tokens)
+
+
+def check_tokens(
+    race: Race, servers: list[ServerProcess], home: Path, database_url: str | None, tokens: Tokens
+) -> None:
+    """After a token run: every revocation held, each worker's use of its token was recorded (the
+    servers write last-used times in batches), the audit names the user and its tokens' names, and no
+    token is in a log, an audit entry or an error."""
+    assert race.counts.get("token revoked") == KEY_ROUNDS, race.counts
+
+    def listed() -> dict[str, Any]:
+        r = httpx.get(f"{servers[-1].url}/api/hangar/tokens", headers=bearer(tokens.racer), timeout=60)
+        assert r.status_code == 200, r.text
+        return {t["name"]: t for t in r.json()["tokens"]}
+
+    workers = [f"worker{i}" for i in range(CREATORS + DELETERS)]
+    assert wait_until(lambda: all(listed()[w]["last_used_at"] is not None for w in workers), timeout=30)
+    shown = listed()
+    assert all(not shown[f"key{i}"]["active"] for i in range(KEY_ROUNDS)), shown
+    deletes = [a for a in audit_rows(home, database_url) if a["action"] == "delete" and not a["dry_run"]]
+    assert deletes and {a["actor"] for a in deletes} == {"racer"}, deletes[:3]
+    assert {a["token_name"] for a in deletes} <= {f"worker{CREATORS + i}" for i in range(DELETERS)}, deletes[
+        :3
+    ]
+    assert_tokens_secret(
+        tokens.made, logs=[s.log() for s in servers], home=home, database_url=database_url, bodies=race.bodies
+    )
 
 
 @pytest.fixture
@@ -192,12 +329,14 @@ def gguf_paths(tmp_path: Path, make_gguf: MakeGguf) -> list[Path]:
     return paths
 
 
+@pytest.mark.parametrize("auth", ["anonymous", "tokens"])
 def test_creates_deletes_and_gc_race_on_one_server(
-    home: Path, start_server: StartServer, gguf_paths: list[Path]
+    home: Path, start_server: StartServer, gguf_paths: list[Path], auth: str
 ) -> None:
-    srv = start_server(home)
-    race = run_race([srv.url], home, gguf_paths)
-    check_outcome(race, [srv], home)
+    tokens, env = accounts_for(auth, home)
+    srv = start_server(home, env=env)
+    race = run_race([srv.url], home, gguf_paths, tokens=tokens)
+    check_outcome(race, [srv], home, tokens=tokens)
 
 
 def test_creates_deletes_and_gc_race_on_two_servers_sharing_a_data_dir(
@@ -209,9 +348,11 @@ def test_creates_deletes_and_gc_race_on_two_servers_sharing_a_data_dir(
 
 
 @pytest.mark.postgres
+@pytest.mark.parametrize("auth", ["anonymous", "tokens"])
 def test_two_servers_race_over_postgresql(
-    home: Path, start_server: StartServer, gguf_paths: list[Path], pg_url: str
+    home: Path, start_server: StartServer, gguf_paths: list[Path], pg_url: str, auth: str
 ) -> None:
-    servers = [start_server(home, database_url=pg_url), start_server(home, database_url=pg_url)]
-    race = run_race([s.url for s in servers], home, gguf_paths, database_url=pg_url)
-    check_outcome(race, servers, home, database_url=pg_url)
+    tokens, env = accounts_for(auth, home, pg_url)
+    servers = [start_server(home, database_url=pg_url, env=env) for _ in range(2)]
+    race = run_race([s.url for s in servers], home, gguf_paths, database_url=pg_url, tokens=tokens)
+    check_outcome(race, servers, home, database_url=pg_url, tokens=tokens)

@@ -3,6 +3,10 @@
 In the process test, a create that loses a race against GC (its fresh blob reclaimed before its
 manifest commits) gets BlobUnknown and retries, as a client would; a restore that loses one gets
 Conflict or NotFound. Any other exception fails the test. At the end the store must be consistent.
+Its `tokens` variant does the same as a non-admin user: every operation first looks its process's
+API token up (`accounts.authenticate`, what every request with a token costs, last-used time
+included) and acts as that user, while another process makes, rotates and revokes tokens of the
+same user, each refused at once once revoked.
 
 The thread tests pin one interleaving of two writers with statement hooks (SQLAlchemy events,
 nothing of modelhangar is replaced) to show lock-order deadlocks on PostgreSQL deterministically.
@@ -28,7 +32,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from modelhangar.core import gc
+from modelhangar.core import accounts, blob_access, gc
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.config import load_settings
 from modelhangar.core.errors import BlobUnknown, Conflict, NotFound
@@ -55,7 +59,7 @@ def open_store(home: str, url: str | None) -> Store:
     return Store(load_settings(env))
 
 
-def create_model(store: Store, name: str, layers: list[bytes]) -> None:
+def create_model(store: Store, name: str, layers: list[bytes], actor: Actor | None = None) -> None:
     """Upload the blobs, then commit a manifest naming them (both as an Ollama client does)."""
 
     def desc(data: bytes, media_type: str) -> dict[str, object]:
@@ -67,15 +71,15 @@ def create_model(store: Store, name: str, layers: list[bytes]) -> None:
         "config": desc(CONFIG, "application/vnd.oci.image.config.v1+json"),
         "layers": [desc(x, "application/vnd.ollama.image.model") for x in layers],
     }
-    store.put_manifest(PREFIX + name, "latest", json.dumps(doc).encode())
+    store.put_manifest(PREFIX + name, "latest", json.dumps(doc).encode(), actor=actor)
 
 
-def creator(store: Store, rng: random.Random, counts: Counter[str]) -> None:
+def creator(store: Store, rng: random.Random, counts: Counter[str], actor: Callable[[], Actor]) -> None:
     name = rng.choice(NAMES)
     layers = rng.sample(POOL, rng.randint(1, 3))
     for _ in range(5):
         try:
-            create_model(store, name, layers)
+            create_model(store, name, layers, actor())
         except BlobUnknown:  # GC reclaimed a blob we had just uploaded: upload again
             counts["blob_unknown"] += 1
             continue
@@ -84,18 +88,18 @@ def creator(store: Store, rng: random.Random, counts: Counter[str]) -> None:
     counts["gave_up"] += 1
 
 
-def deleter(store: Store, rng: random.Random, counts: Counter[str]) -> None:
+def deleter(store: Store, rng: random.Random, counts: Counter[str], actor: Callable[[], Actor]) -> None:
     roll = rng.random()
     if roll < 0.5:
         plan = Planner(store).delete(
-            [Target("tag", PREFIX + rng.choice(NAMES), "latest")], Actor(), purge=rng.random() < 0.5
+            [Target("tag", PREFIX + rng.choice(NAMES), "latest")], actor(), purge=rng.random() < 0.5
         )
         counts["deleted" if plan.executed else "not_found"] += 1
     elif roll < 0.65:
         entries = list_trash(store)
         if entries:
             try:
-                restore(store, rng.choice(entries).id, Actor())
+                restore(store, rng.choice(entries).id, actor())
                 counts["restored"] += 1
             except (Conflict, NotFound):  # the name was taken again, or the entry expired meanwhile
                 counts["restore_refused"] += 1
@@ -118,15 +122,46 @@ def known_bug(e: Exception) -> str | None:
     return None
 
 
-def worker(role: str, home: str, url: str | None, seed: int) -> dict[str, int] | str:
-    """Run OPS operations of one role; return their counts, or the traceback of a surprise."""
+def keys(store: Store, rng: random.Random, counts: Counter[str], actor: Callable[[], Actor]) -> None:
+    """Make a token of the user, use it, rotate or revoke it: the old one is refused at once."""
+    made = accounts.add_token(store, USER, name=f"key{rng.randrange(1 << 30)}")
+    assert accounts.authenticate(store, made.token, "ollama") is not None
+    if rng.random() < 0.5:
+        rotated = accounts.rotate_token(store, made.info.prefix)
+        assert accounts.authenticate(store, rotated.token, "ollama") is not None
+        accounts.revoke_token(store, rotated.info.prefix)
+        assert accounts.authenticate(store, rotated.token, "ollama") is None, "a revoked token still works"
+        counts["rotated"] += 1
+    else:
+        accounts.revoke_token(store, made.info.prefix)
+        counts["revoked"] += 1
+    assert accounts.authenticate(store, made.token, "ollama") is None, "a revoked token still works"
+
+
+ROLES = {"creator": creator, "deleter": deleter, "keys": keys}
+USER = "racer"
+
+
+def worker(
+    role: str, home: str, url: str | None, seed: int, token: str | None = None
+) -> dict[str, int] | str:
+    """Run OPS operations of one role; return their counts, or the traceback of a surprise.
+    With `token`, each operation acts as the user that token says (looked up each time)."""
     counts: Counter[str] = Counter()
     rng = random.Random(seed)
     store = open_store(home, url)
+
+    def actor() -> Actor:
+        if token is None:
+            return Actor()
+        found = accounts.authenticate(store, token, "ollama")
+        assert found is not None and found.principal == USER and not found.admin, "a valid token refused"
+        return found
+
     try:
         for _ in range(OPS):
             try:
-                (creator if role == "creator" else deleter)(store, rng, counts)
+                ROLES[role](store, rng, counts, actor)
             except Exception as e:
                 bug = known_bug(e)
                 if bug is None:
@@ -160,13 +195,26 @@ def check_consistent(store: Store) -> None:
 
 
 @pytest.mark.timeout(240)
-def test_processes_share_one_store(fast_home: Path, db_url: str | None) -> None:
+@pytest.mark.parametrize("auth", ["anonymous", "tokens"])
+def test_processes_share_one_store(fast_home: Path, db_url: str | None, auth: str) -> None:
     home = str(fast_home)
-    open_store(home, db_url).close()  # migrate once, before the crowd arrives
     roles = ["creator", "creator", "deleter", "deleter"]
+    tokens: list[str | None] = [None] * len(roles)
+    store = open_store(home, db_url)  # migrate once, before the crowd arrives
+    try:
+        if auth == "tokens":
+            tokens = [accounts.add_user(store, USER, token_name="worker0").token]
+            tokens += [accounts.add_token(store, USER, name=f"worker{i}").token for i in range(1, len(roles))]
+            roles.append("keys")
+            tokens.append(None)
+    finally:
+        store.close()
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=len(roles), mp_context=ctx) as pool:
-        futures = [pool.submit(worker, role, home, db_url, seed) for seed, role in enumerate(roles)]
+        futures = [
+            pool.submit(worker, role, home, db_url, seed, token)
+            for seed, (role, token) in enumerate(zip(roles, tokens, strict=True))
+        ]
         results = [f.result(timeout=200) for f in futures]
     surprises = [r for r in results if isinstance(r, str)]
     assert surprises == [], "\n".join(surprises)
@@ -178,6 +226,13 @@ def test_processes_share_one_store(fast_home: Path, db_url: str | None) -> None:
     store = open_store(home, db_url)
     try:
         check_consistent(store)  # a transaction aborted by a deadlock must leave the store consistent too
+        if auth == "tokens":
+            assert totals["revoked"] + totals["rotated"] == OPS, totals
+            used = {i.name: i for i in accounts.list_tokens(store, USER)}
+            assert all(used[f"worker{i}"].last_used_at is not None for i in range(4)), used
+            with store.catalog.read() as conn:
+                owners = {r.owner for r in conn.execute(sa.select(t.repositories.c.owner))}
+            assert owners <= {USER}, owners  # what the user created is the user's
     finally:
         store.close()
     if totals["deadlock"] or totals["scan_race"]:
@@ -338,6 +393,33 @@ def test_an_upload_racing_the_second_phase_of_a_delete_keeps_its_row(
     assert observer.blob_size(digest) == len(layer)
     observer.put_manifest(PREFIX + "back", "latest", manifest_for(observer, b"cfg", [layer]))
     assert gc.fsck(observer) == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_two_uploads_of_the_same_bytes_by_one_user_both_commit(make_store: Callable[..., Store]) -> None:
+    """Both uploads record who uploaded the blob (`blob_access.record_upload`) in the transaction that
+    installs it; neither sees the other's row before it commits, so the second must not insert it
+    again (the token race on two servers met this as a 500)."""
+    first_store, second_store, observer = make_store(), make_store(), make_store()
+    bytes_ = b"one layer, uploaded twice at once by the same user"
+    digest = "sha256:" + hashlib.sha256(bytes_).hexdigest()
+    actor = accounts.authenticate(observer, accounts.add_user(observer, USER).token, "ollama")
+    assert actor is not None
+
+    def upload(store: Store) -> None:
+        writer = store.blob_writer()
+        writer.write(bytes_)
+        store.commit_blob(writer, digest, also=blob_access.record_upload(store, actor, digest))
+
+    # The first has looked for its uploader row (none yet) and is about to insert it ...
+    pause = Pause(first_store, lambda stmt, _p: stmt.startswith("INSERT INTO uploader_blobs"))
+    first = Runner(lambda: upload(first_store))
+    # ... while the second records the same row and commits.
+    second = Runner(lambda: upload(second_store))
+    assert race(observer, first, pause, second) == []
+    assert observer.blob_size(digest) == len(bytes_)
+    assert blob_access.may_use(observer, actor, digest)
 
 
 def test_fsck_beside_a_writer_sees_one_snapshot(make_store: Callable[..., Store]) -> None:

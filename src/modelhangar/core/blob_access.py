@@ -49,19 +49,18 @@ def reuse(store: Store, actor: Actor, digest: str) -> int | None:
     return store.reuse_blob(digest) if may_use(store, actor, digest) else None
 
 
-def record_upload(actor: Actor, digest: str) -> Statements | None:
-    """Statements (run in the transaction that installs the blob) noting that `actor` uploaded it."""
+def record_upload(store: Store, actor: Actor, digest: str) -> Statements | None:
+    """Statements (run in the transaction that installs the blob) noting that `actor` uploaded it.
+
+    An insert-if-absent: two uploads of the same bytes by the same user may commit at once (on
+    PostgreSQL neither sees the other's row before it commits)."""
     if actor.principal is None:
         return None
     principal = actor.principal
 
     def also(conn: sa.Connection) -> None:
-        exists = sa.select(sa.literal(1)).where(
-            t.uploader_blobs.c.principal == principal, t.uploader_blobs.c.blob_digest == digest
+        store._insert_ignore(
+            conn, t.uploader_blobs, {"principal": principal, "blob_digest": digest, "created_at": now()}
         )
-        if conn.execute(exists).first() is None:
-            conn.execute(
-                t.uploader_blobs.insert().values(principal=principal, blob_digest=digest, created_at=now())
-            )
 
     return also

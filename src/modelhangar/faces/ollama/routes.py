@@ -207,7 +207,7 @@ async def post_blob(request: Request) -> Response:
         return error(400, "upload truncated")
     try:
         await run_in_threadpool(
-            lambda: store.commit_blob(writer, digest, also=blob_access.record_upload(actor, digest))
+            lambda: store.commit_blob(writer, digest, also=blob_access.record_upload(store, actor, digest))
         )
     except DigestMismatch as e:
         return error(400, f'digest mismatch, expected "{e.expected}", got "{e.actual}"')
