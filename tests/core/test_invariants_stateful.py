@@ -3,6 +3,9 @@
 After every step the store must hold exactly the models the machine expects, every reference
 must resolve, nothing may leak (the blob files are exactly those live manifests, trash entries
 and abandoned uploads need), and fsck must find nothing but the abandoned uploads.
+
+With `tokens`, every step acts as a non-admin user, looked up by its API token first (what every
+request with a token costs), and the token is rotated now and then: the old one stops at once.
 """
 
 from __future__ import annotations
@@ -16,9 +19,15 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
-from modelhangar.core import dependents, gc
+from modelhangar.core import accounts, dependents, gc
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.digests import sha256_digest
 from modelhangar.core.errors import Conflict, Refused
@@ -37,12 +46,16 @@ TAGS = ["latest", "v1"]
 Key = tuple[str, str]
 
 
+USER = "machinist"
+
+
 class StoreMachine(RuleBasedStateMachine):
-    def __init__(self, fresh_store: FreshStore, kit_of: Callable[[Store], Kit]) -> None:
+    def __init__(self, fresh_store: FreshStore, kit_of: Callable[[Store], Kit], tokens: bool = False) -> None:
         super().__init__()
         self._stack = contextlib.ExitStack()
         self.store = self._stack.enter_context(fresh_store(HANGAR_TRASH_RETENTION="1h"))
         self.kit = kit_of(self.store)
+        self.token = accounts.add_user(self.store, USER).token if tokens else None
         self.models: dict[Key, str] = {}  # (repository, tag) -> manifest digest
         self.trash: dict[int, tuple[Key, str]] = {}
         self.abandoned: set[str] = set()
@@ -68,6 +81,14 @@ class StoreMachine(RuleBasedStateMachine):
     def snapshot(self) -> dict[str, Any]:
         return self.kit.snapshot()
 
+    def actor(self) -> Actor:
+        """Who acts: the local admin, or the user its token says (looked up now, as each request does)."""
+        if self.token is None:
+            return Actor()
+        found = accounts.authenticate(self.store, self.token, "ollama")
+        assert found is not None and found.principal == USER and not found.admin
+        return found
+
     # ------------------------------------------------------------------ rules
 
     @rule(
@@ -80,12 +101,13 @@ class StoreMachine(RuleBasedStateMachine):
         key = (PREFIX + name, tag)
         digest = str(sha256_digest(content))
         self.blobs_of[digest] = {b.digest for b in parse_manifest(content).blobs}
+        actor = self.actor()
         if self._refused_overwrite(key, digest):
             with pytest.raises(Refused):
-                self.store.put_manifest(key[0], tag, content)
+                self.store.put_manifest(key[0], tag, content, actor=actor)
             self.abandoned |= self.blobs_of[digest] - self.needed_blobs()  # uploaded for nothing
             return
-        self.store.put_manifest(key[0], tag, content)
+        self.store.put_manifest(key[0], tag, content, actor=actor)
         self._moved(key, digest)
 
     @rule(data=st.data(), name=st.sampled_from(NAMES), tag=st.sampled_from(TAGS))
@@ -94,11 +116,12 @@ class StoreMachine(RuleBasedStateMachine):
             return
         src = data.draw(st.sampled_from(sorted(self.models)))
         key = (PREFIX + name, tag)
+        actor = self.actor()
         if self._refused_overwrite(key, self.models[src]):
             with pytest.raises(Refused):
-                self.store.copy_tag(src[0], src[1], key[0], tag)
+                self.store.copy_tag(src[0], src[1], key[0], tag, actor=actor)
             return
-        self.store.copy_tag(src[0], src[1], key[0], tag)
+        self.store.copy_tag(src[0], src[1], key[0], tag, actor=actor)
         self._moved(key, self.models[src])
 
     @rule(data=st.data())
@@ -137,8 +160,9 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(name=st.sampled_from(NAMES), tag=st.sampled_from(TAGS), purge=st.booleans())
     def delete(self, name: str, tag: str, purge: bool) -> None:
         key = (PREFIX + name, tag)
+        actor = self.actor()
         before = self.kit.blob_files()
-        plan = self.kit.delete(name, tag, purge=purge)
+        plan = self.kit.delete(name, tag, actor=actor, purge=purge)
         after = self.kit.blob_files()
         if key not in self.models:
             assert plan.not_found == [f"{key[0]}:{key[1]}"] and not plan.executed
@@ -161,8 +185,9 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule(name=st.sampled_from(NAMES), tag=st.sampled_from(TAGS), purge=st.booleans())
     def dry_run_delete(self, name: str, tag: str, purge: bool) -> None:
+        actor = self.actor()  # first: a token's first use writes its last-used time
         before = self.snapshot()
-        plan = self.kit.delete(name, tag, purge=purge, dry_run=True)
+        plan = self.kit.delete(name, tag, actor=actor, purge=purge, dry_run=True)
         assert not plan.executed
         key = (PREFIX + name, tag)
         assert plan.ok == (key in self.models and key not in self.pinned)
@@ -174,11 +199,12 @@ class StoreMachine(RuleBasedStateMachine):
             return
         entry_id = data.draw(st.sampled_from(sorted(self.trash)))
         key, digest = self.trash[entry_id]
+        actor = self.actor()
         if key in self.models:
             with pytest.raises(Conflict):
-                restore(self.store, entry_id, Actor())
+                restore(self.store, entry_id, actor)
             return
-        restore(self.store, entry_id, Actor())
+        restore(self.store, entry_id, actor)
         del self.trash[entry_id]
         self.models[key] = digest
 
@@ -202,7 +228,23 @@ class StoreMachine(RuleBasedStateMachine):
         commit = self.store.put_blob_bytes(b"abandoned:" + data)
         self.abandoned.add(commit.digest)
 
+    @precondition(lambda self: self.token is not None)
+    @rule()
+    def rotate_token(self) -> None:
+        """The user's token replaced by a new one: the old one is refused at once, the new one works."""
+        old = self.token
+        assert old is not None
+        self.token = accounts.rotate_token(self.store, old.rsplit("_", 1)[0]).token
+        assert accounts.authenticate(self.store, old, "ollama") is None
+        self.actor()
+
     # ------------------------------------------------------------------ invariants
+
+    @invariant()
+    def a_users_models_are_its_own(self) -> None:
+        with self.store.catalog.read() as conn:
+            owners = {r.owner for r in conn.execute(sa.select(t.repositories.c.owner))}
+        assert owners <= ({USER} if self.token is not None else {None})
 
     @invariant()
     def references_resolve(self) -> None:
@@ -237,9 +279,11 @@ class StoreMachine(RuleBasedStateMachine):
         assert set(self.kit.blob_files()) == self.needed_blobs()
 
 
-def run_machine(fresh_store: FreshStore, kit_of: Callable[[Store], Kit], examples: int) -> None:
+def run_machine(
+    fresh_store: FreshStore, kit_of: Callable[[Store], Kit], examples: int, tokens: bool = False
+) -> None:
     run_state_machine_as_test(  # type: ignore[no-untyped-call]
-        lambda: StoreMachine(fresh_store, kit_of),
+        lambda: StoreMachine(fresh_store, kit_of, tokens),
         settings=settings(
             max_examples=examples,
             stateful_step_count=30,
@@ -251,8 +295,11 @@ def run_machine(fresh_store: FreshStore, kit_of: Callable[[Store], Kit], example
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_store_state_machine_sqlite(fresh_store: FreshStore, kit_of: Callable[[Store], Kit]) -> None:
-    run_machine(fresh_store, kit_of, examples=25)
+@pytest.mark.parametrize(("auth", "examples"), [("anonymous", 25), ("tokens", 10)])
+def test_store_state_machine_sqlite(
+    fresh_store: FreshStore, kit_of: Callable[[Store], Kit], auth: str, examples: int
+) -> None:
+    run_machine(fresh_store, kit_of, examples=examples, tokens=auth == "tokens")
 
 
 @pytest.mark.postgres
