@@ -285,6 +285,27 @@ def test_upload_sessions_are_capped_per_user_not_per_address(world: World) -> No
     assert start("bob", "bob/sessions").status_code == 202  # same address, another user: its own cap
 
 
+def test_revoking_with_the_whole_token_sends_and_shows_only_its_handle(world: World) -> None:
+    """Someone who leaked a token pastes all of it into `token revoke`: it is revoked, and its secret
+    reaches neither the server's access log (the path) nor an answer."""
+    leaked = _token(hangar_json("token", "add", "bob", "--name", "leaked", home=world.home))
+    handle = leaked.rsplit("_", 1)[0]
+    assert world.ollama(leaked).list().models is not None
+    done = world.cli("bob", "token", "revoke", leaked, "--host", world.server.host, "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["prefix"] == handle, done.stderr
+    assert leaked not in done.stdout
+    _fails(401, world.ollama(leaked).list)
+    with world.http("bob") as http:  # a client that puts the whole token in the path itself
+        again = http.post(f"/api/hangar/tokens/{leaked}/revoke")
+        BODIES.append(again.text)
+        assert again.status_code == 200 and leaked not in again.text
+        unknown = http.post(f"/api/hangar/tokens/hgr_zzzzzzzzzz_{'Q' * 40}/rotate")
+        BODIES.append(unknown.text)
+        assert unknown.status_code == 404 and "Q" * 40 not in unknown.text
+    assert wait_until(lambda: f"/api/hangar/tokens/{handle}_<secret>/revoke" in world.server.log())
+    assert leaked not in world.server.log() and "Q" * 40 not in world.server.log()
+
+
 def test_tokens_never_appear_in_logs_audit_entries_or_errors(
     world: World, make_gguf_module: MakeGguf
 ) -> None:

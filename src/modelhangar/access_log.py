@@ -1,9 +1,10 @@
 """One log line per request: method, path, status, bytes sent, time taken; never a secret.
 
-Only the path is logged, percent-encoded as sent, with the few query parameters known to carry no
-secret (`dry_run`, `n`, ...); headers (Authorization, Cookie) and any other parameter (`token`,
-`X-Amz-Signature`, ...) never are. Lines go to the `modelhangar.access` logger at INFO (a 5xx at
-WARNING), so HANGAR_LOG_LEVEL=warning keeps only problems (README "Configuration").
+Only the path is logged, percent-encoded as sent (the secret part of an API token in it replaced),
+with the few query parameters known to carry no secret (`dry_run`, `n`, ...); headers
+(Authorization, Cookie) and any other parameter (`token`, `X-Amz-Signature`, ...) never are.
+Lines go to the `modelhangar.access` logger at INFO (a 5xx at WARNING), so
+HANGAR_LOG_LEVEL=warning keeps only problems (README "Configuration").
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelhangar.core import accounts
 
 log = logging.getLogger("modelhangar.access")
 
@@ -67,7 +70,7 @@ def request_target(scope: Scope) -> str:
     path = path.split("?", 1)[0]
     query = scope.get("query_string", b"").decode("latin-1")
     safe = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k in SAFE_PARAMS]
-    target = path + (f"?{urlencode(safe)}" if safe else "")
+    target = accounts.redact(path + (f"?{urlencode(safe)}" if safe else ""))  # a token pasted in a path
     if len(target) > MAX_PATH:
         target = target[:MAX_PATH] + "..."
     return _printable(target)

@@ -46,6 +46,14 @@ def _p(segment: str) -> str:
     return quote(segment, safe="")
 
 
+def _handle(prefix: str) -> str:
+    """What a server is sent of a token to revoke or rotate: its handle, never its secret even when
+    the whole token was given (`accounts.handle`)."""
+    from modelhangar.core import accounts
+
+    return accounts.handle(prefix)
+
+
 def _print_token(doc: dict[str, Any], what: str) -> None:
     say(what)
     say(f"token: {doc['token']}")
@@ -227,7 +235,9 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
         return accounts.revoke_token(store, a.prefix).to_dict()
 
-    doc = _run(args, local, lambda c, a: c.post_json(f"/api/hangar/tokens/{_p(a.prefix)}/revoke", {}))
+    doc = _run(
+        args, local, lambda c, a: c.post_json(f"/api/hangar/tokens/{_p(_handle(a.prefix))}/revoke", {})
+    )
     if args.json:
         print_json(doc)
     else:
@@ -241,7 +251,9 @@ def cmd_token_rotate(args: argparse.Namespace) -> int:
 
         return accounts.rotate_token(store, a.prefix).to_dict()
 
-    doc = _run(args, local, lambda c, a: c.post_json(f"/api/hangar/tokens/{_p(a.prefix)}/rotate", {}))
+    doc = _run(
+        args, local, lambda c, a: c.post_json(f"/api/hangar/tokens/{_p(_handle(a.prefix))}/rotate", {})
+    )
     if args.json:
         print_json(doc)
     else:

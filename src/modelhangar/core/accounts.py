@@ -359,16 +359,32 @@ def list_tokens(store: Store, user: str | None = None) -> list[TokenInfo]:
         return [_token_info(r) for r in conn.execute(q)]
 
 
+def handle(text: str) -> str:
+    """The public handle `hgr_<id>` of a token or of a beginning of one: what listings show and what
+    revoking and rotating take. A whole token given there keeps only its handle, so its secret is
+    never sent in a path (access logs) nor echoed in an error."""
+    return TOKEN_PREFIX + text.strip().removeprefix(TOKEN_PREFIX).split("_", 1)[0]
+
+
+_SECRET_PART = re.compile(r"(hgr_[a-z2-7]{10})_[A-Za-z0-9]{40}")
+
+
+def redact(text: str) -> str:
+    """`text` with the secret part of every token in it replaced (what a log line may show)."""
+    return _SECRET_PART.sub(r"\1_<secret>", text) if TOKEN_PREFIX in text else text
+
+
 def _find_token(conn: sa.Connection, prefix: str, actor: Actor | None) -> Any:
     """The one token `prefix` begins; NotFound unless one of those is `actor`'s to manage (any for None)."""
-    ident = prefix.strip().removeprefix(TOKEN_PREFIX).split("_", 1)[0]
+    shown = handle(prefix)
+    ident = shown.removeprefix(TOKEN_PREFIX)
     if not ident or not re.fullmatch(r"[a-z2-7]{1,10}", ident):
-        raise NotFound(f'no token "{prefix}"')
+        raise NotFound(f'no token "{shown}"')
     rows = conn.execute(sa.select(t.tokens).where(t.tokens.c.id.startswith(ident, autoescape=True))).all()
     if not rows or not (actor is None or any(permissions.may_manage_token(actor, r.principal) for r in rows)):
-        raise NotFound(f'no token "{prefix}"')
+        raise NotFound(f'no token "{shown}"')
     if len(rows) > 1:
-        raise Conflict(f'"{prefix}" matches {len(rows)} tokens; give more of it')
+        raise Conflict(f'"{shown}" matches {len(rows)} tokens; give more of it')
     return rows[0]
 
 
