@@ -151,6 +151,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_exception_handler(exc, handler)
     app.include_router(hangar_router)
     app.include_router(accounts_router)
+    app.openapi = docs.with_security(app.openapi, settings.auth)  # type: ignore[method-assign]
     app.router.routes.extend(docs.routes())
     app.router.routes.extend(opensearch.routes())  # its `/` before Ollama's: it hands Ollama's clients on
     app.router.routes.extend(ollama.routes())

@@ -47,3 +47,18 @@ def test_schemathesis_finds_nothing(tmp_path: Path, start_server: StartServer, m
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert "passed" in run.stdout
+
+
+@pytest.mark.parametrize("auth", ["local", "required"])
+def test_the_schema_declares_the_token_schemes(tmp_path: Path, start_server: StartServer, auth: str) -> None:
+    """Bearer (an API token) and basic auth (a token as the password) for every operation; without a
+    token only under HANGAR_AUTH=local (a loopback client is the local admin)."""
+    import httpx
+
+    server = start_server(tmp_path / "home", env={"HANGAR_AUTH": auth})
+    doc = httpx.get(f"{server.url}/openapi.json").json()  # served without a token in either mode
+    schemes = doc["components"]["securitySchemes"]
+    assert schemes["bearer"]["type"] == "http" and schemes["bearer"]["scheme"] == "bearer"
+    assert schemes["basic"]["type"] == "http" and schemes["basic"]["scheme"] == "basic"
+    optional = [{}] if auth == "local" else []
+    assert doc["security"] == [{"bearer": []}, {"basic": []}, *optional]

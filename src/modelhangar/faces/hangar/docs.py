@@ -7,7 +7,9 @@ the validator badge (an image from swagger.io) and web fonts are left out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.resources import files
+from typing import Any
 
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from starlette.requests import Request
@@ -38,6 +40,36 @@ async def redoc(request: Request) -> Response:
         redoc_favicon_url=f"{ASSETS}/favicon.png",
         with_google_fonts=False,
     )
+
+
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "hgr_<id>_<secret>",
+        "description": "An API token (`hangar user add`, `hangar token add`); `Token <token>` works too.",
+    },
+    "basic": {
+        "type": "http",
+        "scheme": "basic",
+        "description": "Any user name and an API token as the password.",
+    },
+}
+"""How a request says who it is (README "Accounts"; `auth.py` reads them)."""
+
+
+def with_security(schema: Callable[[], dict[str, Any]], auth: str) -> Callable[[], dict[str, Any]]:
+    """`schema` (FastAPI's `app.openapi`) declaring the token schemes for every operation; under
+    HANGAR_AUTH=local a request without one is allowed too (a loopback client is the local admin)."""
+
+    def openapi() -> dict[str, Any]:
+        doc = schema()
+        if "security" not in doc:  # FastAPI keeps the document it built: this runs once
+            doc.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+            doc["security"] = [{"bearer": []}, {"basic": []}] + ([{}] if auth == "local" else [])
+        return doc
+
+    return openapi
 
 
 def routes() -> list[BaseRoute]:
