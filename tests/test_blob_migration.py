@@ -112,7 +112,12 @@ def test_into_a_bucket_and_back_served_from_each(
     layers = [os.urandom(6 << 20), os.urandom(1000)]  # one of two multipart parts
     push_image(srv.url, "team/img", "v1", layers)
     held = hangar(
-        "migrate-blobs", "--to", s3["HANGAR_BLOBS"], home=home, env={**LOCAL, **s3_server.env}, database_url=db
+        "migrate-blobs",
+        "--to",
+        s3["HANGAR_BLOBS"],
+        home=home,
+        env={**LOCAL, **s3_server.env},
+        database_url=db,
     )
     assert held.returncode == 1 and "in use: stop every `hangar serve`" in held.stderr, held.stderr
     srv.stop()

@@ -43,8 +43,8 @@ serve_command = _Commands("serve_command")
 
 EPILOG = """\
 model commands talk to a running `hangar serve` at HANGAR_HOST (default 127.0.0.1:11435) or --host;
-store commands (gc, fsck, migrate-blobs, import-ollama, export-ollama) open HANGAR_HOME (default ~/.hangar) or
---data-dir directly and are safe to run beside a server.
+store commands (gc, fsck, import-ollama, export-ollama) open HANGAR_HOME (default ~/.hangar) or
+--data-dir directly and are safe to run beside a server; migrate-blobs needs the servers stopped.
 """
 
 

@@ -26,6 +26,7 @@ Locking protocol (what keeps invariant 1 of DEVELOPERS.md true):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -215,7 +216,8 @@ class Store:
     def _release_gate(self) -> None:
         if self._gate is not None:
             gate, self._gate = self._gate, None
-            gate.__exit__(None, None, None)
+            with contextlib.suppress(Exception):  # a dropped connection has released it already
+                gate.__exit__(None, None, None)
 
     @property
     def reuse_fuse(self) -> float:
