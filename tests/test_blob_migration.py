@@ -25,6 +25,7 @@ from harness import (
     StartServer,
     hangar,
     hangar_env,
+    hangar_tty,
     image_manifest,
 )
 
@@ -212,6 +213,8 @@ def test_a_wrong_object_in_the_destination_is_copied_again(
     client.put_object(Bucket=S3_BUCKET, Key=key.format(digest_of(same_size)[7:]), Body=os.urandom(300_000))
     client.put_object(Bucket=S3_BUCKET, Key=key.format(digest_of(shorter)[7:]), Body=b"short")
     client.put_object(Bucket=S3_BUCKET, Key=key.format(digest_of(right)[7:]), Body=right)
+    nowhere = hangar("migrate-blobs", "--to", "s3://no-such-bucket", home=home, env={**s3, **LOCAL})
+    assert nowhere.returncode == 1 and "--to s3://no-such-bucket: no such bucket" in nowhere.stderr
     report = migrate(home, {**s3, **LOCAL}, "--to", s3["HANGAR_BLOBS"])
     assert report["ok"] and report["switched"]
     assert sorted(report["recopied"]) == sorted([digest_of(same_size), digest_of(shorter)])
@@ -237,3 +240,7 @@ def test_to_another_directory_and_a_bad_destination(tmp_path: Path, start_server
     assert httpx.get(f"{srv.url}/v2/team/many/blobs/{digest_of(layers[1])}").content == layers[1]
     srv.stop()
     fsck_clean(home, env)
+    code, shown = hangar_tty("migrate-blobs", "--to", "local", "--delete-source", home=home, env=env)
+    assert code == 0 and "moving" in shown and "4/4 blobs" in shown, shown  # the bar, on a terminal
+    assert "deleted 4 blobs" in shown and list((elsewhere / "blobs").glob("sha256-*")) == []
+    fsck_clean(home, LOCAL)

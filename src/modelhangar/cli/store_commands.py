@@ -321,10 +321,14 @@ def cmd_migrate_blobs(args: argparse.Namespace) -> int:
             MigrationError,
             blob_location.BlobLocationMismatch,
             blob_location.StoreBusy,
-            BlobStoreConfigError,
             BlobStoreUnavailable,
         ) as e:
             raise CliError(str(e)) from None
+        except BlobStoreConfigError as e:  # says HANGAR_BLOBS=...: the destination is --to here
+            message = str(e)
+            if to and message.startswith(f"HANGAR_BLOBS={to}"):
+                message = f"--to {message.removeprefix('HANGAR_BLOBS=')}"
+            raise CliError(message) from None
         except sa.exc.SQLAlchemyError as e:
             raise CliError(f"catalog error: {_reason(e)}") from e
         except OSError as e:

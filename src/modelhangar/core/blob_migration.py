@@ -284,7 +284,8 @@ def _copy_all(
     copier = _Copier(store.blobs, target, progress, state)
     if progress is not None:
         progress(replace(state))
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="migrate") as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="migrate")
+    try:
         futures = {pool.submit(copier.one, d, size): (d, size) for d, size in blobs}
         for f in as_completed(futures):
             digest, size = futures[f]
@@ -306,6 +307,8 @@ def _copy_all(
                 if outcome == "recopied":
                     report.recopied.append(digest)
             copier.done(digest, size, outcome)
+    finally:  # interrupted (Ctrl-C): the blobs not started yet are dropped, the running ones end
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _recorded(settings: Settings) -> str | None:
