@@ -112,6 +112,10 @@ def test_into_a_bucket_and_back_served_from_each(
     client.create(model="tiny", files={"tiny.gguf": client.create_blob(gguf)}, system="Be brief.")
     layers = [os.urandom(6 << 20), os.urandom(1000)]  # one of two multipart parts
     push_image(srv.url, "team/img", "v1", layers)
+    session = httpx.post(f"{srv.url}/v2/team/img/blobs/uploads/")
+    assert session.status_code == 202
+    upload = httpx.URL(session.headers["location"]).raw_path.decode()  # answered by any later server
+    assert httpx.patch(f"{srv.url}{upload}", content=b"half").status_code == 202
     held = hangar(
         "migrate-blobs",
         "--to",
@@ -130,6 +134,7 @@ def test_into_a_bucket_and_back_served_from_each(
         d[7:] for d in report["copied"]
     )
     assert local_blobs(home) == []  # served from the bucket from now on
+    assert len(report["uploads_cancelled"]) == 1 and not any((home / "uploads").iterdir())
 
     # The old HANGAR_BLOBS is refused at start-up, in one line that says what to set.
     with pytest.raises(RuntimeError, match=rf"set HANGAR_BLOBS=s3://{S3_BUCKET}/{prefix}"):
@@ -139,6 +144,7 @@ def test_into_a_bucket_and_back_served_from_each(
 
     srv = start_server(home, env=s3, database_url=db)
     read_everything(srv.url, layers)
+    assert httpx.get(f"{srv.url}{upload}").status_code == 404  # the client starts again
     srv.stop()
     fsck_clean(home, s3, db)
 
@@ -164,11 +170,11 @@ def test_a_migration_killed_mid_copy_resumes_and_verifies(
     home, prefix = tmp_path / "a", "killed"
     s3 = in_bucket(s3_server, prefix)
     srv = start_server(home, env=LOCAL)
-    layers = many_blobs(srv.url, 40, 1 << 20)
+    layers = many_blobs(srv.url, 60, 1 << 20)
     srv.stop()
     env = hangar_env(home, env={**s3, **LOCAL})
     proc = subprocess.Popen(
-        [*CLI, "migrate-blobs", "--to", s3["HANGAR_BLOBS"], "--jobs", "2"],
+        [*CLI, "migrate-blobs", "--to", s3["HANGAR_BLOBS"], "--jobs", "1"],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -180,18 +186,21 @@ def test_a_migration_killed_mid_copy_resumes_and_verifies(
     for line in proc.stderr:  # a plain line per blob when stderr is not a terminal
         seen.append(line)
         if len([s for s in seen if s.startswith("copied ")]) >= 3:
+            # Meanwhile nothing else opens the store (the blob-location gate).
+            busy = hangar("fsck", home=home, env=LOCAL)
             proc.send_signal(signal.SIGKILL)
             break
     assert proc.wait(30) == -signal.SIGKILL, "".join(seen)
+    assert busy.returncode == 1 and "`hangar migrate-blobs` is moving the blobs" in busy.stderr, busy.stderr
     copied = len(bucket_blobs(s3_server, prefix))
-    assert 3 <= copied < 41
+    assert 3 <= copied < 61
 
     # Not switched: the store still runs on its own files, and is consistent.
     fsck_clean(home, LOCAL)
     again = migrate(home, {**s3, **LOCAL}, "--to", s3["HANGAR_BLOBS"])
-    assert again["ok"] and again["switched"] and again["blobs"] == 41
-    assert len(again["present"]) >= 3 and len(again["present"]) + len(again["copied"]) == 41
-    assert len(local_blobs(home)) == 41  # the source is kept without --delete-source
+    assert again["ok"] and again["switched"] and again["blobs"] == 61
+    assert len(again["present"]) >= 3 and len(again["present"]) + len(again["copied"]) == 61
+    assert len(local_blobs(home)) == 61  # the source is kept without --delete-source
     fsck_clean(home, s3)  # GC also sweeps the killed run's temporary objects in the bucket
     assert s3_server.keys(S3_BUCKET, f"{prefix}/tmp/") == []
     srv = start_server(home, env=s3)
