@@ -241,9 +241,13 @@ def test_to_another_directory_and_a_bad_destination(tmp_path: Path, start_server
     srv.stop()
     same = hangar("migrate-blobs", "--to", "local", home=home, env=LOCAL)
     assert same.returncode == 1 and "already in the files under" in same.stderr
-    report = migrate(home, LOCAL, "--to", str(elsewhere))
+    (elsewhere / "blobs").mkdir(parents=True)
+    (elsewhere / "blobs" / f"sha256-{digest_of(b'theirs')[7:]}").write_bytes(b"theirs")
+    theirs = hangar("migrate-blobs", "--to", str(elsewhere), home=home, env=LOCAL)
+    assert theirs.returncode == 1 and "1 blobs this store does not know" in theirs.stderr, theirs.stderr
+    report = migrate(home, LOCAL, "--to", str(elsewhere), "--allow-unknown")  # (old copies of ours)
     assert report["ok"] and report["setting"] == f"HANGAR_BLOBS=file:{elsewhere}"
-    assert len(list((elsewhere / "blobs").glob("sha256-*"))) == 4
+    assert len(list((elsewhere / "blobs").glob("sha256-*"))) == 5  # theirs until GC reclaims it
     env = {"HANGAR_BLOBS": f"file:{elsewhere}"}
     srv = start_server(home, env=env)
     assert httpx.get(f"{srv.url}/v2/team/many/blobs/{digest_of(layers[1])}").content == layers[1]

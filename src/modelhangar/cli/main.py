@@ -254,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="delete the old copies once every blob verified in the new place and the store switched",
     )
+    p.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="go on although the destination holds blobs this store does not know "
+        "(its old copies; its GC then reclaims them)",
+    )
     p.add_argument("--jobs", metavar="N", type=_jobs, default=4, help="blobs copied at once (default 4)")
 
     p = add(

@@ -315,7 +315,13 @@ def cmd_migrate_blobs(args: argparse.Namespace) -> int:
     with _migration_progress(args.json) as tick:
         try:
             report = migrate(
-                settings, to, delete_source=args.delete_source, jobs=args.jobs, progress=tick, actor=_actor()
+                settings,
+                to,
+                delete_source=args.delete_source,
+                allow_unknown=args.allow_unknown,
+                jobs=args.jobs,
+                progress=tick,
+                actor=_actor(),
             )
         except (
             MigrationError,

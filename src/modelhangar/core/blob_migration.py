@@ -224,13 +224,18 @@ def migrate(
     to: str,
     *,
     delete_source: bool = False,
+    allow_unknown: bool = False,
     jobs: int = JOBS,
     progress: ProgressCallback | None = None,
     actor: Actor | None = None,
 ) -> MigrationReport:
     """Move the blobs of the store `settings` names (from the location HANGAR_BLOBS gives) to `to`
     (`s3://BUCKET[/PREFIX]`, `file:/DIR`, a directory, or `` / `local` for the data directory's own
-    files); see the module's docstring. Safe to run again after any interruption."""
+    files); see the module's docstring. Safe to run again after any interruption.
+
+    A destination that holds blobs this catalog does not know may be another store's: this store's
+    GC would reclaim them once it reads from there, so the migration refuses unless `allow_unknown`
+    (they are this store's own old copies, from an earlier migration away from there)."""
     home = settings.home
     source = blob_location.normalize(settings.blobs, home)
     dest = blob_location.normalize(to, home)
@@ -261,6 +266,8 @@ def migrate(
         try:
             target = _open_at(settings, dest, store.catalog)
             try:
+                if not allow_unknown:
+                    _refuse_unknown(store, target, dest)
                 _copy_all(store, target, jobs, progress, report)
                 parts: list[str] = []
                 if not report.failed:
@@ -273,6 +280,19 @@ def migrate(
             store.close()
     report.seconds = time.monotonic() - started
     return report
+
+
+def _refuse_unknown(store: Store, target: BlobStore, dest: str) -> None:
+    with store.catalog.read() as conn:
+        known = {r.digest for r in conn.execute(sa.select(t.blobs.c.digest))}
+    unknown = [d for d, _ in target.iter_blobs() if d not in known]
+    if unknown:
+        raise MigrationError(
+            f"{blob_location.describe(dest, store.settings.home)} already holds {len(unknown)} blobs this "
+            f"store does not know (e.g. {unknown[0]}): if another store keeps its blobs there, choose "
+            "another place (this store's GC would reclaim them); if they are this store's old copies, "
+            "run again with --allow-unknown"
+        )
 
 
 def _copy_all(
