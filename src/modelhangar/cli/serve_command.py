@@ -52,9 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:  # a migration running, or HANGAR_BLOBS not where the catalog says the blobs are (README)
         blob_location.preflight(settings.database_url, settings.blobs, settings.home)
-    except blob_location.BlobLocationMismatch as e:
-        raise CliError(str(e)) from None
-    except blob_location.StoreBusy as e:
+    except (blob_location.BlobLocationMismatch, blob_location.StoreBusy) as e:
         raise CliError(str(e)) from None
     from modelhangar import server
 

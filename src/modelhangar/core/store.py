@@ -198,10 +198,11 @@ class Store:
         self._gate: AbstractContextManager[bool] | None = None
         try:
             if gate:
-                self._gate = self.catalog.gate(blob_location.GATE, shared=True)
-                if not self._gate.__enter__():
-                    self._gate = None
+                shared = self.catalog.gate(blob_location.GATE, shared=True)
+                if not shared.__enter__():
+                    shared.__exit__(None, None, None)
                     raise blob_location.migration_running(settings.home)
+                self._gate = shared
             if migrate:
                 self.catalog.migrate()
                 blob_location.check(self.catalog, settings.blobs, settings.home)
