@@ -44,7 +44,7 @@ serve_command = _Commands("serve_command")
 EPILOG = """\
 model commands talk to a running `hangar serve` at HANGAR_HOST (default 127.0.0.1:11435) or --host;
 store commands (gc, fsck, import-ollama, export-ollama) open HANGAR_HOME (default ~/.hangar) or
---data-dir directly and are safe to run beside a server.
+--data-dir directly and are safe to run beside a server; migrate-blobs needs the servers stopped.
 """
 
 
@@ -237,6 +237,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="also hash every blob (reads all bytes)")
 
     p = add(
+        "migrate-blobs",
+        store_commands.cmd_migrate_blobs,
+        "move the store's blobs to a bucket or a directory (servers stopped; resumable, verified)",
+        [store, js],
+    )
+    p.add_argument(
+        "--to",
+        metavar="PLACE",
+        required=True,
+        help="s3://BUCKET[/PREFIX], file:/DIR or a directory (blobs go to DIR/blobs), or `local` "
+        "for the data directory's own files",
+    )
+    p.add_argument(
+        "--delete-source",
+        action="store_true",
+        help="delete the old copies once every blob verified in the new place and the store switched",
+    )
+    p.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="go on although the destination holds blobs this store does not know "
+        "(its old copies; its GC then reclaims them)",
+    )
+    p.add_argument("--jobs", metavar="N", type=_jobs, default=4, help="blobs copied at once (default 4)")
+
+    p = add(
         "import-ollama",
         store_commands.cmd_import_ollama,
         "adopt the models of an Ollama models directory",
@@ -350,6 +376,12 @@ def _account_commands(sub: Any, client: Parser, js: Parser) -> None:
         parents=[client, js],
     )
     p.set_defaults(func=account_commands.cmd_whoami)
+
+
+def _jobs(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"invalid job count {text!r}: a whole number from 1 to 64")
+    return int(text)
 
 
 def _cap(text: str) -> int:

@@ -41,13 +41,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         doc = {"message": note, "auth": "local", "host": settings.host}
         print(json.dumps(doc) if args.json else f"modelhangar: {note}", file=sys.stderr, flush=True)
     _check_bindable(settings.host, settings.port)
-    if settings.blobs:  # a wrong bucket or credential fails here, not at the first upload
+    if settings.blobs.startswith("s3://"):  # a wrong bucket or credential fails here, not at the first upload
         from modelhangar.core.s3blobs import BlobStoreConfigError, check_bucket
 
         try:
             check_bucket(settings.blobs, path_style=settings.s3_path_style)
         except BlobStoreConfigError as e:
             raise CliError(str(e)) from None
+    from modelhangar.core import blob_location
+
+    try:  # a migration running, or HANGAR_BLOBS not where the catalog says the blobs are (README)
+        blob_location.preflight(settings.database_url, settings.blobs, settings.home)
+    except (blob_location.BlobLocationMismatch, blob_location.StoreBusy) as e:
+        raise CliError(str(e)) from None
     from modelhangar import server
 
     if args.json:

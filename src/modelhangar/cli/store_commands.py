@@ -34,12 +34,13 @@ def open_store(settings: Settings) -> Iterator[Store]:
     """The store at settings.home; catalog and file-system failures become one-line errors."""
     import sqlalchemy as sa
 
+    from modelhangar.core.blob_location import BlobLocationMismatch, StoreBusy
     from modelhangar.core.s3blobs import BlobStoreConfigError
     from modelhangar.core.store import Store
 
     try:
         store = Store(settings)
-    except BlobStoreConfigError as e:
+    except (BlobStoreConfigError, BlobLocationMismatch, StoreBusy) as e:
         raise CliError(str(e)) from None
     except (OSError, sa.exc.SQLAlchemyError) as e:
         raise CliError(f"cannot open the store at {settings.home}: {_reason(e)}") from e
@@ -250,3 +251,135 @@ def cmd_export_ollama(args: argparse.Namespace) -> int:
             f"{report.blobs_existing} already there ({human_size(report.bytes)} written)"
         )
     return 1 if args.models and report.skipped else 0
+
+
+# ---------------------------------------------------------------------------------------------- migrate-blobs
+
+
+@contextlib.contextmanager
+def _migration_progress(quiet: bool) -> Iterator[Callable[[Any], None]]:
+    """A bar in bytes and objects on a terminal; else one plain line per object on stderr (nothing
+    with --json). Yields the progress callback of `core.blob_migration`."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
+
+    tty = sys.stderr.isatty()
+    bar = Progress(
+        TextColumn("moving"),
+        BarColumn(),
+        DownloadColumn(binary_units=False),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[objects]}"),
+        console=console(stderr=True),
+        transient=True,
+        disable=quiet or not tty,
+    )
+    words = {
+        "copied": "copied",
+        "recopied": "copied again (the copy there was wrong)",
+        "present": "already there",
+    }
+    with bar:
+        tasks: list[TaskID] = []
+
+        def tick(p: Any) -> None:
+            objects = f"{p.objects_done}/{p.objects} blobs"
+            if not tasks:
+                tasks.append(bar.add_task("", total=p.bytes, objects=objects))
+            bar.update(tasks[0], completed=p.bytes_done, total=p.bytes, objects=objects)
+            if not quiet and not tty and p.last and p.objects_done:
+                what = words.get(p.last, "failed")
+                print(
+                    f"{what} {p.last_digest} ({human_size(p.last_size)}): {objects}, "
+                    f"{human_size(p.bytes_done)} of {human_size(p.bytes)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        yield tick
+
+
+def cmd_migrate_blobs(args: argparse.Namespace) -> int:
+    from modelhangar.core import blob_location
+    from modelhangar.core.blob_migration import MigrationError, migrate
+    from modelhangar.core.s3blobs import BlobStoreConfigError, BlobStoreUnavailable
+
+    settings = existing_store(settings_from_env(args.data_dir))
+    try:
+        to = blob_location.normalize(args.to, settings.home)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    if to.startswith("file:") and Path(to[5:]).exists() and not Path(to[5:]).is_dir():
+        raise CliError(f"{to[5:]}: not a directory")
+    import sqlalchemy as sa
+
+    with _migration_progress(args.json) as tick:
+        try:
+            report = migrate(
+                settings,
+                to,
+                delete_source=args.delete_source,
+                allow_unknown=args.allow_unknown,
+                jobs=args.jobs,
+                progress=tick,
+                actor=_actor(),
+            )
+        except (
+            MigrationError,
+            blob_location.BlobLocationMismatch,
+            blob_location.StoreBusy,
+            BlobStoreUnavailable,
+        ) as e:
+            raise CliError(str(e)) from None
+        except BlobStoreConfigError as e:  # says HANGAR_BLOBS=...: the destination is --to here
+            message = str(e)
+            if to and message.startswith(f"HANGAR_BLOBS={to}"):
+                message = f"--to {message.removeprefix('HANGAR_BLOBS=')}"
+            raise CliError(message) from None
+        except sa.exc.SQLAlchemyError as e:
+            raise CliError(f"catalog error: {_reason(e)}") from e
+        except OSError as e:
+            raise CliError(f"{e.filename or settings.home}: {e.strerror or e}") from e
+    if args.json:
+        print_json(report.to_dict())
+        return 1 if report.failed else 0
+    for line in _migration_summary(report, settings.home, args.delete_source):
+        say(line)
+    return 1 if report.failed else 0
+
+
+def _migration_summary(report: Any, home: Path, delete_source: bool) -> list[str]:
+    from modelhangar.core.blob_location import describe
+
+    for f in report.failed:
+        warn(f"{f['digest']}: {f['reason']}")
+    where, old = describe(report.destination, home), describe(report.source, home)
+    lines = []
+    if report.already_switched:
+        lines.append(
+            f"the store's blobs were moved to {where} already: start every process with {report.setting}"
+        )
+    else:
+        took = f"{report.seconds:.1f}s" + (f", {human_size(report.rate)}/s" if report.copied_bytes else "")
+        again = f"; {len(report.recopied)} copied again (the copy there was wrong)" if report.recopied else ""
+        lines.append(
+            f"{plural(report.blobs, 'blob')} ({human_size(report.bytes)}) verified in {where}: "
+            f"{len(report.copied)} copied ({human_size(report.copied_bytes)} in {took}), "
+            f"{len(report.present)} already there{again}"
+        )
+    if report.switched:
+        lines.append(
+            f"the store now keeps its blobs in {where}: start every server and command with {report.setting}"
+        )
+        if report.uploads_cancelled:
+            n = plural(len(report.uploads_cancelled), "unfinished upload session")
+            lines.append(f"{n} ended (clients start them again)")
+    elif report.failed and not report.already_switched:
+        lines.append(
+            "nothing switched: the store uses its blobs where they were; fix the above and run it again"
+        )
+    if report.source_deleted or delete_source:
+        size = human_size(report.source_deleted_bytes)
+        lines.append(f"deleted {plural(len(report.source_deleted), 'blob')} ({size}) from {old}")
+    elif report.switched:
+        lines.append(f"{old}: the old copies are kept (--delete-source removes them; safe to run again)")
+    return lines

@@ -302,7 +302,11 @@ class LocalBlobStore:
 
 
 def open_blob_store(settings: Settings, catalog: Catalog) -> BlobStore:
-    """The blob store `HANGAR_BLOBS` names: local files under the data directory, or a bucket."""
+    """The blob store `HANGAR_BLOBS` names: local files under the data directory (or, with
+    `file:/DIR`, under another directory laid out the same way: DIR/blobs, DIR/tmp), or a bucket."""
+    if settings.blobs.startswith("file:"):
+        root = Path(settings.blobs[5:].removeprefix("//"))
+        return LocalBlobStore(root / "blobs", root / "tmp")
     if settings.blobs:
         from modelhangar.core.s3blobs import S3BlobStore
 

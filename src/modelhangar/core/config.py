@@ -109,8 +109,15 @@ def _fuse(text: str) -> float:
 
 def _blob_store(text: str) -> str:
     s = text.strip()
+    if s.startswith("file:"):  # another directory laid out as a data directory's (DIR/blobs, DIR/tmp)
+        path = s[5:].removeprefix("//")
+        if not path.startswith("/"):
+            raise ValueError(f"invalid blob store {text!r}: file: needs an absolute path (file:/DIR)")
+        return s
     if s and (not s.startswith("s3://") or not s[5:].split("/", 1)[0]):
-        raise ValueError(f"invalid blob store {text!r}: leave it empty or use s3://BUCKET[/PREFIX]")
+        raise ValueError(
+            f"invalid blob store {text!r}: leave it empty, or use s3://BUCKET[/PREFIX] or file:/DIR"
+        )
     return s
 
 
@@ -199,9 +206,11 @@ KNOBS: tuple[Knob, ...] = (
         "blobs.store",
         _blob_store,
         "",
-        "where blobs live: empty for files under `$HANGAR_HOME/blobs`, or `s3://BUCKET[/PREFIX]` for an "
-        "S3-compatible bucket (endpoint, region and credentials the standard AWS way: `AWS_ENDPOINT_URL`, "
-        "`AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`); checked at start-up",
+        "where blobs live: empty for files under `$HANGAR_HOME/blobs`, `file:/DIR` for files under "
+        "`/DIR/blobs`, or `s3://BUCKET[/PREFIX]` for an S3-compatible bucket (endpoint, region and "
+        "credentials the standard AWS way: `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, "
+        "`AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`); checked at start-up against the place the store's "
+        "catalog records (`hangar migrate-blobs` moves them)",
     ),
     Knob(
         "s3_path_style",

@@ -26,12 +26,14 @@ Locking protocol (what keeps invariant 1 of DEVELOPERS.md true):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from modelhangar.core import jsonsafe, model_rules, permissions
+from modelhangar.core import blob_location, jsonsafe, model_rules, permissions
 from modelhangar.core.actors import Actor as Actor  # re-exported: faces import it from here
 from modelhangar.core.blobstore import (
     COPY_CHUNK,
@@ -186,15 +188,37 @@ def now() -> float:
 class Store:
     """One data directory: the catalog plus the blob files it describes."""
 
-    def __init__(self, settings: Settings, *, migrate: bool = True) -> None:
+    def __init__(self, settings: Settings, *, migrate: bool = True, gate: bool = True) -> None:
+        """Open the store; it holds the blob-location gate shared (`core/blob_location.py`) unless
+        `gate` is off (`hangar migrate-blobs`, which holds it alone), and refuses a HANGAR_BLOBS that
+        is not the location its catalog records (README, "Moving blobs to another place")."""
         self.settings = settings
         settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.catalog = Catalog(settings.database_url, lock_dir=settings.home)
-        self.blobs: BlobStore = open_blob_store(settings, self.catalog)
+        self._gate: AbstractContextManager[bool] | None = None
+        try:
+            if gate:
+                shared = self.catalog.gate(blob_location.GATE, shared=True)
+                if not shared.__enter__():
+                    shared.__exit__(None, None, None)
+                    raise blob_location.migration_running(settings.home)
+                self._gate = shared
+            if migrate:
+                self.catalog.migrate()
+                blob_location.check(self.catalog, settings.blobs, settings.home)
+            self.blobs: BlobStore = open_blob_store(settings, self.catalog)
+        except BaseException:
+            self._release_gate()
+            self.catalog.dispose()
+            raise
         self.last_used = LastUsed(self.catalog)
         self._get_tag: sa.Select[Any] | None = None
-        if migrate:
-            self.catalog.migrate()
+
+    def _release_gate(self) -> None:
+        if self._gate is not None:
+            gate, self._gate = self._gate, None
+            with contextlib.suppress(Exception):  # a dropped connection has released it already
+                gate.__exit__(None, None, None)
 
     @property
     def reuse_fuse(self) -> float:
@@ -208,6 +232,7 @@ class Store:
             self.last_used.flush()
         finally:
             self.blobs.close()
+            self._release_gate()
         self.catalog.dispose()
 
     # ------------------------------------------------------------------ blob rows and locks

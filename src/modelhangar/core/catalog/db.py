@@ -164,13 +164,22 @@ class Catalog:
         key = int.from_bytes(digest[:8], "big", signed=True)
         return self._held(key, Path("leases", f"{digest.hex()[:32]}.lock"), blocking=False)
 
+    def gate(self, name: str, *, shared: bool) -> contextlib.AbstractContextManager[bool]:
+        """A lease any number of holders share (`shared`) or one holds alone, never waiting (yields
+        False when it conflicts with a holder). The store's blob location is one: every open store
+        shares it, `hangar migrate-blobs` takes it alone (README, "Moving blobs to another place")."""
+        digest = hashlib.sha256(name.encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        return self._held(key, Path("leases", f"{digest.hex()[:32]}.lock"), blocking=False, shared=shared)
+
     @contextlib.contextmanager
-    def _held(self, key: int, lock_file: Path, *, blocking: bool) -> Iterator[bool]:
-        """The lock of `exclusive` and `lease`: the advisory lock `key` on PostgreSQL, an flock on
-        `<lock_dir>/<lock_file>` on SQLite; yields whether it is held."""
+    def _held(self, key: int, lock_file: Path, *, blocking: bool, shared: bool = False) -> Iterator[bool]:
+        """The lock of `exclusive`, `lease` and `gate`: the advisory lock `key` on PostgreSQL, an flock
+        on `<lock_dir>/<lock_file>` on SQLite; yields whether it is held."""
         if not self.is_sqlite:
+            mode = "_shared" if shared else ""
             with self.engine.connect() as conn:
-                fn = "pg_advisory_lock" if blocking else "pg_try_advisory_lock"
+                fn = f"pg_advisory_lock{mode}" if blocking else f"pg_try_advisory_lock{mode}"
                 got = conn.execute(sa.text(f"SELECT {fn}(:k)"), {"k": key}).scalar()
                 conn.commit()
                 held = blocking or bool(got)
@@ -178,7 +187,7 @@ class Catalog:
                     yield held
                 finally:
                     if held:
-                        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        conn.execute(sa.text(f"SELECT pg_advisory_unlock{mode}(:k)"), {"k": key})
                         conn.commit()
             return
         assert self._lock_dir is not None
@@ -186,7 +195,8 @@ class Catalog:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "ab") as f:
             try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+                kind = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+                fcntl.flock(f.fileno(), kind | (0 if blocking else fcntl.LOCK_NB))
             except BlockingIOError:
                 yield False
                 return
