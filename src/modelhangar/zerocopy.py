@@ -23,6 +23,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelhangar import directbody
+
 EXTENSION = "http.response.zerocopysend"
 STALL = 60.0
 """Seconds a client may take no bytes at all before the send gives up (the connection is closed)."""
@@ -104,7 +106,11 @@ class ZeroCopy:
         if cycle is None:
             await self.app(scope, receive, send)
             return
-        scope = {**scope, "extensions": {**(scope.get("extensions") or {}), EXTENSION: {}}}
+        extensions = {**(scope.get("extensions") or {}), EXTENSION: {}}
+        receive_into = directbody.offer(cycle)
+        if receive_into is not None:  # large upload bodies off the event loop (directbody.py)
+            extensions[directbody.EXTENSION] = {"receive_into": receive_into}
+        scope = {**scope, "extensions": extensions}
 
         async def sending(message: Message) -> None:
             if message["type"] != EXTENSION:
