@@ -14,7 +14,11 @@ token from `/v2/token` as `Bearer`; it prints each one's ratio to the run withou
 10's target: at most 1.05 slower, i.e. a ratio of time at most 1.05).
 
     python bench/blob_throughput.py [--sizes-mib 256,1024] [--parallel 8] [--small 200] [--rounds 3]
-                                    [--tokens]
+                                    [--tokens] [--before TREE]
+
+With `--before TREE` (a checkout of an older commit, e.g. `git worktree add --detach /tmp/base main`)
+that tree's modelhangar runs beside this one in the same rounds, and its MB/s and this one's ratio
+to them are printed too.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from pathlib import Path
 
 import httpx
 
-from peers import start_hangar, start_registry, stop, verdict
+from peers import before_src, start_hangar, start_registry, stop, verdict
 
 UPLOAD_TARGET = 2.0
 DOWNLOAD_TARGET = 1.5
@@ -160,6 +164,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", action="store_true", help="also run with a token on every request")
     ap.add_argument("--no-registry", action="store_true", help="skip docker-registry")
+    ap.add_argument("--before", help="also run the modelhangar of this source tree (before/after)")
     args = ap.parse_args()
     if not shutil.which("docker-registry") or not shutil.which("curl"):
         sys.exit("needs docker-registry and curl (apt-get install docker-registry curl)")
@@ -171,6 +176,8 @@ def main() -> None:
         }
         if not args.no_registry:
             servers["docker-registry"] = start_registry(work)
+        if args.before:
+            servers["before"] = start_hangar(work / "before", src=before_src(args.before))
         auths: dict[str, Auth] = {}
         if args.tokens:
             for kind in ("basic", "bearer"):
@@ -261,6 +268,12 @@ def main() -> None:
                 if metric in targets:
                     line += f"  {verdict(ours / theirs, targets[metric])}"
                 print(line)
+            if "before" in results:
+                print(f"\n{'after / before, MB/s':<26} {'before':>12} {'after':>12} {'ratio':>7}")
+                for metric in results["modelhangar"]:
+                    b = statistics.median(results["before"][metric])
+                    a = statistics.median(results["modelhangar"][metric])
+                    print(f"{metric:<26} {b:>12.0f} {a:>12.0f} {a / b:>7.2f}")
             if auths:
                 print(
                     f"\n{'with tokens, MB/s':<26} {'no token':>10} {'basic':>8} {'time x':>7}"
