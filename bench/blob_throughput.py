@@ -22,6 +22,11 @@ ratios token / no token of the medians and of the minimums, and whether they mee
     python bench/blob_throughput.py [--sizes-mib 256,1024] [--parallel 8] [--small 200] [--rounds 3]
     python bench/blob_throughput.py --tokens [--sizes-mib 256,1024] [--parallel 8] [--small 200]
                                     [--requests 300] [--rounds 7]
+    python bench/blob_throughput.py [...] --before TREE
+
+With `--before TREE` (a checkout of an older commit, e.g. `git worktree add --detach /tmp/base main`)
+that tree's modelhangar runs beside this one in the same rounds, and its MB/s and this one's ratio
+to them are printed too.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from pathlib import Path
 
 import httpx
 
-from peers import start_hangar, start_registry, stop, verdict
+from peers import before_src, start_hangar, start_registry, stop, verdict
 
 UPLOAD_TARGET = 2.0
 DOWNLOAD_TARGET = 1.5
@@ -324,6 +329,7 @@ def main() -> None:
     ap.add_argument("--tokens", action="store_true", help="what a token on every request costs (see above)")
     ap.add_argument("--requests", type=int, default=300, help="--tokens: keep-alive GETs of a small blob")
     ap.add_argument("--no-registry", action="store_true", help="skip docker-registry")
+    ap.add_argument("--before", help="also run the modelhangar of this source tree (before/after)")
     args = ap.parse_args()
     if not shutil.which("docker-registry") or not shutil.which("curl"):
         sys.exit("needs docker-registry and curl (apt-get install docker-registry curl)")
@@ -341,6 +347,8 @@ def main() -> None:
         }
         if not args.no_registry:
             servers["docker-registry"] = start_registry(work)
+        if args.before:
+            servers["before"] = start_hangar(work / "before", src=before_src(args.before))
         results: dict[str, dict[str, list[float]]] = {name: {} for name in servers}
         targets: dict[str, float] = {}
 
@@ -417,6 +425,12 @@ def main() -> None:
                 if metric in targets:
                     line += f"  {verdict(ours / theirs, targets[metric])}"
                 print(line)
+            if "before" in results:
+                print(f"\n{'after / before, MB/s':<26} {'before':>12} {'after':>12} {'ratio':>7}")
+                for metric in results["modelhangar"]:
+                    b = statistics.median(results["before"][metric])
+                    a = statistics.median(results["modelhangar"][metric])
+                    print(f"{metric:<26} {b:>12.0f} {a:>12.0f} {a / b:>7.2f}")
         finally:
             for _, proc in servers.values():
                 stop(proc)

@@ -35,9 +35,15 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) 
     raise RuntimeError(f"{url} did not come up")
 
 
-def start_hangar(home: Path, env: dict[str, str] | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+def start_hangar(
+    home: Path, env: dict[str, str] | None = None, src: Path | None = None
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """`hangar serve` on a free port; with `src`, the modelhangar of that source tree (a `src/`
+    directory, e.g. a worktree of an older commit: `--before` of the benchmarks) instead of this one."""
     port = free_port()
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("HANGAR_")}
+    if src is not None:
+        child_env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [os.environ.get("PYTHONPATH")])])
     child_env.update({"HANGAR_HOME": str(home), "HANGAR_GC_INTERVAL": "24h", "HANGAR_LOG_LEVEL": "warning"})
     child_env.update(env or {})
     proc = subprocess.Popen(
@@ -77,6 +83,16 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def before_src(tree: str | None) -> Path | None:
+    """The `src/` of a `--before` source tree (checked), or None."""
+    if tree is None:
+        return None
+    src = Path(tree) / "src"
+    if not (src / "modelhangar").is_dir():
+        raise SystemExit(f"--before {tree}: no src/modelhangar there")
+    return src
 
 
 def verdict(ratio: float, target: float) -> str:

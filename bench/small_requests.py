@@ -6,6 +6,12 @@ Prints req/s and p99 of each (medians over the rounds), the ratio modelhangar/do
 the target (issue 16: at least 1.5x docker-registry's req/s, with a p99 no worse than its own).
 
     python bench/small_requests.py [--seconds 5] [--rounds 3] [--connections 32] [--database-url URL]
+                                   [--before TREE]
+
+With `--before TREE` (a checkout of an older commit, e.g. `git worktree add --detach /tmp/base main`)
+that tree's modelhangar runs beside this one on its own catalog (a second database on PostgreSQL:
+`--before-database-url`), in the same rounds, and its figures and this one's ratio to them are
+printed too.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from peers import start_hangar, start_registry, stop, verdict
+from peers import before_src, start_hangar, start_registry, stop, verdict
 
 MANIFEST_MT = "application/vnd.docker.distribution.manifest.v2+json"
 TARGET = 1.5
@@ -86,6 +92,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--database-url", help="modelhangar's catalog (default: SQLite under its data directory)")
+    ap.add_argument("--before", help="also run the modelhangar of this source tree (before/after)")
+    ap.add_argument("--before-database-url", help="the --before server's catalog (default: SQLite)")
     args = ap.parse_args()
     if not shutil.which("docker-registry") or not shutil.which("hey"):
         sys.exit("needs docker-registry and hey (apt-get install docker-registry hey)")
@@ -94,6 +102,9 @@ def main() -> None:
         work = Path(tmp)
         env = {"HANGAR_DATABASE_URL": args.database_url} if args.database_url else {}
         servers = {"modelhangar": start_hangar(work / "hangar", env), "docker-registry": start_registry(work)}
+        if args.before:
+            before_env = {"HANGAR_DATABASE_URL": args.before_database_url} if args.before_database_url else {}
+            servers["before"] = start_hangar(work / "before", before_env, before_src(args.before))
         try:
             endpoints: dict[str, tuple[str, str]] = {}
             urls: dict[str, dict[str, str]] = {}
@@ -141,6 +152,16 @@ def main() -> None:
                     p99_ok = "p99 ok" if o_p99 <= t_p99 else "p99 WORSE"
                     line += f"  {verdict(ratio, TARGET)}, {p99_ok}"
                 print(line)
+            if "before" in results:
+                print(f"\n{'after / before':<24} {'before':>22} {'after':>22} {'ratio':>6}")
+                for metric in endpoints:
+                    b, a = results["before"][metric], results["modelhangar"][metric]
+                    b_rps, b_p99 = statistics.median(r for r, _ in b), statistics.median(p for _, p in b)
+                    a_rps, a_p99 = statistics.median(r for r, _ in a), statistics.median(p for _, p in a)
+                    print(
+                        f"{metric:<24} {b_rps:>8.0f} req/s p99 {b_p99:>5.0f} ms"
+                        f" {a_rps:>8.0f} req/s p99 {a_p99:>5.0f} ms {a_rps / b_rps:>6.2f}"
+                    )
         finally:
             for _, proc in servers.values():
                 stop(proc)

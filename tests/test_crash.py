@@ -38,7 +38,7 @@ from harness import (
     wait_until,
 )
 
-BIG = 4 << 20  # bytes per large upload
+BIG = 10 << 20  # bytes per large upload: past faces/bodies.BODY_DIRECT_MIN, so read by directbody.py
 CHUNK = 64 << 10
 PRE_MODELS = 8
 

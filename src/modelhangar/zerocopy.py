@@ -19,13 +19,19 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelhangar import directbody
+
 EXTENSION = "http.response.zerocopysend"
 STALL = 60.0
 """Seconds a client may take no bytes at all before the send gives up (the connection is closed)."""
+_senders = ThreadPoolExecutor(max_workers=64, thread_name_prefix="sendfile")
+"""The threads that send blob files: their own, not the event loop's default executor, which has six
+threads on a 2-core machine, so that a seventh parallel download waited for one of them."""
 
 
 class ClientGone(OSError):
@@ -80,7 +86,8 @@ async def _send_file(cycle: Any, message: Message) -> None:
     sock_fd = os.dup(transport.get_extra_info("socket").fileno())
     loop = asyncio.get_running_loop()
     try:
-        await loop.run_in_executor(None, _send_range, sock_fd, file_fd, int(message.get("offset", 0)), count)
+        offset = int(message.get("offset", 0))
+        await loop.run_in_executor(_senders, _send_range, sock_fd, file_fd, offset, count)
     except ClientGone:
         transport.close()  # the response is cut: nobody must take what follows for a response
         cycle.disconnected = True
@@ -104,7 +111,11 @@ class ZeroCopy:
         if cycle is None:
             await self.app(scope, receive, send)
             return
-        scope = {**scope, "extensions": {**(scope.get("extensions") or {}), EXTENSION: {}}}
+        extensions = {**(scope.get("extensions") or {}), EXTENSION: {}}
+        receive_into = directbody.offer(cycle)
+        if receive_into is not None:  # large upload bodies off the event loop (directbody.py)
+            extensions[directbody.EXTENSION] = {"receive_into": receive_into}
+        scope = {**scope, "extensions": extensions}
 
         async def sending(message: Message) -> None:
             if message["type"] != EXTENSION:

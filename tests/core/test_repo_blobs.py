@@ -61,6 +61,26 @@ def test_a_head_claims_only_a_blob_the_repository_can_serve(kit: Kit) -> None:
     assert touched_at(kit, d) > 1.0
 
 
+def test_a_head_writes_its_touch_only_when_the_stored_one_is_stale(make_kit: MakeKit) -> None:
+    """A storm of HEADs costs one write per touch granularity (core/recency.py); a blob claimed by a
+    HEAD that did not write is still within its fuse for a delete (the delete's allowance covers
+    the granularity), so its bytes stay."""
+    kit = make_kit(HANGAR_REUSE_FUSE="30s")
+    d = upload(kit, A, b"stormed")
+    stale = 1.0
+    kit.execute(t.blobs.update().values(touched_at=stale))
+    assert repo_blobs.claim(kit.store, A, d) == 7
+    first = touched_at(kit, d)
+    assert first > stale  # a stale touch is written
+    for _ in range(50):
+        assert repo_blobs.claim(kit.store, A, d) == 7
+    assert touched_at(kit, d) == first  # a fresh one is not rewritten
+    assert repo_blobs.claim(kit.store, B, d) is None  # nor does a repository that cannot serve it see it
+    result = repo_blobs.withdraw(kit.store, A, d, ACTOR)
+    assert result.outcome == "deleted" and result.blob == "recent"
+    assert d in kit.blob_files()
+
+
 def test_a_mount_needs_the_blob_in_its_source(kit: Kit) -> None:
     d = upload(kit, A, b"mounted")
     upload(kit, B, b"other")

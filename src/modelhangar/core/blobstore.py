@@ -12,11 +12,12 @@ import fcntl
 import hashlib
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from modelhangar.core.digests import parse_digest
 
@@ -28,9 +29,36 @@ COPY_CHUNK = 1 << 20
 _IOV_MAX = 1024
 
 
+_SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range: Any = None
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a just-written range to the disk now (Linux
+    `sync_file_range(SYNC_FILE_RANGE_WRITE)`: it does not wait for it, nor make it durable), so the
+    `fsync` that makes an upload durable (README, Safety rules 1 and 3) finds little left to write
+    instead of a whole blob; a no-op where the call does not exist."""
+    global _sync_file_range
+    if _sync_file_range is None:
+        _sync_file_range = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+            import ctypes.util
+
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+                fn = libc.sync_file_range
+                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                _sync_file_range = fn
+            except (OSError, AttributeError):
+                pass
+    if _sync_file_range and length > 0:
+        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # an error only means "not now"
+
+
 def write_all_at(fd: int, chunks: Sequence[bytes], offset: int) -> int:
-    """Write `chunks` one after the other at `offset` with `pwritev` (no joining copy); returns the
-    bytes written."""
+    """Write `chunks` one after the other at `offset` with `pwritev` (no joining copy), then start
+    their writeback (`start_writeback`); returns the bytes written."""
     total = 0
     views = [memoryview(c) for c in chunks if c]
     while views:
@@ -41,6 +69,7 @@ def write_all_at(fd: int, chunks: Sequence[bytes], offset: int) -> int:
             views.pop(0)
         if views and n:
             views[0] = views[0][n:]
+    start_writeback(fd, offset, total)
     return total
 
 

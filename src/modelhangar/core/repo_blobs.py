@@ -21,6 +21,7 @@ from modelhangar.core import permissions, uploads
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import retrying
 from modelhangar.core.errors import NotFound
+from modelhangar.core.recency import touch_granularity
 from modelhangar.core.store import PRESENT, Actor, Released, Statements, Store, now
 from modelhangar.core.uploads import BlobDeletion
 
@@ -28,7 +29,7 @@ MAX_NAMED = 20
 """At most this many manifests are named when a delete is refused because they use the blob."""
 
 
-def _members_naming(repo_id: Any, digest: str) -> sa.Select[Any]:
+def _members_naming(repo_id: Any, digest: Any) -> sa.Select[Any]:
     """R's manifests that name `digest`: R's memberships, each probing manifest_blobs' primary key.
 
     The probe is a correlated EXISTS, not a join, so that SQLite (which keeps no statistics of how
@@ -43,40 +44,58 @@ def _members_naming(repo_id: Any, digest: str) -> sa.Select[Any]:
     )
 
 
-def _linked(repo_id: Any, digest: str) -> sa.Select[Any]:
+def _linked(repo_id: Any, digest: Any) -> sa.Select[Any]:
     return sa.select(sa.literal(1)).where(
         t.repo_blobs.c.repository_id == repo_id, t.repo_blobs.c.blob_digest == digest
     )
 
 
-def _visible(repo_id: Any, digest: str) -> sa.ColumnElement[bool]:
+def _visible(repo_id: Any, digest: Any) -> sa.ColumnElement[bool]:
     return sa.or_(sa.exists(_linked(repo_id, digest)), sa.exists(_members_naming(repo_id, digest)))
 
 
-def _size_in(conn: sa.Connection, repository: str, digest: str, actor: Actor | None = None) -> int | None:
-    """The size of a present blob visible in `repository` (to `actor`, who must be able to read the
-    repository), in one query (None if not)."""
-    q = (
-        sa.select(t.blobs.c.size)
-        .select_from(t.blobs.join(t.repositories, t.repositories.c.name_key == repository.lower()))
-        .where(t.blobs.c.digest == digest, t.blobs.c.state == PRESENT, _visible(t.repositories.c.id, digest))
-    )
+_DIGEST: sa.BindParameter[str] = sa.bindparam("digest")
+_VISIBLE_BLOB = (
+    sa.select(t.blobs.c.size, t.blobs.c.touched_at)
+    .select_from(t.blobs.join(t.repositories, t.repositories.c.name_key == sa.bindparam("repo_key")))
+    .where(t.blobs.c.digest == _DIGEST, t.blobs.c.state == PRESENT, _visible(t.repositories.c.id, _DIGEST))
+)
+"""(size, touched_at) of a present blob visible in a repository: one query, built once (building and
+compiling it per request cost more than running it: issue 16, small requests)."""
+
+
+def _visible_blob(repository: str, digest: str, actor: Actor | None) -> tuple[sa.Select[Any], dict[str, Any]]:
+    """`_VISIBLE_BLOB` for `actor` (who must be able to read the repository) and its parameters."""
     readable = None if actor is None else permissions.visible(actor)
-    if readable is not None:
-        q = q.where(readable)
-    size = conn.execute(q).scalar()
-    return None if size is None else int(size)
+    q = _VISIBLE_BLOB if readable is None else _VISIBLE_BLOB.where(readable)
+    return q, {"repo_key": repository.lower(), "digest": digest}
+
+
+def _size_in(conn: sa.Connection, repository: str, digest: str, actor: Actor | None = None) -> int | None:
+    """The size of a present blob visible in `repository` (to `actor`), in one query (None if not)."""
+    row = conn.execute(*_visible_blob(repository, digest, actor)).first()
+    return None if row is None else int(row.size)
 
 
 def blob_size(store: Store, repository: str, digest: str, actor: Actor | None = None) -> int | None:
-    """Size of a blob that `repository` may serve (to `actor`), or None."""
-    with store.catalog.read() as conn:
-        return _size_in(conn, repository, digest, actor)
+    """Size of a blob that `repository` may serve (to `actor`), or None: one statement."""
+    row = store.catalog.read_once(*_visible_blob(repository, digest, actor))
+    return None if row is None else int(row.size)
 
 
 def claim(store: Store, repository: str, digest: str, actor: Actor | None = None) -> int | None:
     """`Store.reuse_blob`, for a blob visible in `repository` (to `actor`) only: a pusher's HEAD
-    resets the fuse."""
+    resets the fuse.
+
+    As `Store.reuse_blob`, the touch is written only when the stored one is older than the touch
+    granularity (`core/recency.py`, README `HANGAR_REUSE_FUSE`); a fresher one answers from one
+    read, so a blob under a storm of HEADs costs one write per few seconds, not one per request."""
+    row = store.catalog.read_once(*_visible_blob(repository, digest, actor))
+    if row is None:
+        return None
+    granularity = touch_granularity(store.settings.reuse_fuse)
+    if granularity > 0 and row.touched_at >= now() - granularity:
+        return int(row.size) if store.blobs.exists(digest) else None
     with store.catalog.write() as conn:
         row = store._lock_blob(conn, digest)
         if row is None or row.state != PRESENT or not store.blobs.exists(digest):

@@ -755,3 +755,102 @@ def test_blob_bytes_go_out_whole_in_ranges_and_a_client_that_leaves_harms_nothin
     r = oci.get(f"/v2/lib/big/blobs/{d}", headers={"Range": f"bytes={len(data) - 10}-"})
     assert r.status_code == 206 and r.content == data[-10:]
     assert "Traceback" not in server.log()
+
+
+# --------------------------------------------------------------------- large bodies (directbody.py)
+
+BIG_BODY = 12 << 20
+"""Past faces/bodies.BODY_DIRECT_MIN: the server reads these bodies from the socket itself."""
+
+
+def raw_request(server: ServerProcess, head: str, body: bytes, *, expect_continue: bool = False) -> bytes:
+    """One request on a raw connection; with `expect_continue`, the body only after `100 Continue`.
+    Returns everything the server sent until it closed the connection."""
+    import socket
+
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(head.encode())
+        got = b""
+        if expect_continue:
+            while b"\r\n\r\n" not in got:
+                got += s.recv(4096)
+            assert got.startswith(b"HTTP/1.1 100"), got
+        s.sendall(body)
+        while chunk := s.recv(1 << 16):
+            got += chunk
+        return got
+
+
+def test_large_bodies_go_from_the_socket_to_the_store(
+    oci: httpx.Client, server: ServerProcess, home: Path
+) -> None:
+    """Monolithic, chunked and last-chunk-in-the-PUT uploads past the direct-read size arrive byte
+    exact; such an answer closes its connection (the next request opens another)."""
+    data = os.urandom(3 * BIG_BODY + 12345)
+    d = digest_of(data[:BIG_BODY])
+    r = oci.post("/v2/lib/direct/blobs/uploads/", params={"digest": d}, content=data[:BIG_BODY])
+    assert r.status_code == 201, r.text
+    assert r.headers["connection"] == "close"
+    assert oci.get(f"/v2/lib/direct/blobs/{d}").content == data[:BIG_BODY]
+    location = oci.post("/v2/lib/direct/blobs/uploads/").headers["location"]
+    for start, end in [(0, BIG_BODY), (BIG_BODY, 2 * BIG_BODY + 7)]:
+        r = oci.patch(location, content=data[start:end], headers={"Content-Range": f"{start}-{end - 1}"})
+        assert r.status_code == 202 and r.headers["range"] == f"0-{end - 1}", r.text
+        location = r.headers["location"]
+    r = oci.put(location, params={"digest": digest_of(data)}, content=data[2 * BIG_BODY + 7 :])
+    assert r.status_code == 201, r.text
+    got = oci.get(f"/v2/lib/direct/blobs/{digest_of(data)}")
+    assert got.content == data
+    assert (
+        oci.get(f"/v2/lib/direct/blobs/{digest_of(data)}", headers={"Range": "bytes=5-9"}).content
+        == data[5:10]
+    )
+    answer = raw_request(  # a client that waits for `100 Continue` before the body gets it
+        server,
+        f"POST /v2/lib/direct/blobs/uploads/?digest={digest_of(data[1 : BIG_BODY + 1])} HTTP/1.1\r\n"
+        f"Host: {server.host}\r\nContent-Length: {BIG_BODY}\r\nExpect: 100-continue\r\n\r\n",
+        data[1 : BIG_BODY + 1],
+        expect_continue=True,
+    )
+    assert b"HTTP/1.1 201" in answer, answer[:500]
+    assert oci.head(f"/v2/lib/direct/blobs/{digest_of(data[1 : BIG_BODY + 1])}").status_code == 200
+    assert tmp_files(home) == []
+    assert "Traceback" not in server.log()
+
+
+def test_large_body_with_a_wrong_digest_or_cut_short_keeps_nothing(
+    oci: httpx.Client, server: ServerProcess, home: Path
+) -> None:
+    """A wrong digest keeps no blob; a client that leaves mid-body leaves the session where it was (it
+    continues from there) and no temporary file; the server serves on."""
+    import socket
+    import time
+
+    before = blob_files(home)
+    data = os.urandom(BIG_BODY)
+    r = oci.post("/v2/lib/direct-bad/blobs/uploads/", params={"digest": digest_of(b"x")}, content=data)
+    assert_error(r, 400, "DIGEST_INVALID")
+    assert_error(oci.head(f"/v2/lib/direct-bad/blobs/{digest_of(data)}"), 404, "BLOB_UNKNOWN")
+    assert blob_files(home) == before
+    location = oci.post("/v2/lib/direct-bad/blobs/uploads/").headers["location"]
+    assert oci.patch(location, content=data[:1000], headers={"Content-Range": "0-999"}).status_code == 202
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as s:  # half the chunk, then gone
+        s.sendall(
+            f"PATCH {location.removeprefix(server.url)} HTTP/1.1\r\nHost: {server.host}\r\n"
+            f"Content-Range: 1000-{BIG_BODY - 1}\r\nContent-Length: {BIG_BODY - 1000}\r\n\r\n".encode()
+        )
+        s.sendall(data[1000 : BIG_BODY // 2])
+    for _ in range(400):  # the cut request holds the session until it has undone its bytes
+        r = oci.patch(location, content=data[1000:], headers={"Content-Range": f"1000-{BIG_BODY - 1}"})
+        if r.status_code != 416:
+            break
+        assert error_codes(r) == ["RANGE_INVALID"] and "busy" in r.text, r.text
+        time.sleep(0.05)
+    assert r.status_code == 202 and r.headers["range"] == f"0-{BIG_BODY - 1}", r.text
+    r = oci.put(r.headers["location"], params={"digest": digest_of(data)})
+    assert r.status_code == 201, r.text
+    assert oci.get(f"/v2/lib/direct-bad/blobs/{digest_of(data)}").content == data
+    assert tmp_files(home) == []
+    assert "Traceback" not in server.log()

@@ -74,6 +74,12 @@ class Catalog:
             self.read_engine = self.engine.execution_options(
                 isolation_level="REPEATABLE READ", postgresql_readonly=True
             )
+        # One statement is its own snapshot: on PostgreSQL `read_once` runs it with no transaction
+        # around it (autocommit), one round trip instead of three (BEGIN, the query, the ROLLBACK of
+        # the pool's reset); the hot reads of HEAD blob and GET manifest are such reads (issue 16).
+        self.statement_engine = self.read_engine
+        if not self.is_sqlite:
+            self.statement_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._lock_dir = lock_dir
 
     def migrate(self, revision: str = "head") -> None:
@@ -210,7 +216,7 @@ class Catalog:
         the pooled one turned out dead (a database restart)."""
         for attempt in range(2):
             try:
-                with self.read() as conn:
+                with self.statement_engine.connect() as conn:
                     return conn.execute(statement, params).first()
             except sa.exc.DBAPIError as e:
                 if not e.connection_invalidated or attempt:

@@ -10,6 +10,7 @@ from modelhangar.auth import actor_of
 from modelhangar.core import repo_blobs, uploads
 from modelhangar.core.errors import DigestMismatch, NotFound, SizeMismatch
 from modelhangar.core.store import Actor, BlobCommit
+from modelhangar.faces.bodies import guarded, pump
 from modelhangar.faces.client import client_key
 from modelhangar.faces.oci import tokens
 from modelhangar.faces.oci.errors import OciError
@@ -20,8 +21,6 @@ from modelhangar.faces.oci.wire import (
     blob_digest,
     byte_range,
     content_range,
-    guarded,
-    pump,
     repository_of,
     upload_range,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import BinaryIO, Literal
 from urllib.parse import quote
 
@@ -14,14 +14,11 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from modelhangar.core.blobstore import PieceSink
 from modelhangar.core.digests import InvalidDigest, parse_digest
 from modelhangar.core.names import DEFAULT_HOST
 from modelhangar.faces.oci.errors import OciError
 
 MAX_NAME = 255
-CHUNK = 2 << 20
-"""Request bodies are fed to the store in pieces of at least this size."""
 SEND_CHUNK = 4 << 20
 """Blob bodies are read in pieces of this size: 4 MiB serves ~30% faster than 1 MiB on loopback."""
 NAME_RE = re.compile(r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*")
@@ -136,52 +133,6 @@ def page(request: Request, items: list[str], path: str) -> tuple[list[str], dict
     if len(items) <= n:
         return out, {}
     return out, next_link(path, n, out[-1])
-
-
-async def pump(request: Request, sink: PieceSink) -> None:
-    """Feed the request body to `sink` in pieces of at least CHUNK bytes (the chunks as received, never
-    joined): each piece is written and hashed on two worker threads at once while the next one is
-    received.
-
-    When this returns or raises, no write or hash is still running.
-    """
-    busy: list[asyncio.Future[None]] = []
-
-    def start(piece: list[bytes]) -> None:
-        busy[:] = [
-            asyncio.ensure_future(run_in_threadpool(sink.write_piece, piece)),
-            asyncio.ensure_future(run_in_threadpool(sink.hash_piece, piece)),
-        ]
-
-    try:
-        piece: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            if not chunk:
-                continue
-            piece.append(chunk)
-            size += len(chunk)
-            if size >= CHUNK:
-                await asyncio.gather(*busy)
-                start(piece)
-                piece, size = [], 0
-        await asyncio.gather(*busy)
-        if piece:
-            start(piece)
-            await asyncio.gather(*busy)
-    finally:
-        running = [f for f in busy if not f.done()]
-        if running:
-            await asyncio.wait(running)  # let them finish before the caller undoes them
-
-
-async def guarded(work: Awaitable[None], undo: Callable[[], None]) -> None:
-    """Await `work`; on any failure (a disconnect included) run the blocking `undo`, then re-raise."""
-    try:
-        await work
-    except BaseException:
-        await run_in_threadpool(undo)
-        raise
 
 
 _PATHSEND = "http.response.pathsend"

@@ -19,6 +19,7 @@ from modelhangar.core.digests import InvalidDigest, parse_digest
 from modelhangar.core.errors import Denied, DigestMismatch, NotFound, QuotaExceeded, Refused
 from modelhangar.core.names import display_stored
 from modelhangar.core.store import Actor, Store
+from modelhangar.faces.bodies import pump
 from modelhangar.faces.ollama import create as create_mod
 from modelhangar.faces.ollama.show import show_model
 from modelhangar.faces.ollama.wire import (
@@ -192,9 +193,8 @@ async def post_blob(request: Request) -> Response:
     if await run_in_threadpool(blob_access.reuse, store, actor, digest) is not None:
         return Response(status_code=200)
     writer = store.blob_writer()
-    try:
-        async for chunk in request.stream():
-            writer.write(chunk)
+    try:  # written and hashed off the event loop, large bodies straight from the socket (faces/bodies.py)
+        await pump(request, writer)
     except ClientDisconnect:
         writer.discard()
         return error(400, "upload interrupted")
