@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from modelhangar.core import jsonsafe, model_rules, permissions
+from modelhangar.core import jsonsafe, listing, model_rules, permissions
 from modelhangar.core.actors import Actor as Actor  # re-exported: faces import it from here
 from modelhangar.core.blobstore import (
     COPY_CHUNK,
@@ -85,21 +85,6 @@ _MANIFEST_BY_TAG = (
         t.repositories.c.name_key == sa.bindparam("repo_key"), t.tags.c.name_key == sa.bindparam("tag_key")
     )
 )
-_LISTING = (
-    sa.select(
-        t.repositories.c.name,
-        t.tags.c.name,
-        t.tags.c.manifest_digest,
-        t.manifests.c.total_size,
-        t.manifests.c.details,
-        t.tags.c.modified_at,
-    )
-    .select_from(
-        t.tags.join(t.repositories).join(t.manifests, t.manifests.c.digest == t.tags.c.manifest_digest)
-    )
-    .order_by(t.tags.c.modified_at.desc())
-)
-LISTING_BATCH = 2000
 _MANIFEST_IN_REPOSITORY = (
     sa.select(*_MANIFEST_COLUMNS)
     .select_from(t.repo_manifests.join(t.repositories).join(t.manifests))
@@ -525,15 +510,14 @@ class Store:
         return [self._recent(r) for r in records] if self.last_used.has_pending() else records
 
     def iter_listing(
-        self, batch: int = LISTING_BATCH, *, actor: Actor | None = None
-    ) -> Generator[Sequence[Any], None, None]:
-        """Every live tag `actor` may read, newest first, as batches of rows of (repository, tag,
-        manifest digest, total size, details JSON text, modified at), read from one snapshot and
-        streamed (no per-row records: listings can hold 100,000 models). Close the iterator to
-        release the snapshot."""
-        q = self._visible_to(_LISTING, actor)
+        self, batch: int = listing.BATCH, *, actor: Actor | None = None
+    ) -> Generator[list[str], None, None]:
+        """Every listed tag `actor` may read, newest first, as batches of their listing entries (JSON
+        text, see `core/listing.py`), read from one snapshot and streamed: no per-row records, since
+        listings can hold 100,000 models. Close the iterator to release the snapshot."""
+        visible = None if actor is None else permissions.visible(actor)
         with self.catalog.read() as conn:
-            yield from conn.execution_options(yield_per=batch).execute(q).partitions()
+            yield from listing.stream(conn, visible, batch)
 
     def find_manifest(
         self, repository: str, *, tag: str | None = None, digest: str | None = None
@@ -859,6 +843,7 @@ class Store:
                     last_used_at=ts,
                 )
             )
+            listing.refresh(conn, repo_id, key)  # in the tag's row, in this transaction
             return Released()
         if exact and old.name != tag and old.manifest_digest != digest:
             raise Conflict(
@@ -869,6 +854,7 @@ class Store:
             .where(t.tags.c.repository_id == repo_id, t.tags.c.name_key == key)
             .values(manifest_digest=digest, modified_at=ts, last_used_at=ts)
         )
+        listing.refresh(conn, repo_id, key)
         if old.manifest_digest == digest:
             return Released()
         from modelhangar.core.planner import Planner  # the planner builds on the store
