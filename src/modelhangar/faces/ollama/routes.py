@@ -19,6 +19,7 @@ from modelhangar.core.errors import Denied, DigestMismatch, NotFound, QuotaExcee
 from modelhangar.core.store import Actor, Store
 from modelhangar.faces.ollama import create as create_mod
 from modelhangar.faces.ollama.show import show_model
+from modelhangar.faces.ollama.version import OLLAMA_COMPAT_VERSION
 from modelhangar.faces.ollama.wire import (
     OllamaError,
     display_plan,
@@ -30,7 +31,6 @@ from modelhangar.faces.ollama.wire import (
     parse_or,
 )
 
-OLLAMA_COMPAT_VERSION = "0.12.0"
 FACE = "ollama"
 
 
