@@ -575,12 +575,7 @@ class Store:
                 t.repositories.update().where(t.repositories.c.id == repo_id).values(visibility=visibility)
             )
 
-    def repository_keys(
-        self, prefix: str, after: str | None = None, limit: int | None = None, *, actor: Actor | None = None
-    ) -> list[str]:
-        """Keys (lowercased names) of repositories that hold a manifest, start with `prefix` and `actor`
-        may read, in byte order, after the key `after`, at most `limit` of them: a page of a catalog
-        in one query."""
+    def _repository_keys_query(self, prefix: str, after: str | None, actor: Actor | None) -> Any:
         key = t.repositories.c.name_key
         order = key if self.catalog.is_sqlite else key.collate("C")  # byte order, as Python sorts
         q = (
@@ -593,11 +588,58 @@ class Store:
         )
         if after is not None:
             q = q.where(order > after)
-        q = self._visible_to(q, actor)
+        return self._visible_to(q, actor)
+
+    def repository_keys(
+        self, prefix: str, after: str | None = None, limit: int | None = None, *, actor: Actor | None = None
+    ) -> list[str]:
+        """Keys (lowercased names) of repositories that hold a manifest, start with `prefix` and `actor`
+        may read, in byte order, after the key `after`, at most `limit` of them: a page of a catalog
+        in one query."""
+        q = self._repository_keys_query(prefix, after, actor)
         if limit is not None:
             q = q.limit(limit)
         with self.catalog.read() as conn:
             return list(conn.execute(q).scalars())
+
+    def iter_repository_keys(
+        self, prefix: str, after: str | None = None, batch: int = 5000, *, actor: Actor | None = None
+    ) -> Generator[Sequence[str], None, None]:
+        """All of `repository_keys`, as batches streamed from one statement on one snapshot (a whole
+        catalog, with flat memory). Close the iterator to release the snapshot."""
+        q = self._repository_keys_query(prefix, after, actor)
+        with self.catalog.read() as conn:
+            result = conn.execution_options(yield_per=batch).execute(q)
+            try:
+                for rows in result.partitions():
+                    yield [r[0] for r in rows]
+            finally:
+                result.close()
+
+    def tag_names(
+        self,
+        repository: str,
+        after: str | None = None,
+        limit: int | None = None,
+        *,
+        actor: Actor | None = None,
+    ) -> list[str]:
+        """Names of the tags of one repository `actor` may read, in byte order, after `after`, at most
+        `limit`: a page of a tags list in one query on the tags' primary key."""
+        name = t.tags.c.name
+        order = name if self.catalog.is_sqlite else name.collate("C")
+        q = (
+            sa.select(name)
+            .select_from(t.tags.join(t.repositories, t.repositories.c.id == t.tags.c.repository_id))
+            .where(t.repositories.c.name_key == repository.lower())
+            .order_by(order)
+        )
+        if after is not None:
+            q = q.where(order > after)
+        if limit is not None:
+            q = q.limit(limit)
+        with self.catalog.read() as conn:
+            return list(conn.execute(self._visible_to(q, actor)).scalars())
 
     def get_manifest(self, digest: str) -> tuple[bytes, str] | None:
         """Bytes and media type of a live manifest."""

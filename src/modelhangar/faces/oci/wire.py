@@ -123,21 +123,6 @@ def next_link(path: str, n: int, last: str) -> dict[str, str]:
     return {"Link": f'<{path}?n={n}&last={quote(last, safe="")}>; rel="next"'}
 
 
-def page(request: Request, items: list[str], path: str) -> tuple[list[str], dict[str, str]]:
-    """Apply `n` and `last` to a sorted list; returns the page and a `Link` header if more follow."""
-    n, last = page_params(request)
-    if last:
-        items = [i for i in items if i > last]
-    if n is None:
-        return items, {}
-    if n == 0:
-        return [], {}
-    out = items[:n]
-    if len(items) <= n:
-        return out, {}
-    return out, next_link(path, n, out[-1])
-
-
 async def pump(request: Request, sink: PieceSink) -> None:
     """Feed the request body to `sink` in pieces of at least CHUNK bytes (the chunks as received, never
     joined): each piece is written and hashed on two worker threads at once while the next one is
