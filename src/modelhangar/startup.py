@@ -12,9 +12,10 @@ the server logs why, stops, and `hangar serve` exits 1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-import signal
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -51,6 +52,7 @@ class Deferred:
         self._to_app: asyncio.Queue[Message] = asyncio.Queue()
         self._from_app: asyncio.Queue[Message] = asyncio.Queue()
         self._lifespan: asyncio.Task[None] | None = None
+        self.on_failure: Callable[[], None] = lambda: None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -88,16 +90,19 @@ class Deferred:
         try:
             app = await asyncio.to_thread(_create_app, self.settings)
             scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
-            self._lifespan = asyncio.create_task(self._run_lifespan(app, scope))
+            lifespan = asyncio.create_task(self._run_lifespan(app, scope))
             await self._to_app.put({"type": "lifespan.startup"})
             reply = await self._from_app.get()
             if reply["type"] != "lifespan.startup.complete":
+                with contextlib.suppress(Exception):
+                    await lifespan  # it ended with the error it reported
                 raise RuntimeError(reply.get("message") or "the app did not start")
+            self._lifespan = lifespan
             self.app = app
         except Exception as e:
-            log.error("modelhangar could not start: %s", e, exc_info=e)
+            log.error("modelhangar could not start: %s", e)
             self.failed = e
-            signal.raise_signal(signal.SIGTERM)  # uvicorn stops; run_server exits 1
+            self.on_failure()  # the server stops; run_server exits 1
         finally:
             assert self._ready is not None
             self._ready.set()
@@ -133,7 +138,7 @@ def run_server(settings: Settings, *, json_log: bool = False) -> None:
             policy_from_config(doc)
     deferred = Deferred(settings)
     app: Any = ZeroCopy(AccessLog(guards.Guards(deferred, settings)))
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -141,5 +146,12 @@ def run_server(settings: Settings, *, json_log: bool = False) -> None:
         access_log=False,
         **connections.uvicorn_options(settings),
     )
-    if deferred.failed is not None:
+    server = uvicorn.Server(config)
+
+    def stop() -> None:
+        server.should_exit = True
+
+    deferred.on_failure = stop
+    server.run()
+    if deferred.failed is not None or not server.started:
         raise SystemExit(1)
