@@ -224,17 +224,21 @@ class ServerProcess:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> ServerProcess:
-        """Start the server and wait until `GET /api/version` answers 200."""
+    def start(self, *, built: bool = True) -> ServerProcess:
+        """Start the server and wait until `GET /api/version` answers 200, and (`built`) until its app
+        is built (it answers /api/version first, README "Start-up"), so that a test's first request
+        never waits for the faces to be imported on a busy machine."""
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()/kill()
         cmd = [*CLI, "serve", "--host", self.host, "--data-dir", str(self.home)]
         self.proc = subprocess.Popen(
             cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env
         )
-        self._wait_ready()
+        self._wait_ready("/api/version")
+        if built:
+            self._wait_ready("/v2/")  # any answer below 500 comes from the built app
         return self
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, path: str) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
@@ -244,7 +248,7 @@ class ServerProcess:
                     f"server exited with {self.proc.returncode} before it was ready:\n{self.log()}"
                 )
             try:
-                if httpx.get(f"{self.url}/api/version", timeout=2.0).status_code == 200:
+                if httpx.get(f"{self.url}{path}", timeout=2.0).status_code < 500:
                     return
             except httpx.TransportError:
                 pass

@@ -1,11 +1,11 @@
-"""The HTTP server: every face over one Store, plus online GC in the background."""
+"""The app: every face over one Store, plus online GC in the background (`startup.py` serves it, building
+it once the socket listens)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -17,10 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from modelhangar import __version__, connections, guards, web
-from modelhangar.access_log import AccessLog, configure_logging
+from modelhangar import __version__, guards, web
 from modelhangar.auth import Authenticate
-from modelhangar.core import gc, reclaim
+from modelhangar.core import gc, listing, reclaim
 from modelhangar.core.config import Settings
 from modelhangar.core.errors import Denied, QuotaExceeded, TooLarge, Unauthenticated
 from modelhangar.core.retention import policy_from_config, prune
@@ -35,7 +34,6 @@ from modelhangar.faces.ollama import routes as ollama
 from modelhangar.faces.ollama import transfer_routes
 from modelhangar.faces.opensearch import routes as opensearch
 from modelhangar.faces.replicate import routes as replicate
-from modelhangar.zerocopy import ZeroCopy
 
 log = logging.getLogger("modelhangar")
 
@@ -117,6 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
             asyncio.create_task(_gc_loop(store, settings.gc_interval)),
             asyncio.create_task(_reclaim_loop(store)),
         ]
+        tasks.append(asyncio.create_task(_backfill_listings(store)))
         if settings.last_used_flush > 0:  # last-used times in batches (core/recency.py)
             store.last_used.buffering = True
             tasks.append(asyncio.create_task(_flush_loop(store, settings.last_used_flush)))
@@ -228,19 +227,18 @@ async def _flush_loop(store: Store, interval: float) -> None:
             log.exception("writing last-used times failed")
 
 
-def run_server(settings: Settings, *, json_log: bool = False) -> None:
-    """Serve until interrupted."""
-    import uvicorn
+LISTING_BACKFILL_PAUSE = 0.05
+"""Seconds between the transactions that render missing listing entries (requests go first)."""
 
-    os.umask(0o077)  # the data directory is the server's alone: directories 0700, files 0600
-    connections.raise_fd_limit()
-    configure_logging(settings.log_level, as_json=json_log)
-    app = ZeroCopy(AccessLog(guards.Guards(create_app(settings), settings)))
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-        **connections.uvicorn_options(settings),
-    )
+
+async def _backfill_listings(store: Store) -> None:
+    """Render the listing entries of tags written before 0014 or behind the store's back, once, after
+    start-up (`core/listing.py`): work in proportion to the store never runs before the server listens."""
+    try:
+        done = await run_in_threadpool(listing.backfill, store.catalog.write, 2000, LISTING_BACKFILL_PAUSE)
+        if done:
+            log.info("rendered %d listing entries", done)
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # listings stay right without them (the reader renders them); the next start retries
+        log.exception("rendering listing entries failed")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 import sqlalchemy as sa
 
+from modelhangar.core import listing
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.errors import BlobUnknown, DigestMismatch, NotFound
 from modelhangar.core.gc import fsck
@@ -275,10 +276,31 @@ def test_the_streamed_listing_is_every_tag_newest_first_across_batches(kit: Kit)
     records = kit.store.list_tags()
     batches = list(kit.store.iter_listing(batch=2))
     assert [len(b) for b in batches] == [2, 2, 1]
-    rows = [tuple(r) for b in batches for r in b]
-    assert rows == [
-        (r.repository, r.tag, r.manifest_digest, r.total_size, r.details_json, r.modified_at) for r in records
+    entries = [json.loads(e) for b in batches for e in b]
+    assert [(e["name"], e["digest"], e["size"]) for e in entries] == [
+        (f"{r.repository.rsplit('/', 1)[1]}:{r.tag}", r.manifest_digest[7:], r.total_size) for r in records
     ]
+
+
+def test_listing_entries_are_rendered_from_the_catalog_when_missing_or_stale(kit: Kit) -> None:
+    """Rows without an entry (a catalog from before 0014) or whose time changed outside the store list
+    exactly as rows the store rendered; `backfill` then writes the same entries."""
+    for i in range(3):
+        kit.create(f"m{i}", [b"layer %d" % i])
+    rendered = [e for b in kit.store.iter_listing() for e in b]
+    kit.execute(t.tags.update().where(t.tags.c.name_key == "latest").values(listing=None, listing_at=None))
+    assert [e for b in kit.store.iter_listing(batch=2) for e in b] == rendered
+    kit.execute(t.tags.update().values(modified_at=t.tags.c.modified_at - 86400))
+    older = [e for b in kit.store.iter_listing() for e in b]
+    assert [json.loads(e)["name"] for e in older] == [json.loads(e)["name"] for e in rendered]
+    assert all(a != b for a, b in zip(older, rendered, strict=True))  # each shows its new time
+    assert listing.backfill(kit.store.catalog.write) == 3
+    assert listing.backfill(kit.store.catalog.write) == 0
+    with kit.store.catalog.read() as conn:
+        stored = [
+            r[0] for r in conn.execute(sa.select(t.tags.c.listing).order_by(t.tags.c.modified_at.desc()))
+        ]
+    assert stored == older
 
 
 def test_repository_keys_page_in_byte_order(kit: Kit) -> None:

@@ -54,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         blob_location.preflight(settings.database_url, settings.blobs, settings.home)
     except (blob_location.BlobLocationMismatch, blob_location.StoreBusy) as e:
         raise CliError(str(e)) from None
-    from modelhangar import server
+    from modelhangar import startup
 
     if args.json:
         doc = {"message": "serving", "version": __version__, "home": str(settings.home)}
@@ -66,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     try:
-        server.run_server(settings, json_log=args.json)
+        startup.run_server(settings, json_log=args.json)
     except SystemExit as e:  # uvicorn exits when startup fails, after logging why
         return 0 if e.code in (0, None) else 1
     return 0

@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from modelhangar.core import blob_location, jsonsafe, model_rules, permissions
+from modelhangar.core import blob_location, jsonsafe, listing, model_rules, permissions
 from modelhangar.core.actors import Actor as Actor  # re-exported: faces import it from here
 from modelhangar.core.blobstore import (
     COPY_CHUNK,
@@ -87,21 +87,6 @@ _MANIFEST_BY_TAG = (
         t.repositories.c.name_key == sa.bindparam("repo_key"), t.tags.c.name_key == sa.bindparam("tag_key")
     )
 )
-_LISTING = (
-    sa.select(
-        t.repositories.c.name,
-        t.tags.c.name,
-        t.tags.c.manifest_digest,
-        t.manifests.c.total_size,
-        t.manifests.c.details,
-        t.tags.c.modified_at,
-    )
-    .select_from(
-        t.tags.join(t.repositories).join(t.manifests, t.manifests.c.digest == t.tags.c.manifest_digest)
-    )
-    .order_by(t.tags.c.modified_at.desc())
-)
-LISTING_BATCH = 2000
 _MANIFEST_IN_REPOSITORY = (
     sa.select(*_MANIFEST_COLUMNS)
     .select_from(t.repo_manifests.join(t.repositories).join(t.manifests))
@@ -550,15 +535,14 @@ class Store:
         return [self._recent(r) for r in records] if self.last_used.has_pending() else records
 
     def iter_listing(
-        self, batch: int = LISTING_BATCH, *, actor: Actor | None = None
-    ) -> Generator[Sequence[Any], None, None]:
-        """Every live tag `actor` may read, newest first, as batches of rows of (repository, tag,
-        manifest digest, total size, details JSON text, modified at), read from one snapshot and
-        streamed (no per-row records: listings can hold 100,000 models). Close the iterator to
-        release the snapshot."""
-        q = self._visible_to(_LISTING, actor)
+        self, batch: int = listing.BATCH, *, actor: Actor | None = None
+    ) -> Generator[list[str], None, None]:
+        """Every listed tag `actor` may read, newest first, as batches of their listing entries (JSON
+        text, see `core/listing.py`), read from one snapshot and streamed: no per-row records, since
+        listings can hold 100,000 models. Close the iterator to release the snapshot."""
+        visible = None if actor is None else permissions.visible(actor)
         with self.catalog.read() as conn:
-            yield from conn.execution_options(yield_per=batch).execute(q).partitions()
+            yield from listing.stream(conn, visible, batch)
 
     def find_manifest(
         self, repository: str, *, tag: str | None = None, digest: str | None = None
@@ -616,12 +600,7 @@ class Store:
                 t.repositories.update().where(t.repositories.c.id == repo_id).values(visibility=visibility)
             )
 
-    def repository_keys(
-        self, prefix: str, after: str | None = None, limit: int | None = None, *, actor: Actor | None = None
-    ) -> list[str]:
-        """Keys (lowercased names) of repositories that hold a manifest, start with `prefix` and `actor`
-        may read, in byte order, after the key `after`, at most `limit` of them: a page of a catalog
-        in one query."""
+    def _repository_keys_query(self, prefix: str, after: str | None, actor: Actor | None) -> Any:
         key = t.repositories.c.name_key
         order = key if self.catalog.is_sqlite else key.collate("C")  # byte order, as Python sorts
         q = (
@@ -634,11 +613,58 @@ class Store:
         )
         if after is not None:
             q = q.where(order > after)
-        q = self._visible_to(q, actor)
+        return self._visible_to(q, actor)
+
+    def repository_keys(
+        self, prefix: str, after: str | None = None, limit: int | None = None, *, actor: Actor | None = None
+    ) -> list[str]:
+        """Keys (lowercased names) of repositories that hold a manifest, start with `prefix` and `actor`
+        may read, in byte order, after the key `after`, at most `limit` of them: a page of a catalog
+        in one query."""
+        q = self._repository_keys_query(prefix, after, actor)
         if limit is not None:
             q = q.limit(limit)
         with self.catalog.read() as conn:
             return list(conn.execute(q).scalars())
+
+    def iter_repository_keys(
+        self, prefix: str, after: str | None = None, batch: int = 5000, *, actor: Actor | None = None
+    ) -> Generator[Sequence[str], None, None]:
+        """All of `repository_keys`, as batches streamed from one statement on one snapshot (a whole
+        catalog, with flat memory). Close the iterator to release the snapshot."""
+        q = self._repository_keys_query(prefix, after, actor)
+        with self.catalog.read() as conn:
+            result = conn.execution_options(yield_per=batch).execute(q)
+            try:
+                for rows in result.partitions():
+                    yield [r[0] for r in rows]
+            finally:
+                result.close()
+
+    def tag_names(
+        self,
+        repository: str,
+        after: str | None = None,
+        limit: int | None = None,
+        *,
+        actor: Actor | None = None,
+    ) -> list[str]:
+        """Names of the tags of one repository `actor` may read, in byte order, after `after`, at most
+        `limit`: a page of a tags list in one query on the tags' primary key."""
+        name = t.tags.c.name
+        order = name if self.catalog.is_sqlite else name.collate("C")
+        q = (
+            sa.select(name)
+            .select_from(t.tags.join(t.repositories, t.repositories.c.id == t.tags.c.repository_id))
+            .where(t.repositories.c.name_key == repository.lower())
+            .order_by(order)
+        )
+        if after is not None:
+            q = q.where(order > after)
+        if limit is not None:
+            q = q.limit(limit)
+        with self.catalog.read() as conn:
+            return list(conn.execute(self._visible_to(q, actor)).scalars())
 
     def get_manifest(self, digest: str) -> tuple[bytes, str] | None:
         """Bytes and media type of a live manifest."""
@@ -884,6 +910,7 @@ class Store:
                     last_used_at=ts,
                 )
             )
+            listing.refresh(conn, repo_id, key)  # in the tag's row, in this transaction
             return Released()
         if exact and old.name != tag and old.manifest_digest != digest:
             raise Conflict(
@@ -894,6 +921,7 @@ class Store:
             .where(t.tags.c.repository_id == repo_id, t.tags.c.name_key == key)
             .values(manifest_digest=digest, modified_at=ts, last_used_at=ts)
         )
+        listing.refresh(conn, repo_id, key)
         if old.manifest_digest == digest:
             return Released()
         from modelhangar.core.planner import Planner  # the planner builds on the store

@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from modelhangar.core import listing
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import retrying
 from modelhangar.core.errors import Conflict, NotFound
@@ -130,6 +131,7 @@ def restore(store: Store, entry_id: int, actor: Actor, as_name: ModelName | None
                     last_used_at=meta.get("last_used_at", ts),
                 )
             )
+            listing.refresh(conn, repo_id, tag.lower())  # its listing entry, in the tag's row
         conn.execute(t.trash.delete().where(t.trash.c.id == entry_id))
         conn.execute(
             t.audit.insert().values(

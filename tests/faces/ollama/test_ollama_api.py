@@ -29,9 +29,9 @@ from harness import (
     tree_snapshot,
 )
 from modelhangar.core.config import load_settings
+from modelhangar.core.listing import EMPTY_DETAILS
 from modelhangar.core.names import InvalidName, parse_name
 from modelhangar.core.store import Store
-from modelhangar.faces.ollama.routes import EMPTY_DETAILS
 
 TEMPLATE_A = "{{ .System }} USER: {{ .Prompt }} ASSISTANT:"
 TEMPLATE_B = "<|user|>{{ .Prompt }}<|assistant|>"

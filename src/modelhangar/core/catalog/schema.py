@@ -122,6 +122,10 @@ tags = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("modified_at", sa.Float, nullable=False),
     sa.Column("last_used_at", sa.Float, nullable=False),
+    # The tag's entry in the model listing, rendered when the tag is written (`core/listing.py`), and
+    # the `modified_at` it was rendered for; NULL until rendered, "" for a tag with no Ollama name.
+    sa.Column("listing", sa.Text, nullable=True),
+    sa.Column("listing_at", sa.Float, nullable=True),
     sa.Index("ix_tags_repo_manifest", "repository_id", "manifest_digest"),
     sa.Index("ix_tags_manifest", "manifest_digest"),
     sa.Index("ix_tags_modified", "modified_at"),

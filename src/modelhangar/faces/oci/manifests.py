@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from modelhangar.auth import actor_of
 from modelhangar.core import repo_blobs
@@ -30,7 +31,6 @@ from modelhangar.faces.oci.wire import (
     blob_digest,
     next_link,
     oci_name,
-    page,
     page_params,
     parse_reference,
     repository_of,
@@ -221,44 +221,70 @@ async def delete_manifest(request: Request, name: str, reference: str) -> Respon
 
 
 async def list_tags(request: Request, name: str) -> Response:
+    """A repository's tags in byte order; with `n`, one page read from the catalog (n + 1 names)."""
     repository = repository_of(name)
     store = store_of(request)
     actor = actor_of(request, "oci")
-    tags = sorted(r.tag for r in await run_in_threadpool(lambda: store.list_tags(repository, actor=actor)))
+    n, last = page_params(request)
+    want = None if n is None else n + 1
+    tags = await run_in_threadpool(lambda: store.tag_names(repository, last, want, actor=actor))
     if not tags and not await run_in_threadpool(repo_blobs.repository_known, store, repository, actor):
         raise OciError("NAME_UNKNOWN", detail={"name": name})
-    out, headers = page(request, tags, f"/v2/{name}/tags/list")
-    return JSONResponse({"name": name, "tags": out}, headers=headers)
+    headers: dict[str, str] = {}
+    if n is not None and len(tags) > n:
+        tags = tags[:n]
+        headers = next_link(f"/v2/{name}/tags/list", n, tags[-1]) if tags else {}
+    return JSONResponse({"name": name, "tags": tags}, headers=headers)
 
 
 CATALOG_BATCH = 1000
 
 
-def _catalog_names(store: Store, after: str | None, want: int | None, actor: Actor) -> list[str]:
-    """OCI names of the catalog in order after `after`, at most `want` (all when None), read a batch
-    of repository keys at a time (keys without an OCI name are skipped)."""
+def _catalog_names(store: Store, after: str | None, want: int, actor: Actor) -> list[str]:
+    """At most `want` OCI names of the catalog in order after `after`, read a batch of repository keys
+    at a time (keys without an OCI name are skipped)."""
     names: list[str] = []
     cursor = None if after is None else PREFIX + after
-    while want is None or len(names) < want:
-        batch = CATALOG_BATCH if want is None else max(want - len(names), 1)
+    while len(names) < want:
+        batch = max(want - len(names), 1)
         keys = store.repository_keys(PREFIX, cursor, batch, actor=actor)
         names += [n for n in map(oci_name, keys) if n is not None]
         if len(keys) < batch:
             break
         cursor = keys[-1]
-    return names if want is None else names[:want]
+    return names[:want]
+
+
+def _whole_catalog(store: Store, after: str | None, actor: Actor) -> Iterator[bytes]:
+    """`{"repositories":[...]}` of every OCI name after `after`, streamed from one snapshot a batch at a
+    time (flat memory at any size; names need no JSON escaping, NAME_RE allows none)."""
+    keys = store.iter_repository_keys(PREFIX, None if after is None else PREFIX + after, actor=actor)
+    sep = ""
+    try:
+        yield b'{"repositories":['
+        for batch in keys:
+            names = [n for n in map(oci_name, batch) if n is not None]
+            if names:
+                yield (sep + '"' + '","'.join(names) + '"').encode()
+                sep = ","
+        yield b"]}"
+    finally:
+        keys.close()
 
 
 async def catalog(request: Request) -> Response:
-    """Repositories in OCI name order; with `n`, one page read from the catalog (n + 1 names)."""
+    """Repositories in OCI name order; with `n`, one page read from the catalog (n + 1 names); without,
+    all of them, streamed."""
     n, last = page_params(request)
     if n == 0:
         return JSONResponse({"repositories": []})
     store = store_of(request)
     actor = actor_of(request, "oci")
-    names = await run_in_threadpool(_catalog_names, store, last, None if n is None else n + 1, actor)
+    if n is None:
+        return StreamingResponse(_whole_catalog(store, last, actor), media_type="application/json")
+    names = await run_in_threadpool(_catalog_names, store, last, n + 1, actor)
     headers: dict[str, str] = {}
-    if n is not None and len(names) > n:
+    if len(names) > n:
         names = names[:n]
         headers = next_link("/v2/_catalog", n, names[-1])
     return JSONResponse({"repositories": names}, headers=headers)

@@ -120,21 +120,6 @@ def next_link(path: str, n: int, last: str) -> dict[str, str]:
     return {"Link": f'<{path}?n={n}&last={quote(last, safe="")}>; rel="next"'}
 
 
-def page(request: Request, items: list[str], path: str) -> tuple[list[str], dict[str, str]]:
-    """Apply `n` and `last` to a sorted list; returns the page and a `Link` header if more follow."""
-    n, last = page_params(request)
-    if last:
-        items = [i for i in items if i > last]
-    if n is None:
-        return items, {}
-    if n == 0:
-        return [], {}
-    out = items[:n]
-    if len(items) <= n:
-        return out, {}
-    return out, next_link(path, n, out[-1])
-
-
 _PATHSEND = "http.response.pathsend"
 _ZEROCOPY = "http.response.zerocopysend"
 _FD_DIR = "/proc/self/fd"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,11 +16,11 @@ from modelhangar.core import blob_access
 from modelhangar.core.deletion import delete_models
 from modelhangar.core.digests import InvalidDigest, parse_digest
 from modelhangar.core.errors import Denied, DigestMismatch, NotFound, QuotaExceeded, Refused
-from modelhangar.core.names import display_stored
 from modelhangar.core.store import Actor, Store
 from modelhangar.faces.bodies import pump
 from modelhangar.faces.ollama import create as create_mod
 from modelhangar.faces.ollama.show import show_model
+from modelhangar.faces.ollama.version import OLLAMA_COMPAT_VERSION
 from modelhangar.faces.ollama.wire import (
     OllamaError,
     display_plan,
@@ -31,19 +30,9 @@ from modelhangar.faces.ollama.wire import (
     model_field,
     ndjson,
     parse_or,
-    timestamp,
 )
 
-OLLAMA_COMPAT_VERSION = "0.12.0"
 FACE = "ollama"
-EMPTY_DETAILS = {
-    "parent_model": "",
-    "format": "",
-    "family": "",
-    "families": None,
-    "parameter_size": "",
-    "quantization_level": "",
-}
 
 
 def _actor(request: Request) -> Actor:
@@ -72,36 +61,20 @@ async def tags(request: Request) -> Response:
 
 
 def _tags_body(store: Store, actor: Actor | None = None) -> Iterator[bytes]:
-    """`{"models":[...]}` streamed a batch of rows at a time, each model's stored details spliced in as
-    the JSON text they are stored as.
-
-    Built by hand because listings can hold 100,000 models: no per-model record or name parse, no JSON
-    round trip. Names need no escaping: `display_stored` only returns names of the ASCII letters,
-    digits and `._-:/` that valid names are made of. Repositories other faces made that have no
-    Ollama name are left out, and so are the private models of others (`core/permissions.py`).
-    """
-    empty = json.dumps(EMPTY_DETAILS)
-    rows = store.iter_listing(actor=actor)
+    """`{"models":[...]}` streamed a batch at a time from the listing entries the store renders when a
+    tag is written (`core/listing.py`): no per-model record, parse or format here. Repositories other
+    faces made that have no Ollama name are left out, and so are the private models of others."""
+    batches = store.iter_listing(actor=actor)
     sep = ""
     try:
         yield b'{"models":['
-        for batch in rows:
-            parts = []
-            for repository, tag, digest, size, details, modified in batch:
-                name = display_stored(repository, tag)
-                if name is None:
-                    continue
-                if details in (None, "", "{}", "null"):
-                    details = empty
-                parts.append(
-                    f'{sep}{{"name":"{name}","model":"{name}","modified_at":"{timestamp(modified)}",'
-                    f'"size":{size},"digest":"{digest[7:]}","details":{details}}}'
-                )
+        for batch in batches:
+            if batch:
+                yield (sep + ",".join(batch)).encode()
                 sep = ","
-            yield "".join(parts).encode()
         yield b"]}"
     finally:
-        rows.close()  # releases the read snapshot, however the response ended
+        batches.close()  # releases the read snapshot, however the response ended
 
 
 async def ps(request: Request) -> Response:

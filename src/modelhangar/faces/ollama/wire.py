@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from modelhangar.core import jsonsafe
+from modelhangar.core.listing import timestamp as timestamp  # Go's RFC 3339, one definition
 from modelhangar.core.names import InvalidName, ModelName, display_stored, parse_name
 
 
@@ -66,29 +65,6 @@ def parse_or(raw: str, status: int, message: str) -> ModelName:
 def display(repository: str, tag: str) -> str:
     """Ollama's shortest display form of a stored repository and tag (falls back to raw)."""
     return display_stored(repository, tag) or f"{repository}:{tag}"
-
-
-_ZONES: dict[int, timezone | None] = {}
-"""The local zone's offset in each quarter hour (by Unix quarter), None where it changes within it."""
-
-
-def _zone(offset: int) -> timezone:
-    return timezone(timedelta(seconds=offset))
-
-
-def timestamp(ts: float) -> str:
-    """RFC 3339 with the local offset, as Go prints times (the offset of that moment, DST included)."""
-    quarter = int(ts // 900)
-    if quarter in _ZONES:
-        zone = _ZONES[quarter]
-    else:
-        if len(_ZONES) > 100_000:
-            _ZONES.clear()
-        first, last = time.localtime(quarter * 900).tm_gmtoff, time.localtime(quarter * 900 + 899).tm_gmtoff
-        zone = _ZONES[quarter] = _zone(first) if first == last else None
-    if zone is None:
-        zone = _zone(time.localtime(ts).tm_gmtoff)
-    return datetime.fromtimestamp(ts, tz=zone).isoformat()
 
 
 def ndjson(objects: Iterable[dict[str, Any]]) -> StreamingResponse:
