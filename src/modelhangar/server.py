@@ -227,8 +227,10 @@ async def _flush_loop(store: Store, interval: float) -> None:
             log.exception("writing last-used times failed")
 
 
-def run_server(settings: Settings, *, json_log: bool = False) -> None:
-    """Serve until interrupted."""
+def run_server(
+    settings: Settings, *, json_log: bool = False, tls_cert: str | None = None, tls_key: str | None = None
+) -> None:
+    """Serve until interrupted; over HTTPS with a certificate and its key (`hangar serve --tls-cert`)."""
     import uvicorn
 
     os.umask(0o077)  # the data directory is the server's alone: directories 0700, files 0600
@@ -241,5 +243,7 @@ def run_server(settings: Settings, *, json_log: bool = False) -> None:
         port=settings.port,
         log_level="warning",
         access_log=False,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
         **connections.uvicorn_options(settings),
     )

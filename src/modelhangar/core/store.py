@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from modelhangar.core import jsonsafe, model_rules, permissions
+from modelhangar.core import jsonsafe, listing, model_rules, permissions
 from modelhangar.core.actors import Actor as Actor  # re-exported: faces import it from here
 from modelhangar.core.blobstore import (
     COPY_CHUNK,
@@ -410,6 +410,7 @@ class Store:
             return None
         if isinstance(owner, _Unset):
             owner = permissions.owner_for_new(conn, actor or Actor(), name)
+        created = now()
         self._insert_ignore(
             conn,
             t.repositories,
@@ -417,7 +418,8 @@ class Store:
                 "name": name,
                 "name_key": key,
                 "owner": owner,
-                "created_at": now(),
+                "created_at": created,
+                "modified_at": created,
                 "visibility": visibility or self.settings.default_visibility,
             },
         )
@@ -811,6 +813,7 @@ class Store:
                     )
                 if repo.kind is not None:  # a face's model object: its own bookkeeping of versions
                     model_rules.pushed(self, conn, repo, digest, refs, ts)
+                listing.refresh(conn, [repo_id])
         except Refused as e:
             self._audit_refused(e)
             raise
@@ -933,6 +936,7 @@ class Store:
                     {"repository_id": dst_repo, "manifest_digest": digest, "created_at": ts},
                 )
                 released = self._point_tag(conn, dst_repo, dst_tag, digest, ts, actor=actor)
+                listing.refresh(conn, [dst_repo])
                 row = conn.execute(
                     self._tag_query().where(
                         t.tags.c.repository_id == dst_repo, t.tags.c.name_key == dst_tag.lower()
@@ -1010,6 +1014,7 @@ class Store:
             )
             candidates.add(digest)
             self._drop_repository_if_empty(conn, repo_id)
+        listing.refresh(conn, {repo_id for repo_id, _ in drop})
         blob_candidates: set[str] = set()
         queue = sorted(candidates)
         while queue:

@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from modelhangar.core import listing
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import retrying
 from modelhangar.core.errors import Conflict, NotFound
@@ -131,6 +132,7 @@ def restore(store: Store, entry_id: int, actor: Actor, as_name: ModelName | None
                 )
             )
         conn.execute(t.trash.delete().where(t.trash.c.id == entry_id))
+        listing.refresh(conn, [repo_id])
         conn.execute(
             t.audit.insert().values(
                 at=ts,
