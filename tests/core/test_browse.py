@@ -41,7 +41,7 @@ def _check_kept_figures(kit: Kit) -> None:
             newest = conn.execute(
                 sa.select(sa.func.max(t.tags.c.modified_at)).where(t.tags.c.repository_id == r.id)
             ).scalar()
-            assert r.size == shown[r.id][0], r.name
+            assert (r.size, r.versions) == (shown[r.id][0], shown[r.id][2]), r.name
             assert r.modified_at == (newest if newest is not None else r.created_at), r.name
     for sort in browse.SORTS:
         page = browse.models_page(kit.store, Actor(), sort=sort, per_page=100)

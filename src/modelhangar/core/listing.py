@@ -1,7 +1,8 @@
 """The figures the model list sorts by, kept on each repository row (README, "The web UI").
 
 `repositories.size` is the bytes of the distinct blobs its manifests name (an index's children
-included); `repositories.modified_at` is when its newest tag changed, else when it was made. Sorting
+included); `repositories.modified_at` is when its newest tag changed, else when it was made;
+`repositories.versions` counts its manifests (the list shows a repository with one). Sorting
 a page by them is an indexed LIMIT (`ix_repositories_size`, `ix_repositories_modified`), never an
 aggregate over the store per request. Every writer that changes a repository's memberships or
 tags calls `refresh` for it in the same transaction (`core/store.py`, `core/planner.py`,
@@ -61,6 +62,13 @@ def refresh(conn: sa.Connection, repo_ids: Iterable[int]) -> None:
                 .group_by(t.tags.c.repository_id)
             ).all()
         )
+        versions: dict[int, int] = dict(
+            conn.execute(
+                sa.select(t.repo_manifests.c.repository_id, sa.func.count())
+                .where(t.repo_manifests.c.repository_id.in_(chunk))
+                .group_by(t.repo_manifests.c.repository_id)
+            ).all()
+        )
         created: dict[int, float] = dict(
             conn.execute(
                 sa.select(t.repositories.c.id, t.repositories.c.created_at).where(
@@ -69,7 +77,12 @@ def refresh(conn: sa.Connection, repo_ids: Iterable[int]) -> None:
             ).all()
         )
         rows = [
-            {"rid": rid, "size": sizes.get(rid, 0), "modified": newest.get(rid) or created[rid]}
+            {
+                "rid": rid,
+                "size": sizes.get(rid, 0),
+                "modified": newest.get(rid) or created[rid],
+                "versions": versions.get(rid, 0),
+            }
             for rid in chunk
             if rid in created
         ]
@@ -77,6 +90,10 @@ def refresh(conn: sa.Connection, repo_ids: Iterable[int]) -> None:
             conn.execute(
                 t.repositories.update()
                 .where(t.repositories.c.id == sa.bindparam("rid"))
-                .values(size=sa.bindparam("size"), modified_at=sa.bindparam("modified")),
+                .values(
+                    size=sa.bindparam("size"),
+                    modified_at=sa.bindparam("modified"),
+                    versions=sa.bindparam("versions"),
+                ),
                 rows,
             )

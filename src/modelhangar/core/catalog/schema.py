@@ -36,8 +36,10 @@ repositories = sa.Table(
     # That face's fields of the model (description, hardware, ...), as JSON text.
     sa.Column("meta", sa.Text, nullable=True),
     # What the web UI's list sorts by, kept by every writer (`core/listing.py`): the bytes of the
-    # distinct blobs its manifests name, and when its newest tag changed (else when it was made).
+    # distinct blobs its manifests name, when its newest tag changed (else when it was made), and how
+    # many manifests it holds (the list shows a repository holding one, or a face's model object).
     sa.Column("size", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("versions", sa.Integer, nullable=False, server_default="0"),
     sa.Column("modified_at", sa.Float, nullable=False, server_default="0"),
     sa.Index("ix_repositories_owner", "owner"),
     # A face's model objects newest first, a page at a time (Replicate's `GET /v1/models`).

@@ -1,4 +1,4 @@
-"""web list figures: each repository's size and last change, kept so the web UI's list sorts by an index
+"""web list figures: each repository's size, last change and manifest count, for the web UI's list
 
 Revision ID: 0014
 Revises: 0012
@@ -33,6 +33,7 @@ def upgrade() -> None:
     with op.batch_alter_table("repositories", schema=None) as batch_op:
         batch_op.add_column(sa.Column("size", sa.BigInteger(), server_default="0", nullable=False))
         batch_op.add_column(sa.Column("modified_at", sa.Float(), server_default="0", nullable=False))
+        batch_op.add_column(sa.Column("versions", sa.Integer(), server_default="0", nullable=False))
     conn = op.get_bind()
     sizes = [{"rid": int(rid), "size": int(size or 0)} for rid, size in conn.execute(sa.text(SIZES))]
     if sizes:
@@ -41,7 +42,8 @@ def upgrade() -> None:
         sa.text(
             "UPDATE repositories SET modified_at = COALESCE("
             "(SELECT MAX(tags.modified_at) FROM tags WHERE tags.repository_id = repositories.id),"
-            " repositories.created_at)"
+            " repositories.created_at),"
+            " versions = (SELECT COUNT(*) FROM repo_manifests rm WHERE rm.repository_id = repositories.id)"
         )
     )
     op.create_index("ix_repositories_size", "repositories", [sa.text("size DESC"), "name_key"], unique=False)
@@ -54,5 +56,6 @@ def downgrade() -> None:
     op.drop_index("ix_repositories_modified", table_name="repositories")
     op.drop_index("ix_repositories_size", table_name="repositories")
     with op.batch_alter_table("repositories", schema=None) as batch_op:
+        batch_op.drop_column("versions")
         batch_op.drop_column("modified_at")
         batch_op.drop_column("size")
