@@ -124,8 +124,11 @@ async def _version(scope: Scope, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def run_server(settings: Settings, *, json_log: bool = False) -> None:
-    """Serve until interrupted (SystemExit(1) if the app could not be built)."""
+def run_server(
+    settings: Settings, *, json_log: bool = False, tls_cert: str | None = None, tls_key: str | None = None
+) -> None:
+    """Serve until interrupted (SystemExit(1) if the app could not be built); over HTTPS with a
+    certificate and its key (`hangar serve --tls-cert`)."""
     import uvicorn
 
     os.umask(0o077)  # the data directory is the server's alone: directories 0700, files 0600
@@ -144,6 +147,8 @@ def run_server(settings: Settings, *, json_log: bool = False) -> None:
         port=settings.port,
         log_level="warning",
         access_log=False,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
         **connections.uvicorn_options(settings),
     )
     server = uvicorn.Server(config)

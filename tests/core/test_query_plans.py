@@ -81,3 +81,16 @@ def test_each_lookup_of_a_delete_uses_its_index(store: Store, lookup: str) -> No
     assert "Seq Scan" not in text and not any(
         line.strip().startswith("SCAN") and "INDEX" not in line for line in text.splitlines()
     ), f"{lookup}: {text}"
+
+
+@pytest.mark.parametrize("sort", ["name", "size", "age"])
+def test_a_page_of_the_web_list_walks_an_index(store: Store, sort: str) -> None:
+    """The web UI's list orders by columns kept on the row (core/repo_figures.py): a page is an index walk
+    of LIMIT rows in that order, never a sort of every repository (README, "The web UI")."""
+    from modelhangar.core import browse
+    from modelhangar.core.store import Actor
+
+    index = {"name": "name_key", "size": "ix_repositories_size", "age": "ix_repositories_modified"}[sort]
+    text = plan_text(store, browse.list_query(Actor(), "", sort).limit(50))  # type: ignore[arg-type]
+    assert index in text or (sort == "name" and "sqlite_autoindex_repositories" in text), text
+    assert "TEMP B-TREE" not in text and "Sort" not in text.replace("Sort Key", ""), text

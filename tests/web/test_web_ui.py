@@ -162,6 +162,76 @@ def test_csrf_and_forged_cookies_are_refused(world: Any) -> None:
         assert r.status_code == 403
 
 
+def test_pages_next_previous_and_page_size(world: Any, browser: Any) -> None:
+    srv, _ = world
+    page = browser.new_page()  # a browser on loopback: the local admin (HANGAR_AUTH=local)
+    page.goto(srv.url + "/ui/models?sort=name")
+    names = page.locator("table.models tbody th a")
+    assert names.count() == 50
+    page.get_by_label("Per page").select_option("25")
+    page.get_by_role("button", name="Apply").click()
+    assert names.count() == 25
+    summary = page.inner_text("#count")
+    total = int(summary.split()[0])
+    assert f"page 1 of {-(-total // 25)}" in summary
+    first = names.all_inner_texts()
+    page.get_by_role("link", name="Next").click()
+    assert "page 2 of" in page.inner_text("#count")
+    second = names.all_inner_texts()
+    assert len(second) == 25 and not set(first) & set(second)
+    assert sorted(first + second) == first + second  # by name, across the pages
+    page.get_by_role("link", name="Previous").click()
+    assert names.all_inner_texts() == first and "page 1 of" in page.inner_text("#count")
+    page.close()
+
+
+def test_bulk_delete_with_one_preview_then_the_trash_and_emptying_it(world: Any, browser: Any) -> None:
+    srv, _ = world
+    chosen = ["scratch-000", "scratch-001", "scratch-002"]
+    page = browser.new_page()
+    page.goto(srv.url + "/ui/models?q=scratch-00")
+    for name in chosen:
+        page.get_by_label(f"Select {name}", exact=True).check()
+    page.get_by_role("button", name="Delete selected…").click()
+    assert page.get_by_role("heading", level=1).inner_text() == "Delete 3 models"
+    assert page.locator("section.preview").count() == 1  # one preview for the whole selection
+    assert re.search(r"Deleting 3 models frees \d", page.inner_text("section.preview"))
+    page.locator("section.preview summary").click()
+    listed = page.locator("section.preview details li").all_inner_texts()
+    assert sorted(listed) == [f"{n}:latest" for n in chosen]
+    page.get_by_label("To confirm, type").fill("delete 3")
+    page.get_by_role("button", name="Delete 3 models").click()
+    assert page.get_by_role("heading", level=1).inner_text() == "Deleted 3 models"
+    page.goto(srv.url + "/ui/models?q=scratch-00")
+    left = page.locator("table.models tbody th a").all_inner_texts()
+    assert not set(chosen) & set(left) and len(left) == 7
+    page.get_by_role("link", name="Trash").click()
+    trashed = page.locator("table.trash tbody th").all_inner_texts()
+    assert {f"{n}:latest" for n in chosen} <= set(trashed)
+    page.get_by_role("link", name="Empty the trash…").click()
+    preview = page.inner_text("section.preview")
+    assert re.search(rf"purges {len(trashed)} entries and frees \d", preview)
+    page.get_by_role("button", name="Empty the trash").click()
+    assert f"Emptied the trash: {len(trashed)} entries purged" in page.inner_text("main")
+    assert "The trash is empty." in page.inner_text("main")
+    page.close()
+
+
+def test_retention_dry_run_previews_and_changes_nothing(world: Any, browser: Any) -> None:
+    srv, _ = world
+    page = browser.new_page()
+    page.goto(srv.url + "/ui/retention")
+    page.get_by_label("Names matching").fill("scratch-01*")
+    page.get_by_label("Keep the newest … tags").fill("0")
+    page.get_by_role("button", name="Preview").click()
+    assert "10 models, freeing" in page.inner_text("p.summary")
+    items = page.locator("main ul li", has_text="scratch-01").all_inner_texts()
+    assert len(items) == 10 and all(": frees " in x for x in items)
+    page.goto(srv.url + "/ui/models?q=scratch-01")
+    assert page.locator("table.models tbody th a").count() == 10  # a dry run: all still there
+    page.close()
+
+
 def test_accessible_and_screenshots(world: Any, browser: Any) -> None:
     from axe_playwright_python import sync_playwright as axe_mod
 
@@ -178,6 +248,9 @@ def test_accessible_and_screenshots(world: Any, browser: Any) -> None:
         "usage": "/ui/usage",
         "audit": "/ui/audit",
         "signin": "/ui/signin",
+        "bulk": "/ui/bulk?model=alice/base&model=alice/notes",
+        "empty": "/ui/trash/empty",
+        "retention": "/ui/retention?match=alice/*&keep_last=0",
     }
     problems = []
     for width, height, label in ((1280, 800, "laptop"), (390, 844, "phone")):

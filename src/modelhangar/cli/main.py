@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=host_port,
         help="address to listen on (default: $HANGAR_HOST or 127.0.0.1:11435)",
     )
+    p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (chain) file")
+    p.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
 
     add("list", model_commands.cmd_list, "list models", [client, js], aliases=["ls"])
 

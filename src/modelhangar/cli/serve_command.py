@@ -40,6 +40,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         doc = {"message": note, "auth": "local", "host": settings.host}
         print(json.dumps(doc) if args.json else f"modelhangar: {note}", file=sys.stderr, flush=True)
+    tls = (args.tls_cert, args.tls_key)
+    if any(tls) and not all(tls):
+        raise CliError("--tls-cert and --tls-key go together")
+    for path in filter(None, tls):
+        try:
+            open(path, "rb").close()
+        except OSError as e:
+            raise CliError(f"cannot read {path}: {e.strerror or e}") from e
     _check_bindable(settings.host, settings.port)
     if settings.blobs.startswith("s3://"):  # a wrong bucket or credential fails here, not at the first upload
         from modelhangar.core.s3blobs import BlobStoreConfigError, check_bucket
@@ -66,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     try:
-        startup.run_server(settings, json_log=args.json)
+        startup.run_server(settings, json_log=args.json, tls_cert=args.tls_cert, tls_key=args.tls_key)
     except SystemExit as e:  # uvicorn exits when startup fails, after logging why
         return 0 if e.code in (0, None) else 1
     return 0

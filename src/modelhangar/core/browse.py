@@ -64,45 +64,35 @@ class ModelPage:
 
 def _listed(actor: Actor) -> Any:
     r = t.repositories.c
-    q = sa.select(t.repositories.c.id).where(
-        sa.or_(sa.exists().where(t.repo_manifests.c.repository_id == r.id), r.kind.is_not(None))
-    )
+    q = sa.select(t.repositories.c.id).where(sa.or_(r.versions > 0, r.kind.is_not(None)))
     clause = permissions.visible(actor)
     return q if clause is None else q.where(clause)
+
+
+def list_query(actor: Actor, text: str = "", sort: Sort = "name") -> Any:
+    """The ids of the models `actor` may see, filtered by `text` (a part of the name), in `sort`'s
+    order: by columns every writer keeps on the row (`core/repo_figures.py`), so a page is an index walk."""
+    r = t.repositories.c
+    q = _listed(actor)
+    if text:
+        q = q.where(r.name_key.contains(text.strip().lower(), autoescape=True))
+    if sort == "size":
+        return q.order_by(r.size.desc(), r.name_key)
+    if sort == "age":
+        return q.order_by(r.modified_at.desc(), r.name_key)
+    return q.order_by(r.name_key)
 
 
 def models_page(
     store: Store, actor: Actor, *, text: str = "", sort: Sort = "name", page: int = 1, per_page: int = 50
 ) -> ModelPage:
     """One page of the models `actor` may see, filtered by `text` (a part of the name), sorted."""
-    r = t.repositories.c
-    q = _listed(actor)
-    if text:
-        q = q.where(r.name_key.contains(text.strip().lower(), autoescape=True))
-    if sort == "size":
-        size = (
-            sa.select(sa.func.coalesce(sa.func.sum(t.manifests.c.total_size), 0))
-            .select_from(t.repo_manifests.join(t.manifests))
-            .where(t.repo_manifests.c.repository_id == r.id)
-            .scalar_subquery()
-        )
-        order: list[Any] = [size.desc(), r.name_key]
-    elif sort == "age":
-        newest = (
-            sa.select(sa.func.max(t.tags.c.modified_at))
-            .where(t.tags.c.repository_id == r.id)
-            .scalar_subquery()
-        )
-        order = [sa.func.coalesce(newest, r.created_at).desc(), r.name_key]
-    else:
-        order = [r.name_key]
+    q = list_query(actor, text, sort)
     page = max(1, page)
     with store.catalog.read() as conn:
-        total = int(conn.execute(sa.select(sa.func.count()).select_from(q.subquery())).scalar() or 0)
-        ids = [
-            int(x)
-            for x in conn.execute(q.order_by(*order).limit(per_page).offset((page - 1) * per_page)).scalars()
-        ]
+        counted = q.order_by(None).subquery()
+        total = int(conn.execute(sa.select(sa.func.count()).select_from(counted)).scalar() or 0)
+        ids = [int(x) for x in conn.execute(q.limit(per_page).offset((page - 1) * per_page)).scalars()]
         rows = _rows(conn, ids)
     return ModelPage(rows, total, page, per_page)
 
@@ -187,13 +177,7 @@ def sizes(conn: sa.Connection, ids: Iterable[int]) -> dict[int, tuple[int, int, 
                 seen.add(child)
                 frontier.add(child)
     everything = sorted(seen)
-    membership_count: dict[str, int] = defaultdict(int)
-    for m, n in conn.execute(
-        sa.select(t.repo_manifests.c.manifest_digest, sa.func.count())
-        .where(t.repo_manifests.c.manifest_digest.in_(everything))
-        .group_by(t.repo_manifests.c.manifest_digest)
-    ):
-        membership_count[m] = int(n)
+    membership_count = _counts(conn, t.repo_manifests.c.manifest_digest, everything, 2)
     trashed = set(
         conn.execute(
             sa.select(t.trash.c.manifest_digest).where(t.trash.c.manifest_digest.in_(everything))
@@ -214,14 +198,11 @@ def sizes(conn: sa.Connection, ids: Iterable[int]) -> dict[int, tuple[int, int, 
     ):
         blobs_of[m].add(b)
     all_blobs = sorted({b for bs in blobs_of.values() for b in bs})
-    holders: dict[str, int] = {}
+    # how many manifests name each blob, counted only up to one more than the page's manifests: a
+    # blob goes when the leaving ones are all its holders, and a base layer the whole store shares
+    # then costs no more than a layer of its own
+    holders = _counts(conn, t.manifest_blobs.c.blob_digest, all_blobs, len(everything) + 1)
     blob_size: dict[str, int] = {}
-    for b, n in conn.execute(
-        sa.select(t.manifest_blobs.c.blob_digest, sa.func.count())
-        .where(t.manifest_blobs.c.blob_digest.in_(all_blobs))
-        .group_by(t.manifest_blobs.c.blob_digest)
-    ):
-        holders[b] = int(n)
     for b, size in conn.execute(
         sa.select(t.blobs.c.digest, t.blobs.c.size).where(
             t.blobs.c.digest.in_(all_blobs), t.blobs.c.state == "present"
@@ -258,6 +239,18 @@ def sizes(conn: sa.Connection, ids: Iterable[int]) -> dict[int, tuple[int, int, 
                 named[b] += 1
         freed = sum(blob_size.get(b, 0) for b, n in named.items() if holders.get(b, 0) == n)
         out[rid] = (sum(blob_size.get(b, 0) for b in mine), freed, len(roots))
+    return out
+
+
+def _counts(conn: sa.Connection, column: Any, values: list[str], limit: int) -> defaultdict[str, int]:
+    """{value: rows of `column`'s table with it, counted up to `limit`}: one bounded index lookup per
+    value (a statement compiled once), so it costs what the values hold up to `limit`."""
+    stmt = sa.select(sa.func.count()).select_from(
+        sa.select(sa.literal(1)).where(column == sa.bindparam("v")).limit(limit).subquery()
+    )
+    out: defaultdict[str, int] = defaultdict(int)
+    for v in values:
+        out[v] = int(conn.execute(stmt, {"v": v}).scalar() or 0)
     return out
 
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from modelhangar.core import dependents, model_rules, permissions, shared_settings
+from modelhangar.core import dependents, model_rules, permissions, repo_figures, shared_settings
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import retrying
 from modelhangar.core.errors import Refused
@@ -428,6 +428,7 @@ class Planner:
                 t.repo_blobs.delete().where(t.repo_blobs.c.repository_id.in_(sorted(res.whole_repos)))
             )
         released = self._remove(conn, res, actor, plan, ts, keep_expiry=keep_expiry)
+        repo_figures.refresh(conn, {r[0] for r in res.tag_rows} | set(res.whole_repos))
         for repo_id in sorted(res.whole_repos):  # a face's model object goes with the whole repository
             row = res.rows.get(repo_id)
             if row is not None and row.kind is not None:

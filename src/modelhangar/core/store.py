@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from modelhangar.core import blob_location, jsonsafe, listing, model_rules, permissions
+from modelhangar.core import blob_location, jsonsafe, listing, model_rules, permissions, repo_figures
 from modelhangar.core.actors import Actor as Actor  # re-exported: faces import it from here
 from modelhangar.core.blobstore import (
     COPY_CHUNK,
@@ -420,6 +420,7 @@ class Store:
             return None
         if isinstance(owner, _Unset):
             owner = permissions.owner_for_new(conn, actor or Actor(), name)
+        created = now()
         self._insert_ignore(
             conn,
             t.repositories,
@@ -427,7 +428,8 @@ class Store:
                 "name": name,
                 "name_key": key,
                 "owner": owner,
-                "created_at": now(),
+                "created_at": created,
+                "modified_at": created,
                 "visibility": visibility or self.settings.default_visibility,
             },
         )
@@ -862,6 +864,7 @@ class Store:
                     )
                 if repo.kind is not None:  # a face's model object: its own bookkeeping of versions
                     model_rules.pushed(self, conn, repo, digest, refs, ts)
+                repo_figures.refresh(conn, [repo_id])
         except Refused as e:
             self._audit_refused(e)
             raise
@@ -986,6 +989,7 @@ class Store:
                     {"repository_id": dst_repo, "manifest_digest": digest, "created_at": ts},
                 )
                 released = self._point_tag(conn, dst_repo, dst_tag, digest, ts, actor=actor)
+                repo_figures.refresh(conn, [dst_repo])
                 row = conn.execute(
                     self._tag_query().where(
                         t.tags.c.repository_id == dst_repo, t.tags.c.name_key == dst_tag.lower()
@@ -1063,6 +1067,7 @@ class Store:
             )
             candidates.add(digest)
             self._drop_repository_if_empty(conn, repo_id)
+        repo_figures.refresh(conn, {repo_id for repo_id, _ in drop})
         blob_candidates: set[str] = set()
         queue = sorted(candidates)
         while queue:

@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from modelhangar.core import listing
+from modelhangar.core import listing, repo_figures
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import retrying
 from modelhangar.core.errors import Conflict, NotFound
@@ -133,6 +133,7 @@ def restore(store: Store, entry_id: int, actor: Actor, as_name: ModelName | None
             )
             listing.refresh(conn, repo_id, tag.lower())  # its listing entry, in the tag's row
         conn.execute(t.trash.delete().where(t.trash.c.id == entry_id))
+        repo_figures.refresh(conn, [repo_id])
         conn.execute(
             t.audit.insert().values(
                 at=ts,

@@ -45,6 +45,7 @@ HERE = Path(__file__).parent
 SESSION_COOKIE = "hangar_session"
 CSRF_COOKIE = "hangar_csrf"
 PER_PAGE = 50
+PAGE_SIZES = (25, 50, 100, 200)
 FACES = ("web", "cli", "ollama", "hangar", "oci", "replicate", "opensearch", "schedule")
 MAX_FIELDS = 1000
 
@@ -266,6 +267,9 @@ async def models(request: Request) -> Response:
         raise WebError(400, "page must be a number") from None
     if number < 1 or number > 10**7:
         raise WebError(400, "page must be 1 or more")
+    per_page = int(q["per_page"]) if q.get("per_page", "").isdigit() else PER_PAGE
+    if per_page not in PAGE_SIZES:
+        raise WebError(400, f"per_page is one of {', '.join(map(str, PAGE_SIZES))}")
     result = await run_in_threadpool(
         browse.models_page,
         _store(request),
@@ -273,15 +277,25 @@ async def models(request: Request) -> Response:
         text=text,
         sort=sort,
         page=number,  # type: ignore[arg-type]
-        per_page=PER_PAGE,
+        per_page=per_page,
     )
 
     def link(**change: Any) -> str:
-        params = {"q": text, "sort": sort, "page": number, **change}
+        params = {"q": text, "sort": sort, "per_page": per_page, "page": number, **change}
+        if params["per_page"] == PER_PAGE:
+            del params["per_page"]
         return "/ui/?" + urlencode({k: v for k, v in params.items() if v not in ("", None)})
 
     return await render(
-        request, "models.html", result=result, text=text, sort=sort, link=link, sorts=browse.SORTS
+        request,
+        "models.html",
+        result=result,
+        text=text,
+        sort=sort,
+        link=link,
+        sorts=browse.SORTS,
+        per_page=per_page,
+        page_sizes=PAGE_SIZES,
     )
 
 
@@ -581,6 +595,7 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/ui", root, methods=["GET", "HEAD"]),
         Route("/ui/", models, methods=["GET", "HEAD"]),
+        Route("/ui/models", models, methods=["GET", "HEAD"]),
         Route("/ui/signin", signin_page, methods=["GET", "HEAD"]),
         Route("/ui/signin", signin, methods=["POST"]),
         Route("/ui/signout", signout, methods=["POST"]),

@@ -35,10 +35,19 @@ repositories = sa.Table(
     sa.Column("kind", sa.String(32), nullable=True),
     # That face's fields of the model (description, hardware, ...), as JSON text.
     sa.Column("meta", sa.Text, nullable=True),
+    # What the web UI's list sorts by, kept by every writer (`core/repo_figures.py`): the bytes of the
+    # distinct blobs its manifests name, when its newest tag changed (else when it was made), and how
+    # many manifests it holds (the list shows a repository holding one, or a face's model object).
+    sa.Column("size", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("versions", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("modified_at", sa.Float, nullable=False, server_default="0"),
     sa.Index("ix_repositories_owner", "owner"),
     # A face's model objects newest first, a page at a time (Replicate's `GET /v1/models`).
     sa.Index("ix_repositories_kind_created", "kind", "created_at", "id"),
 )
+# The web UI's list a page at a time, largest or newest first, ties by name (`core/browse.py`).
+sa.Index("ix_repositories_size", repositories.c.size.desc(), repositories.c.name_key)
+sa.Index("ix_repositories_modified", repositories.c.modified_at.desc(), repositories.c.name_key)
 
 blobs = sa.Table(
     "blobs",
