@@ -101,6 +101,7 @@ def test_over_tls_the_session_cookie_is_secure(tmp_path: Path, browser: Any) -> 
         proc.terminate()
         proc.wait(30)
         log.close()
+    assert f"at {url}" in (tmp_path / "server.log").read_text()  # the start line names the https address
 
 
 def test_auth_required_a_loopback_browser_signs_in_and_sees_only_its_models(

@@ -64,12 +64,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     from modelhangar import startup
 
+    url = settings.base_url.replace("http://", "https://", 1) if args.tls_cert else settings.base_url
     if args.json:
         doc = {"message": "serving", "version": __version__, "home": str(settings.home)}
-        print(json.dumps({**doc, "url": settings.base_url}), file=sys.stderr, flush=True)
+        print(json.dumps({**doc, "url": url}), file=sys.stderr, flush=True)
     else:
         print(
-            f"modelhangar {__version__}: serving {settings.home} at {settings.base_url}",
+            f"modelhangar {__version__}: serving {settings.home} at {url}",
             file=sys.stderr,
             flush=True,
         )
