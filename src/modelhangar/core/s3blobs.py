@@ -391,6 +391,11 @@ class S3BlobStore:
             token = page.get("NextContinuationToken")
 
     def iter_blobs(self) -> Iterator[tuple[str, float]]:
+        for digest, mtime, _size in self.iter_blob_sizes():
+            yield digest, mtime
+
+    def iter_blob_sizes(self) -> Iterator[tuple[str, float, int]]:
+        """Each listed page gives its objects' sizes: `du` and `fsck` make no HEAD per object."""
         base = f"{self.prefix}blobs/sha256/"
         for obj in self._pages(base):
             digest = "sha256:" + obj["Key"][len(base) :]
@@ -398,7 +403,7 @@ class S3BlobStore:
                 parse_digest(digest)
             except ValueError:
                 continue
-            yield digest, obj["LastModified"].timestamp()
+            yield digest, obj["LastModified"].timestamp(), int(obj["Size"])
 
     def _proc_dead(self, proc: str, dead: dict[str, bool]) -> bool:
         """True if the process `proc` is gone: its lease can be taken (then it is released again)."""
