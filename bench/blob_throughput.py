@@ -8,6 +8,15 @@ docker-registry and issue 16's target (uploads at least 2.0x, downloads at least
 machine's ceilings: sha256 in memory (a verified upload hashes every byte) and `dd ... conv=fsync`
 (writing and syncing a file of that size).
 
+With `--s3`, the same rounds also run against blobs in an S3 bucket, all on one local S3 server
+(moto, started here): modelhangar with `HANGAR_BLOBS=s3://...` and `HANGAR_BLOB_REDIRECT=1`, two
+such servers on one catalog behind a round-robin of clients (each request to the next server, so an
+upload session goes on where the other server started it; `--database-url` names a PostgreSQL whose
+user may create databases, else the two share one SQLite catalog), and docker-registry with its `s3`
+storage driver (which redirects blob GETs to presigned URLs by default). It prints their MB/s beside
+the local-disk stores and the ratio to docker-registry on S3 (issue 15's target: at least 1.0x for
+upload and download).
+
 With `--tokens` it measures instead what a token costs on the blob path (issue 10's target: a
 transfer with a token takes at most 1.05 times as long as without), robustly on a busy machine:
 one modelhangar server under the default HANGAR_AUTH=local, so one process and one disk serve every
@@ -23,6 +32,7 @@ ratios token / no token of the medians and of the minimums, and whether they mee
     python bench/blob_throughput.py --tokens [--sizes-mib 256,1024] [--parallel 8] [--small 200]
                                     [--requests 300] [--rounds 7]
     python bench/blob_throughput.py [...] --before TREE
+    python bench/blob_throughput.py [...] --s3 [--database-url postgresql+psycopg://...]
 
 With `--before TREE` (a checkout of an older commit, e.g. `git worktree add --detach /tmp/base main`)
 that tree's modelhangar runs beside this one in the same rounds, and its MB/s and this one's ratio
@@ -34,6 +44,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -41,6 +52,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -49,15 +61,31 @@ from pathlib import Path
 
 import httpx
 
-from peers import before_src, start_hangar, start_registry, stop, verdict
+from peers import before_src, s3_env, start_hangar, start_registry, start_s3, stop, verdict
 
 UPLOAD_TARGET = 2.0
 DOWNLOAD_TARGET = 1.5
+S3_TARGET = 1.0
+"""Issue 15: modelhangar on S3 at least as fast as docker-registry on the same S3 server."""
+S3_BUCKET = "bench"
 TOKEN_TARGET = 1.05
 """Issue 10: a transfer with a token takes at most this much longer than one without."""
 TOKEN_REFRESH = 120.0
 """Seconds a registry token is reused (they live 300)."""
 Auth = Callable[[], list[str]]
+
+
+class RoundRobin:
+    """The servers of one entry; each request goes to the next (a load balancer's round-robin)."""
+
+    def __init__(self, *urls: str) -> None:
+        self.urls = list(urls)
+        self._next = itertools.cycle(self.urls)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        with self._lock:
+            return next(self._next)
 
 
 def no_auth() -> list[str]:
@@ -69,14 +97,16 @@ def curl(*args: str) -> str:
     return out.stdout
 
 
-def upload(base: str, repo: str, path: Path, digest: str, auth: Auth = no_auth) -> None:
-    """POST a session, then PUT the whole blob with ?digest= (the monolithic two-step upload)."""
-    headers = curl("-D", "-", "-o", "/dev/null", *auth(), "-X", "POST", f"{base}/v2/{repo}/blobs/uploads/")
+def upload(pick: RoundRobin, repo: str, path: Path, digest: str, auth: Auth = no_auth) -> None:
+    """POST a session, then PUT the whole blob with ?digest= (the monolithic two-step upload); with
+    several servers the PUT goes to the next one."""
+    headers = curl("-D", "-", "-o", "/dev/null", *auth(), "-X", "POST", f"{pick()}/v2/{repo}/blobs/uploads/")
     location = next(
         line.split(":", 1)[1].strip() for line in headers.splitlines() if line.lower().startswith("location:")
     )
-    if location.startswith("/"):
-        location = base + location
+    if location.startswith("http"):
+        location = "/" + location.split("/", 3)[3]
+    location = pick() + location
     sep = "&" if "?" in location else "?"
     curl(
         "-o", "/dev/null", *auth(), "-X", "PUT", "-H", "Content-Type: application/octet-stream",
@@ -84,8 +114,10 @@ def upload(base: str, repo: str, path: Path, digest: str, auth: Auth = no_auth) 
     )  # fmt: skip
 
 
-def download(base: str, repo: str, digest: str, size: int, auth: Auth = no_auth) -> None:
-    got = curl("-L", "-o", "/dev/null", *auth(), "-w", "%{size_download}", f"{base}/v2/{repo}/blobs/{digest}")
+def download(pick: RoundRobin, repo: str, digest: str, size: int, auth: Auth = no_auth) -> None:
+    """GET the blob, following a redirect to the object store."""
+    url = f"{pick()}/v2/{repo}/blobs/{digest}"
+    got = curl("-L", "-o", "/dev/null", *auth(), "-w", "%{size_download}", url)
     if int(got) != size:
         raise RuntimeError(f"downloaded {got} bytes of {size}")
 
@@ -148,6 +180,7 @@ class TokenRun:
     def __init__(self, args: argparse.Namespace, sizes: list[int], work: Path) -> None:
         self.args, self.sizes, self.work = args, sizes, work
         self.url, self.proc, self.auths = start_with_tokens(work / "hangar")
+        self.pick = RoundRobin(self.url)
         self.secs: dict[str, dict[str, list[float]]] = {}
         self.files: list[Path] = []
         self.digests: list[tuple[str, str]] = []
@@ -173,11 +206,11 @@ class TokenRun:
         return path, "sha256:" + hashlib.sha256(data).hexdigest()
 
     def up(self, variant: str, blobs: list[tuple[Path, str]]) -> None:
-        parallel([partial(upload, self.url, repo_of(variant), p, d, self.auths[variant]) for p, d in blobs])
+        parallel([partial(upload, self.pick, repo_of(variant), p, d, self.auths[variant]) for p, d in blobs])
 
     def down(self, variant: str, blobs: list[tuple[Path, str]], size: int) -> None:
         calls = [
-            partial(download, self.url, repo_of(variant), d, size, self.auths[variant]) for _, d in blobs
+            partial(download, self.pick, repo_of(variant), d, size, self.auths[variant]) for _, d in blobs
         ]
         parallel(calls)
 
@@ -203,12 +236,12 @@ class TokenRun:
             self.each(
                 order,
                 f"{a.small} x {a.small_kib} KiB up",
-                lambda v: [upload(self.url, repo_of(v), p, d, self.auths[v]) for p, d in smalls[v]],
+                lambda v: [upload(self.pick, repo_of(v), p, d, self.auths[v]) for p, d in smalls[v]],
             )
             self.each(
                 order,
                 f"{a.small} x {a.small_kib} KiB down",
-                lambda v: [download(self.url, repo_of(v), d, size, self.auths[v]) for _, d in smalls[v]],
+                lambda v: [download(self.pick, repo_of(v), d, size, self.auths[v]) for _, d in smalls[v]],
             )
             if a.requests:
                 self.each(
@@ -319,6 +352,32 @@ def dd_ceiling(work: Path, mib: int) -> float:
     return (mib << 20) / float(m.group(1)) / 1e6 if m else float("nan")
 
 
+def fresh_database(admin_url: str) -> tuple[str, str]:
+    """(URL, name) of a new empty database on the PostgreSQL server `admin_url` names."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    url = make_url(admin_url)
+    name = f"hangar_bench_{uuid.uuid4().hex[:12]}"
+    libpq = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return url.set(database=name).render_as_string(hide_password=False), name
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    import psycopg
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    libpq = make_url(admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes-mib", default="256,1024", help="single-transfer sizes")
@@ -330,6 +389,12 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300, help="--tokens: keep-alive GETs of a small blob")
     ap.add_argument("--no-registry", action="store_true", help="skip docker-registry")
     ap.add_argument("--before", help="also run the modelhangar of this source tree (before/after)")
+    ap.add_argument("--s3", action="store_true", help="also run with blobs in a local S3 server (moto)")
+    ap.add_argument(
+        "--database-url",
+        default=os.environ.get("HANGAR_BENCH_DATABASE_URL", ""),
+        help="with --s3: PostgreSQL for the two servers (a fresh database is created and dropped)",
+    )
     args = ap.parse_args()
     if not shutil.which("docker-registry") or not shutil.which("curl"):
         sys.exit("needs docker-registry and curl (apt-get install docker-registry curl)")
@@ -342,22 +407,51 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="hangar-bench-") as tmp:
         work = Path(tmp)
-        servers: dict[str, tuple[str, subprocess.Popen[bytes]]] = {
-            "modelhangar": start_hangar(work / "hangar")
-        }
-        if not args.no_registry:
-            servers["docker-registry"] = start_registry(work)
-        if args.before:
-            servers["before"] = start_hangar(work / "before", src=before_src(args.before))
-        results: dict[str, dict[str, list[float]]] = {name: {} for name in servers}
+        procs: list[subprocess.Popen[bytes]] = []
+        servers: dict[str, RoundRobin] = {}
+
+        def add(name: str, *started: tuple[str, subprocess.Popen[bytes]]) -> None:
+            procs.extend(proc for _, proc in started)
+            servers[name] = RoundRobin(*(url for url, _ in started))
+
+        dropped: list[str] = []
+        results: dict[str, dict[str, list[float]]] = {}
         targets: dict[str, float] = {}
 
         def record(name: str, metric: str, nbytes: int, secs: float, target: float | None) -> None:
-            results[name].setdefault(metric, []).append(nbytes / secs / 1e6)
+            results.setdefault(name, {}).setdefault(metric, []).append(nbytes / secs / 1e6)
             if target is not None:
                 targets[metric] = target
 
         try:
+            add("modelhangar", start_hangar(work / "hangar"))
+            if not args.no_registry:
+                add("docker-registry", start_registry(work))
+            if args.before:
+                add("before", start_hangar(work / "before", src=before_src(args.before)))
+            if args.s3:
+                endpoint, s3_proc = start_s3(work, S3_BUCKET)
+                procs.append(s3_proc)
+                redirect = {"HANGAR_BLOB_REDIRECT": "1"}
+                one = {**s3_env(endpoint, f"s3://{S3_BUCKET}/one"), **redirect}
+                add("modelhangar s3", start_hangar(work / "hangar-s3", one))
+                two = {**s3_env(endpoint, f"s3://{S3_BUCKET}/two"), **redirect}
+                if args.database_url:
+                    db_url, drop = fresh_database(args.database_url)
+                    dropped.append(drop)
+                    two["HANGAR_DATABASE_URL"] = db_url
+                else:  # one SQLite catalog in one data directory, shared by both
+                    two["HANGAR_DATABASE_URL"] = f"sqlite:///{work / 'hangar-s3x2' / 'catalog.db'}"
+                add(
+                    "modelhangar s3 x2",
+                    start_hangar(work / "hangar-s3x2", two),
+                    start_hangar(work / "hangar-s3x2", two),
+                )
+                if not args.no_registry:
+                    add(
+                        "docker-registry s3",
+                        start_registry(work, s3=(endpoint, S3_BUCKET), name="registry-s3"),
+                    )
             for rnd in range(args.rounds):
                 blobs = {mib: work / f"big-{rnd}-{mib}" for mib in sizes}
                 digests = {mib: make_blob(path, mib) for mib, path in blobs.items()}
@@ -371,7 +465,7 @@ def main() -> None:
                     smalls.append((p, "sha256:" + hashlib.sha256(data).hexdigest()))
                 order = list(servers) if rnd % 2 == 0 else list(reversed(servers))
                 for name in order:
-                    base, repo = servers[name][0], f"bench/r{rnd}"
+                    base, repo = servers[name], f"bench/r{rnd}"
                     auth = no_auth
                     for mib, path in blobs.items():
                         n = mib << 20
@@ -425,6 +519,26 @@ def main() -> None:
                 if metric in targets:
                     line += f"  {verdict(ours / theirs, targets[metric])}"
                 print(line)
+            s3_peer = "docker-registry s3"
+            if s3_peer in results:
+                ours_names = [x for x in ("modelhangar s3", "modelhangar s3 x2") if x in results]
+                print(
+                    f"\n{f'on S3, MB/s (median of {args.rounds})':<26} {'local disk':>11}"
+                    + "".join(f" {x:>18} {'ratio':>6}" for x in ours_names)
+                    + f" {s3_peer:>19}"
+                )
+                for metric in results[s3_peer]:
+                    theirs = statistics.median(results[s3_peer][metric])
+                    line = f"{metric:<26} {statistics.median(results['modelhangar'][metric]):>11.0f}"
+                    worst = float("inf")
+                    for peer in ours_names:
+                        ours = statistics.median(results[peer][metric])
+                        worst = min(worst, ours / theirs)
+                        line += f" {ours:>18.0f} {ours / theirs:>6.2f}"
+                    line += f" {theirs:>19.0f}"
+                    if metric in targets:
+                        line += f"  {verdict(worst, S3_TARGET)}"
+                    print(line)
             if "before" in results:
                 print(f"\n{'after / before, MB/s':<26} {'before':>12} {'after':>12} {'ratio':>7}")
                 for metric in results["modelhangar"]:
@@ -432,8 +546,10 @@ def main() -> None:
                     a = statistics.median(results["modelhangar"][metric])
                     print(f"{metric:<26} {b:>12.0f} {a:>12.0f} {a / b:>7.2f}")
         finally:
-            for _, proc in servers.values():
+            for proc in reversed(procs):
                 stop(proc)
+            for drop in dropped:
+                drop_database(args.database_url, drop)
 
 
 if __name__ == "__main__":

@@ -57,18 +57,73 @@ def start_hangar(
     return url, proc
 
 
-def start_registry(work: Path) -> tuple[str, subprocess.Popen[bytes]]:
+S3_KEY_ID, S3_SECRET, S3_REGION = "bench", "benchsecret", "us-east-1"
+
+
+def start_s3(work: Path, bucket: str) -> tuple[str, subprocess.Popen[bytes]]:
+    """moto's standalone S3 server on a free port, with `bucket` created: (endpoint URL, process)."""
+    import boto3
+
     port = free_port()
-    root = work / "registry"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url + "/moto-api/", proc)
+    boto3.client(
+        "s3",
+        endpoint_url=url,
+        region_name=S3_REGION,
+        aws_access_key_id=S3_KEY_ID,
+        aws_secret_access_key=S3_SECRET,
+    ).create_bucket(Bucket=bucket)
+    return url, proc
+
+
+def s3_env(endpoint: str, url: str) -> dict[str, str]:
+    """The environment of a `hangar serve` keeping its blobs at `url` (s3://BUCKET/PREFIX) on `endpoint`."""
+    return {
+        "HANGAR_BLOBS": url,
+        "HANGAR_S3_PATH_STYLE": "1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_REGION": S3_REGION,
+        "AWS_ACCESS_KEY_ID": S3_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+    }
+
+
+def start_registry(
+    work: Path, *, s3: tuple[str, str] | None = None, name: str = "registry"
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """Debian's docker-registry on local files, or with `s3=(endpoint, bucket)` its `s3` storage driver
+    (distribution 2.8's s3-aws: a `regionendpoint` means path-style addressing; it redirects blob
+    GETs to presigned URLs by default, as modelhangar does with HANGAR_BLOB_REDIRECT=1)."""
+    port = free_port()
+    root = work / name
     root.mkdir(parents=True, exist_ok=True)
-    config = work / "registry.yml"
+    config = work / f"{name}.yml"
+    if s3 is None:
+        storage = f"storage:\n  filesystem:\n    rootdirectory: {root}\n"
+    else:
+        storage = (
+            f"storage:\n  s3:\n    region: {S3_REGION}\n    regionendpoint: {s3[0]}\n    bucket: {s3[1]}\n"
+            f"    accesskey: {S3_KEY_ID}\n    secretkey: {S3_SECRET}\n    secure: false\n    v4auth: true\n"
+            f"    rootdirectory: /{name}\n"
+        )
     config.write_text(
         "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n"
+        f"{storage}  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
     )
+    # aws-sdk-go panics on AWS_CA_BUNDLE with its own transport; the endpoint is plain HTTP anyway
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
     proc = subprocess.Popen(
-        ["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ["docker-registry", "serve", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     wait_ready(url + "/v2/", proc)

@@ -138,6 +138,13 @@ class S3Server:
             raise RuntimeError("moto server did not start")
         return self
 
+    def log(self) -> str:
+        """Everything the server printed: one line per request (method, path and query, status)."""
+        try:
+            return (self.log_dir / f"moto-{self.port}.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
     def _up(self) -> bool:
         try:
             return httpx.get(f"{self.url}/moto-api/", timeout=1.0).status_code < 500
@@ -547,6 +554,15 @@ def blob_bytes(home: Path) -> int:
     return sum(p.stat().st_size for p in root.iterdir() if p.is_file()) if root.exists() else 0
 
 
+def read_blob(home: Path, digest: str) -> bytes:
+    """The stored bytes of the blob `digest` of `home`: its file, or (HANGAR_TEST_BLOBS=s3) its object."""
+    if S3_ENV:
+        key = f"{s3_prefix_for(home)}/blobs/sha256/{digest.split(':', 1)[1]}"
+        body: bytes = S3Server.of_env().client().get_object(Bucket=S3_BUCKET, Key=key)["Body"].read()
+        return body
+    return (blobs_dir(home) / blob_file(digest)).read_bytes()
+
+
 def blob_file(digest: str) -> str:
     """The file name of a `sha256:<hex>` digest."""
     return digest.replace(":", "-", 1)
@@ -641,3 +657,64 @@ def image_manifest(config: bytes, layers: list[bytes], media_type: str = OCI_MAN
             "layers": [descriptor("application/vnd.oci.image.layer.v1.tar", b) for b in layers],
         }
     ).encode()
+
+
+class HoldingRelay:
+    """A TCP relay on loopback in front of a real server that holds, unanswered, every request whose
+    head starts with `hold` (bytes, e.g. `b"DELETE /bucket/prefix/blobs/"`): the client waits as if
+    the server were slow, `held` is set, and nothing of it reaches the server (until it closes)."""
+
+    def __init__(self, upstream_port: int, hold: bytes) -> None:
+        import threading
+
+        self.upstream_port = upstream_port
+        self.hold = hold
+        self.held = threading.Event()
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port: int = self._listener.getsockname()[1]
+        self._closed = threading.Event()
+        self._socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._socks += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                if requests and data.startswith(self.hold):
+                    self.held.set()
+                    self._closed.wait()  # never forwarded
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._listener.close()
+        for s in self._socks:
+            with contextlib.suppress(OSError):
+                s.close()

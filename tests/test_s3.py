@@ -324,6 +324,15 @@ def test_an_upload_session_started_on_one_server_finishes_on_another(
     assert r.status_code == 201, r.text
     assert httpx.get(f"{b.url}/v2/lib/s/blobs/{digest_of(data)}", timeout=60).content == data
     assert objects(s3_server, prefix, "uploads/") == []
+    # A session started on one server and given all its bytes in one PUT on the other (a round-robin
+    # balancer does that to a two-step upload): its one part becomes the blob.
+    start = httpx.post(f"{a.url}/v2/lib/s/blobs/uploads/")
+    path = start.headers["location"].split("/v2/", 1)[1]
+    whole = os.urandom(6 * MIB + 7)
+    r = httpx.put(f"{b.url}/v2/{path}?digest={digest_of(whole)}", content=whole, timeout=60)
+    assert r.status_code == 201, r.text
+    assert httpx.get(f"{a.url}/v2/lib/s/blobs/{digest_of(whole)}", timeout=60).content == whole
+    assert objects(s3_server, prefix, "uploads/") == []
     # A session whose content does not match its digest ends and leaves no object behind.
     start = httpx.post(f"{b.url}/v2/lib/s/blobs/uploads/")
     path = start.headers["location"].split("/v2/", 1)[1]
@@ -333,3 +342,233 @@ def test_an_upload_session_started_on_one_server_finishes_on_another(
     assert objects(s3_server, prefix, "uploads/") == []
     assert objects(s3_server, prefix, "tmp/") == []
     fsck_clean(tmp_path / "a", env, pg_url)
+
+
+def held_body(data: bytes, sent: threading.Event, go: threading.Event, after: int) -> Iterator[bytes]:
+    """`data` in 1 MiB chunks; after `after` bytes it sets `sent` and waits for `go`."""
+    for off in range(0, len(data), MIB):
+        if off >= after and not sent.is_set():
+            sent.set()
+            go.wait(60)
+        yield data[off : off + MIB]
+
+
+def upload_in_thread(
+    url: str, repo: str, body: Iterator[bytes], digest: str
+) -> tuple[threading.Thread, list[int]]:
+    answers: list[int] = []
+
+    def run() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            answers.append(
+                httpx.post(
+                    f"{url}/v2/{repo}/blobs/uploads/?digest={digest}", content=body, timeout=90
+                ).status_code
+            )
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, answers
+
+
+def test_two_servers_sigkill_mid_upload_restart_gc_fsck_clean(
+    tmp_path: Path, s3_server: S3Server, start_server: StartServer, pg_url: str
+) -> None:
+    """Server a dies mid-upload while server b (same catalog and bucket) is mid-upload too: after a
+    restarts, GC removes a's parts only (its process lease is free, b's is held), b's upload still
+    completes, and fsck is clean with no object left over (README, "Blobs in S3 and several servers")."""
+    prefix = f"kill-up-{time.monotonic_ns()}"
+    env = s3_env(s3_server, prefix)
+    a = start_server(tmp_path / "a", env=env, database_url=pg_url)
+    b = start_server(tmp_path / "b", env=env, database_url=pg_url)
+    live = os.urandom(6 * MIB)
+    push_image(b.url, "lib/live", "v1", [live])
+    a_sent, a_go = threading.Event(), threading.Event()
+    b_sent, b_go = threading.Event(), threading.Event()
+    b_data = os.urandom(16 * MIB)
+    ta, _ = upload_in_thread(
+        a.url, "lib/k", held_body(os.urandom(20 * MIB), a_sent, a_go, 11 * MIB), digest_of(b"x")
+    )
+    tb, b_answers = upload_in_thread(
+        b.url, "lib/k2", held_body(b_data, b_sent, b_go, 11 * MIB), digest_of(b_data)
+    )
+    try:
+        assert a_sent.wait(30) and b_sent.wait(30)
+        assert wait_until(lambda: len(multipart_uploads(s3_server, prefix)) == 2, timeout=30)
+        a.kill()
+        a_go.set()
+        ta.join(60)
+        a = start_server(tmp_path / "a", env=env, database_url=pg_url)  # a new process, a new lease
+        gc = hangar("gc", home=tmp_path / "a", env=env, database_url=pg_url)
+        assert gc.returncode == 0, gc.stderr
+        assert len(multipart_uploads(s3_server, prefix)) == 1  # the dead server's, aborted; b's kept
+    finally:
+        a_go.set()
+        b_go.set()
+        ta.join(60)
+        tb.join(90)
+    assert b_answers == [201]
+    assert httpx.get(f"{a.url}/v2/lib/k2/blobs/{digest_of(b_data)}", timeout=60).content == b_data
+    assert httpx.get(f"{a.url}/v2/lib/live/blobs/{digest_of(live)}", timeout=60).content == live
+    fsck_clean(tmp_path / "a", env, pg_url)
+    assert multipart_uploads(s3_server, prefix) == []
+    assert objects(s3_server, prefix, "tmp/") == []
+    assert objects(s3_server, prefix, "uploads/") == []
+
+
+def _call_quietly(fn: Any) -> None:
+    """Run `fn`, ignoring what it raises (its server may be killed under it)."""
+    with contextlib.suppress(Exception):
+        fn()
+
+
+def catalog_states(pg_url: str) -> dict[str, str]:
+    """{digest: state} of every blob row of the catalog at `pg_url`."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            return {r[0]: r[1] for r in conn.execute(sa.text("SELECT digest, state FROM blobs"))}
+    finally:
+        engine.dispose()
+
+
+def test_two_servers_sigkill_mid_delete_restart_gc_fsck_clean(
+    tmp_path: Path, s3_server: S3Server, start_server: StartServer, pg_url: str, make_gguf: MakeGguf
+) -> None:
+    """Server a is pinned between the commit of a blob's `deleting` row and the object's delete (its
+    object store requests go through a relay that holds the DELETE), then SIGKILLed: after it restarts,
+    GC finishes the deletion, fsck is clean, no object is left that nothing references, and the model
+    sharing the deleted one's weights lost nothing (README, "Safety rules": invariants 1 and 2)."""
+    from harness import HoldingRelay
+
+    prefix = f"kill-del-{time.monotonic_ns()}"
+    env = s3_env(s3_server, prefix)
+    relay = HoldingRelay(s3_server.port, f"DELETE /{S3_BUCKET}/{prefix}/blobs/".encode())
+    try:
+        a = start_server(tmp_path / "a", env={**env, "AWS_ENDPOINT_URL": relay.url}, database_url=pg_url)
+        b = start_server(tmp_path / "b", env=env, database_url=pg_url)
+        client = ollama.Client(host=b.url)
+        path = tmp_path / "m.gguf"
+        weights = make_gguf(seed=31)
+        path.write_bytes(weights)
+        digest = client.create_blob(path)
+        client.create(model="keep", files={"m.gguf": digest}, system="kept")
+        client.create(model="gone", files={"m.gguf": digest}, system="deleted, alone in this text")
+        before = set(objects(s3_server, prefix, "blobs/"))
+        gone = ollama.Client(host=a.url, timeout=60)
+        deleter = threading.Thread(target=_call_quietly, args=(lambda: gone.delete("gone"),))
+        deleter.start()
+        assert relay.held.wait(60), "the delete never reached the object store"
+        deleting = [d for d, state in catalog_states(pg_url).items() if state == "deleting"]
+        assert deleting  # committed as `deleting` before the object delete was sent
+        a.kill()
+        deleter.join(60)
+    finally:
+        relay.close()
+    assert set(objects(s3_server, prefix, "blobs/")) == before  # nothing deleted yet
+    assert "gone:latest" not in {m["name"] for m in httpx.get(f"{b.url}/api/tags").json()["models"]}
+    a = start_server(tmp_path / "a", env=env, database_url=pg_url)
+    fsck_clean(tmp_path / "a", env, pg_url)
+    states = catalog_states(pg_url)
+    assert "deleting" not in states.values()
+    left = {"sha256:" + k.rsplit("/", 1)[1] for k in objects(s3_server, prefix, "blobs/")}
+    assert left == set(states)  # every object has its row: no orphan, and no row without its object
+    assert not set(deleting) & left
+    assert httpx.get(f"{a.url}/api/hangar/du").json()["breakdown"]["unknown_files"] == 0
+    # The model that shares the weights lost nothing, through either server.
+    for srv in (a, b):
+        r = httpx.get(f"{srv.url}/v2/library/keep/manifests/latest")
+        assert r.status_code == 200
+        layers = {layer["digest"] for layer in r.json()["layers"]}
+        assert digest in layers
+        got = httpx.get(f"{srv.url}/v2/library/keep/blobs/{digest}", timeout=60)
+        assert got.content == weights
+    assert "kept" in (ollama.Client(host=a.url).show("keep").modelfile or "")
+
+
+# ----------------------------------------------------------------------------- redirects and pulls
+
+
+def test_pullers_follow_the_redirect_to_the_object_store_with_ranges(
+    tmp_path: Path, s3_server: S3Server, start_server: StartServer, make_gguf: MakeGguf
+) -> None:
+    """With HANGAR_BLOB_REDIRECT=1 a blob GET is a 307 to a presigned URL: `hangar pull` (our
+    Ollama-compatible puller) and the ollama client's pull follow it, a resumed pull's Range still
+    applies there, and so does a ranged GET of any HTTP client (README, "Blobs in S3 and several
+    servers")."""
+    from harness import blob_file, read_blob
+
+    env = s3_env(s3_server, "pulled", HANGAR_BLOB_REDIRECT="1")
+    a = start_server(tmp_path / "a", env=env)
+    weights = make_gguf(seed=41, tensor_elems=1 << 20)  # about 4 MiB
+    path = tmp_path / "big.gguf"
+    path.write_bytes(weights)
+    client = ollama.Client(host=a.url)
+    digest = client.create_blob(path)
+    client.create(model="big", files={"m.gguf": digest}, system="redirected")
+    remote = f"127.0.0.1:{a.port}/library/big:latest"
+    # hangar pull into a store on local disk.
+    b = start_server(tmp_path / "b")
+    pulled = hangar("pull", "--insecure", remote, home=b.home, host=b.host)
+    assert pulled.returncode == 0, pulled.stderr
+    assert read_blob(b.home, digest) == weights
+    assert "redirected" in (ollama.Client(host=b.url).show(remote).modelfile or "")
+    key = f"pulled/blobs/sha256/{digest[7:]}"
+    assert f"GET /{S3_BUCKET}/{key}?" in s3_server.log()  # the bytes came from the object store
+    # A pull that resumes a partial sends its Range to the presigned URL.
+    c = tmp_path / "c"
+    have = len(weights) // 3
+    (c / "partials").mkdir(parents=True)
+    (c / "partials" / f"{blob_file(digest)}.partial").write_bytes(weights[:have])
+    c_srv = start_server(c)
+    events = list(ollama.Client(host=c_srv.url).pull(remote, insecure=True, stream=True))
+    assert events[-1].status == "success"
+    assert next(e for e in events if e.digest == digest).completed == have
+    assert read_blob(c, digest) == weights
+    # Any client: the 307 carries the Location, and a Range followed through it still applies.
+    blob = f"{a.url}/v2/library/big/blobs/{digest}"
+    r = httpx.get(blob)
+    assert r.status_code == 307 and r.headers["location"].startswith(s3_server.url)
+    ranged = httpx.get(blob, headers={"Range": f"bytes={have}-{have + 99}"}, follow_redirects=True)
+    assert ranged.status_code == 206 and ranged.content == weights[have : have + 100]
+
+
+# ------------------------------------------------------------------------------------------------ du
+
+
+def test_du_on_s3_lists_sizes_and_equals_the_catalog(
+    tmp_path: Path, s3_server: S3Server, start_server: StartServer
+) -> None:
+    """`hangar du` against a bucket takes object sizes from the listing (no HEAD per object), and its
+    figures still equal the catalog's, with objects the catalog lacks counted as unknown files."""
+    prefix = f"du-{time.monotonic_ns()}"
+    env = s3_env(s3_server, prefix)
+    home = tmp_path / "a"
+    srv = start_server(home, env=env)
+    layers = [os.urandom(3 * MIB + 1), os.urandom(7 * MIB + 5), b"small"]
+    push_image(srv.url, "lib/one", "v1", layers[:2])
+    push_image(srv.url, "lib/two", "v1", layers[1:])
+    stray = os.urandom(4096)
+    s3_server.client().put_object(
+        Bucket=S3_BUCKET, Key=f"{prefix}/blobs/sha256/{digest_of(stray)[7:]}", Body=stray
+    )
+    heads_before = s3_server.log().count('"HEAD ')
+    out = hangar("du", "--json", home=home, host=srv.host, env=env)
+    assert out.returncode == 0, out.stderr
+    du = json.loads(out.stdout)
+    assert s3_server.log().count('"HEAD ') == heads_before  # sizes from the LIST pages alone
+    listed = {
+        o["Key"]: int(o["Size"])
+        for o in s3_server.client().list_objects_v2(Bucket=S3_BUCKET, Prefix=f"{prefix}/blobs/")["Contents"]
+    }
+    assert du["total"] == sum(listed.values())
+    assert du["breakdown"]["unknown_files"] == len(stray)
+    assert du["breakdown"]["models"] == sum(listed.values()) - len(stray)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "tag": "v1"}).encode()  # push_image's
+    models = {m["model"]: m for m in du["models"]}
+    assert models["lib/one:v1"]["size"] == len(config) + len(layers[0]) + len(layers[1])
+    assert models["lib/two:v1"]["size"] == len(config) + len(layers[1]) + len(layers[2])
+    assert models["lib/one:v1"]["unique_size"] == len(layers[0])
+    assert models["lib/two:v1"]["unique_size"] == len(layers[2])

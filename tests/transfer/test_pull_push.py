@@ -25,6 +25,7 @@ from harness import (
     hangar,
     image_manifest,
     model_blobs,
+    read_blob,
 )
 from modelhangar.core.names import parse_name
 from modelhangar.core.partials import push_record_path
@@ -174,7 +175,7 @@ def test_a_pull_cut_off_by_a_crash_resumes_after_both_servers_restart(
         assert gets[0].sent == first.total - have  # only the rest crossed the wire
         assert partials(b.home) == {}
         assert listing(b)[remote] == listing(a)["big:latest"]
-        assert hashlib.sha256((b.home / "blobs" / blob_file(digest)).read_bytes()).hexdigest() == digest[7:]
+        assert hashlib.sha256(read_blob(b.home, digest)).hexdigest() == digest[7:]
     finally:
         relay.close()
 
@@ -321,7 +322,7 @@ def test_registry_quirks(registry: FakeRegistry, tmp_path: Path, start_server: S
     (b.home / "partials" / f"{blob_file(digest_of(weights))}.partial").write_bytes(weights[:1000])
     registry.script.ranges = False
     assert cb.pull(f"{name}:norange", insecure=True).status == "success"
-    assert (b.home / "blobs" / blob_file(digest_of(weights))).read_bytes() == weights
+    assert read_blob(b.home, digest_of(weights)) == weights
 
     # A blob longer than its manifest says is cut off and refused; nothing is kept.
     registry.add_model("library/m:long", CONFIG, [b"short and honest"])
@@ -387,7 +388,7 @@ def test_blobs_redirected_to_another_host_are_fetched_and_resumed_without_our_to
             ollama.Client(host=b.url).pull(f"{registry.host}/library/m:latest", insecure=True, stream=True)
         )
         assert events[-1].status == "success"
-        assert (b.home / "blobs" / blob_file(digest_of(weights))).read_bytes() == weights
+        assert read_blob(b.home, digest_of(weights)) == weights
         [resumed] = [r for r in cdn.requests if digest_of(weights) in r.path]
         assert resumed.headers.get("range") == "bytes=1000-" and resumed.sent == len(weights) - 1000
         assert all("authorization" not in r.headers for r in cdn.requests)
@@ -522,7 +523,7 @@ def test_pull_an_oci_image_manifest(tmp_path: Path, start_server: StartServer) -
     remote = f"127.0.0.1:{a.port}/team/oci:1.0"
     assert ollama.Client(host=b.url).pull(remote, insecure=True).status == "success"
     assert listing(b)[remote] == digest_of(manifest)[7:]
-    assert (b.home / "blobs" / blob_file(digest_of(layer))).read_bytes() == layer
+    assert read_blob(b.home, digest_of(layer)) == layer
 
 
 def test_a_push_cut_off_by_a_crash_resumes_from_the_registry_offset(
@@ -552,7 +553,7 @@ def test_a_push_cut_off_by_a_crash_resumes_from_the_registry_offset(
     resumed = [e.completed for e in events if e.digest == digest][1]  # after the `0` that opens each blob
     assert resumed is not None and resumed >= 2 * PUSH_CHUNK and resumed % PUSH_CHUNK == 0
     assert listing(a)["team/big:v1"] == listing(b)[target]
-    assert hashlib.sha256((a.home / "blobs" / blob_file(digest)).read_bytes()).hexdigest() == digest[7:]
+    assert hashlib.sha256(read_blob(a.home, digest)).hexdigest() == digest[7:]
     assert not [p for p in (b.home / "partials").iterdir() if p.name.startswith("push-")]
     assert_store_consistent(a.home)
 

@@ -139,6 +139,11 @@ class BlobStore(Protocol):
         """(digest, mtime) of every stored blob file."""
         ...
 
+    def iter_blob_sizes(self) -> Iterator[tuple[str, float, int]]:
+        """(digest, mtime, size) of every stored blob, from the listing itself (a bucket's LIST gives
+        each object's size: no request per blob)."""
+        ...
+
     def sweep_strays(self, older_than: float) -> list[str]:
         """Remove leftovers that are not blobs (temp files of dead processes, partials); return them."""
         ...
@@ -282,6 +287,10 @@ class LocalBlobStore:
         return True
 
     def iter_blobs(self) -> Iterator[tuple[str, float]]:
+        for digest, mtime, _size in self.iter_blob_sizes():
+            yield digest, mtime
+
+    def iter_blob_sizes(self) -> Iterator[tuple[str, float, int]]:
         with os.scandir(self.blobs_dir) as it:
             for entry in it:
                 name = entry.name
@@ -292,10 +301,10 @@ class LocalBlobStore:
                     except ValueError:
                         continue
                     try:
-                        mtime = entry.stat().st_mtime
+                        st = entry.stat()
                     except FileNotFoundError:  # deleted by another process since the listing
                         continue
-                    yield digest, mtime
+                    yield digest, st.st_mtime, st.st_size
 
     def sweep_strays(self, older_than: float) -> list[str]:
         removed: list[str] = []

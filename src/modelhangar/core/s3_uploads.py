@@ -157,7 +157,7 @@ class S3UploadHandle:
                 end_session(conn)
             raise
         finally:
-            delete_parts(self.blobs, keys + ([composed] if composed else []))
+            delete_parts(self.blobs, keys + ([composed] if composed and composed not in keys else []))
             self._release()
 
     def _compose(self, parts: list[tuple[int, int, str]]) -> tuple[str, int, str]:
@@ -165,6 +165,14 @@ class S3UploadHandle:
         blobs, s3, bucket = self.blobs, self.blobs.s3, self.blobs.bucket
         size = sum(n for _, n, _ in parts)
         known = "sha256:" + self._hasher.hexdigest() if self._hasher is not None else None
+        if len(parts) == 1:  # one part is the blob as it is: installed from its own key, not copied
+            key = parts[0][2]
+            if known is not None:
+                return key, size, known
+            h = hashlib.sha256()
+            for chunk in _read(blobs, key, size):
+                h.update(chunk)
+            return key, size, "sha256:" + h.hexdigest()
         target = blobs._tmp_key()
         if all(n >= MIN_PART for _, n, _ in parts[:-1]) and len(parts) > 1:
             with _wrapped("joining upload parts"):
@@ -188,7 +196,7 @@ class S3UploadHandle:
             for chunk in _read(blobs, target, size):
                 h.update(chunk)
             return target, size, "sha256:" + h.hexdigest()
-        # One part (copied as is), none, or small parts: stream them through one writer.
+        # None, or small parts: stream them through one writer.
         w = S3Writer(store=blobs, key=target)
         try:
             for _, n, key in parts:

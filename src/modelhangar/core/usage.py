@@ -144,9 +144,9 @@ def disk_usage(
         breakdown[key] += size
     if scan_files and clause is None:  # a restricted actor gets no breakdown: no need to scan
         known = {row[0] for row in g.blob_rows}
-        for digest, _mtime in store.blobs.iter_blobs():
+        for digest, _mtime, size in store.blobs.iter_blob_sizes():  # sizes from the listing itself
             if digest not in known:
-                breakdown["unknown_files"] += store.blobs.size(digest) or 0
+                breakdown["unknown_files"] += size
     if shown_rows is not g.tag_rows:  # no store-wide figures for who may not see the whole store
         breakdown, waiting_until = {}, {}
     page_rows = shown_rows[offset : None if limit is None else offset + limit]
