@@ -602,18 +602,24 @@ def temp_files(home: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and not p.name.endswith((".lock", ".locking"))]
 
 
+def store_env(home: Path, database_url: str | None = None) -> dict[str, str]:
+    """The settings of the store at `home` for opening it in the test's own process (with
+    HANGAR_TEST_BLOBS=s3, its blobs' place in the test bucket, as its servers have it)."""
+    env = {"HANGAR_HOME": str(home)}
+    if database_url is not None:
+        env["HANGAR_DATABASE_URL"] = database_url
+    if S3_ENV:
+        env.update(S3_ENV, HANGAR_BLOBS=s3_url_for(home))
+    return env
+
+
 def model_blobs(home: Path, database_url: str | None = None) -> dict[str, set[str]]:
     """{"repository:tag": digests its manifest names} read from the catalog (servers may run)."""
     from modelhangar.core.config import load_settings
     from modelhangar.core.manifests import parse_manifest
     from modelhangar.core.store import Store
 
-    env = {"HANGAR_HOME": str(home)}
-    if database_url is not None:
-        env["HANGAR_DATABASE_URL"] = database_url
-    if S3_ENV:
-        env.update(S3_ENV, HANGAR_BLOBS=s3_url_for(home))
-    store = Store(load_settings(env))
+    store = Store(load_settings(store_env(home, database_url)))
     try:
         out: dict[str, set[str]] = {}
         for rec in store.list_tags():

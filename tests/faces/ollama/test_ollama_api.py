@@ -26,6 +26,7 @@ from harness import (
     blob_file,
     blob_files,
     image_manifest,
+    store_env,
     tree_snapshot,
 )
 from modelhangar.core.config import load_settings
@@ -354,7 +355,7 @@ def test_the_listing_is_the_catalog_as_ollama_prints_it(ctx: Ctx, three: dict[st
         headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
     )
     assert r.status_code == 201, r.text
-    store = Store(load_settings({"HANGAR_HOME": str(ctx.home)}))
+    store = Store(load_settings(store_env(ctx.home)))
     try:
         records = store.list_tags()
     finally:
