@@ -139,7 +139,7 @@ class Authenticate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from starlette.concurrency import run_in_threadpool
+        from modelhangar.faces import quick
 
         path, method = scope["path"], scope["method"]
         store: Store = scope["app"].state.store
@@ -152,7 +152,7 @@ class Authenticate:
             for prefix, cookie, reader in SESSION_COOKIES:
                 value = session_cookie(headers, cookie) if path.startswith(prefix) else None
                 if value is not None:
-                    actor = await run_in_threadpool(reader, store, value, face) if value else None
+                    actor = await quick.run(reader, store, value, face) if value else None
                     if actor is None:
                         await self.unauthorized(path, "invalid or expired session: sign in again")(
                             scope, receive, send
@@ -162,7 +162,7 @@ class Authenticate:
         if actor is not None:
             pass  # a browser's session
         elif secret is not None:
-            actor = await run_in_threadpool(resolve, store, secret, face) if secret else None
+            actor = await quick.run(resolve, store, secret, face) if secret else None
             if actor is None:
                 if not answers_own_401(path):
                     await self.unauthorized(path, "invalid, revoked or expired token")(scope, receive, send)

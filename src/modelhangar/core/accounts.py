@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from modelhangar.core import permissions
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import retrying
+from modelhangar.core.catalog.quick_reads import reusable
 from modelhangar.core.errors import Conflict, HangarError, NotFound
 from modelhangar.core.store import Actor, Store, now
 
@@ -418,7 +419,7 @@ def looks_like_token(value: str) -> bool:
 
 
 _ORGS_OF = sa.select(t.memberships.c.org).where(t.memberships.c.member == sa.bindparam("member"))
-_TOKEN_ROW = (
+_TOKEN_ROW = reusable(
     sa.select(
         t.tokens,
         t.principals.c.admin,

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from modelhangar.core.actors import Actor
 from modelhangar.core.catalog import schema as t
+from modelhangar.core.catalog.quick_reads import reusable
 from modelhangar.core.errors import Denied, NotFound
 
 Need = Literal["read", "write"]
@@ -42,6 +43,35 @@ def visible(actor: Actor) -> Any:
     r = t.repositories.c
     mine = [n for n in (actor.principal, *sorted(actor.orgs)) if n]
     return sa.or_(r.visibility == PUBLIC, r.owner.in_(mine)) if mine else r.visibility == PUBLIC
+
+
+_READER: sa.BindParameter[str] = sa.bindparam("reader")
+
+
+def visible_variants(q: sa.Select[Any]) -> dict[str, sa.Select[Any]]:
+    """`q` (over `repositories`) kept to what each common kind of actor may read, built once (and
+    marked reusable by `Catalog.read_once`): everyone's ("all": admins, the store), only public
+    models ("public"), public ones and the reader's own ("own": a user in no organisation)."""
+    r = t.repositories.c
+    return {
+        "all": reusable(q),
+        "public": reusable(q.where(r.visibility == PUBLIC)),
+        "own": reusable(q.where(sa.or_(r.visibility == PUBLIC, r.owner == _READER))),
+    }
+
+
+def for_reader(
+    variants: dict[str, sa.Select[Any]], actor: Actor | None
+) -> tuple[sa.Select[Any], dict[str, Any]]:
+    """The variant of `visible_variants` for `actor` and its parameters (a member of organisations
+    gets `visible` on the "all" one, built per call)."""
+    if actor is None or actor.admin:
+        return variants["all"], {}
+    if not actor.orgs:
+        if actor.principal:
+            return variants["own"], {"reader": actor.principal}
+        return variants["public"], {}
+    return variants["all"].where(visible(actor)), {}
 
 
 def check_admin(actor: Actor) -> None:

@@ -55,20 +55,20 @@ def _visible(repo_id: Any, digest: Any) -> sa.ColumnElement[bool]:
 
 
 _DIGEST: sa.BindParameter[str] = sa.bindparam("digest")
-_VISIBLE_BLOB = (
+_VISIBLE_BLOB = permissions.visible_variants(
     sa.select(t.blobs.c.size, t.blobs.c.touched_at)
     .select_from(t.blobs.join(t.repositories, t.repositories.c.name_key == sa.bindparam("repo_key")))
     .where(t.blobs.c.digest == _DIGEST, t.blobs.c.state == PRESENT, _visible(t.repositories.c.id, _DIGEST))
 )
-"""(size, touched_at) of a present blob visible in a repository: one query, built once (building and
-compiling it per request cost more than running it: issue 16, small requests)."""
+"""(size, touched_at) of a present blob visible in a repository (to each kind of reader): one query,
+built once (building and compiling it per request cost more than running it: issue 16, small
+requests)."""
 
 
 def _visible_blob(repository: str, digest: str, actor: Actor | None) -> tuple[sa.Select[Any], dict[str, Any]]:
     """`_VISIBLE_BLOB` for `actor` (who must be able to read the repository) and its parameters."""
-    readable = None if actor is None else permissions.visible(actor)
-    q = _VISIBLE_BLOB if readable is None else _VISIBLE_BLOB.where(readable)
-    return q, {"repo_key": repository.lower(), "digest": digest}
+    q, params = permissions.for_reader(_VISIBLE_BLOB, actor)
+    return q, {**params, "repo_key": repository.lower(), "digest": digest}
 
 
 def _size_in(conn: sa.Connection, repository: str, digest: str, actor: Actor | None = None) -> int | None:

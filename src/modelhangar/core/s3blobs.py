@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 
 from modelhangar.core.digests import parse_digest
 from modelhangar.core.errors import HangarError
+from modelhangar.core.waits import may_wait
 
 MIN_PART = 5 << 20
 READ_CHUNK = 1 << 20
@@ -96,6 +97,7 @@ def _is_missing(exc: BaseException) -> bool:
 @contextlib.contextmanager
 def _wrapped(what: str) -> Iterator[None]:
     """Turn the S3 client's failures into BlobStoreUnavailable (a 503 with a retry hint)."""
+    may_wait("the object store")
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:

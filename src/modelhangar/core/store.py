@@ -78,7 +78,7 @@ _BLOB_ROW = sa.select(t.blobs.c.state, t.blobs.c.size, t.blobs.c.touched_at).whe
     t.blobs.c.digest == sa.bindparam("digest")
 )
 _MANIFEST_COLUMNS = (t.manifests.c.digest, t.manifests.c.content, t.manifests.c.media_type)
-_MANIFEST_BY_TAG = (
+_MANIFEST_BY_TAG = permissions.visible_variants(
     sa.select(*_MANIFEST_COLUMNS)
     .select_from(
         t.tags.join(t.repositories).join(t.manifests, t.manifests.c.digest == t.tags.c.manifest_digest)
@@ -87,7 +87,7 @@ _MANIFEST_BY_TAG = (
         t.repositories.c.name_key == sa.bindparam("repo_key"), t.tags.c.name_key == sa.bindparam("tag_key")
     )
 )
-_MANIFEST_IN_REPOSITORY = (
+_MANIFEST_IN_REPOSITORY = permissions.visible_variants(
     sa.select(*_MANIFEST_COLUMNS)
     .select_from(t.repo_manifests.join(t.repositories).join(t.manifests))
     .where(
@@ -547,14 +547,21 @@ class Store:
             yield from listing.stream(conn, visible, batch)
 
     def find_manifest(
-        self, repository: str, *, tag: str | None = None, digest: str | None = None
+        self,
+        repository: str,
+        *,
+        tag: str | None = None,
+        digest: str | None = None,
+        actor: Actor | None = None,
     ) -> tuple[str, bytes, str] | None:
         """A repository's manifest by tag (matched case-insensitively) or by digest, in one query:
-        (digest, content, media type), or None."""
+        (digest, content, media type), or None (also when `actor` may not read the repository)."""
         if tag is not None:
-            row = self._read_one(_MANIFEST_BY_TAG, repo_key=repository.lower(), tag_key=tag.lower())
+            q, params = permissions.for_reader(_MANIFEST_BY_TAG, actor)
+            row = self._read_one(q, **params, repo_key=repository.lower(), tag_key=tag.lower())
         else:
-            row = self._read_one(_MANIFEST_IN_REPOSITORY, repo_key=repository.lower(), digest=digest)
+            q, params = permissions.for_reader(_MANIFEST_IN_REPOSITORY, actor)
+            row = self._read_one(q, **params, repo_key=repository.lower(), digest=digest)
         return None if row is None else (row.digest, bytes(row.content), row.media_type)
 
     def _read_one(self, statement: sa.Executable, **params: Any) -> Any:

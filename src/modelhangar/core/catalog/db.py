@@ -21,6 +21,9 @@ from typing import Any, ParamSpec, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from modelhangar.core.catalog.quick_reads import QuickReads
+from modelhangar.core.waits import may_wait
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
 P = ParamSpec("P")
@@ -81,6 +84,10 @@ class Catalog:
         if not self.is_sqlite:
             self.statement_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._lock_dir = lock_dir
+        self._quick: QuickReads | None = None
+        database = sa.engine.make_url(url).database if self.is_sqlite else None
+        if database and database != ":memory:" and "mode=memory" not in url:
+            self._quick = QuickReads(database, self.read_engine)
 
     def migrate(self, revision: str = "head") -> None:
         """Bring the schema to `revision` (the newest by default); safe when several processes start
@@ -129,12 +136,14 @@ class Catalog:
     @contextlib.contextmanager
     def write(self) -> Iterator[sa.Connection]:
         """A transaction that holds the write lock from its first statement."""
+        may_wait("the catalog's write lock")
         with self.engine.begin() as conn:
             yield conn
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[tuple[sa.Connection, sa.RootTransaction]]:
         """A write transaction the caller commits or rolls back itself (dry runs roll back)."""
+        may_wait("the catalog's write lock")
         with self.engine.connect() as conn:
             trans = conn.begin()
             try:
@@ -146,7 +155,10 @@ class Catalog:
     @contextlib.contextmanager
     def read(self) -> Iterator[sa.Connection]:
         """A read-only snapshot: every statement in it sees the catalog as of its first one (SQLite: a
-        deferred transaction in WAL mode; PostgreSQL: REPEATABLE READ, READ ONLY)."""
+        deferred transaction in WAL mode; PostgreSQL: REPEATABLE READ, READ ONLY). On SQLite it never
+        waits for a writer, so it may run inside `waits.no_waiting()`."""
+        if not self.is_sqlite:
+            may_wait("a catalog read over the network")
         with self.read_engine.connect() as conn:
             yield conn
 
@@ -182,6 +194,7 @@ class Catalog:
     def _held(self, key: int, lock_file: Path, *, blocking: bool, shared: bool = False) -> Iterator[bool]:
         """The lock of `exclusive`, `lease` and `gate`: the advisory lock `key` on PostgreSQL, an flock
         on `<lock_dir>/<lock_file>` on SQLite; yields whether it is held."""
+        may_wait("a store-wide lock")
         if not self.is_sqlite:
             mode = "_shared" if shared else ""
             with self.engine.connect() as conn:
@@ -214,6 +227,12 @@ class Catalog:
     def read_once(self, statement: sa.Executable, params: dict[str, Any]) -> Any:
         """The first row of one read-only statement (or None), run again once on a fresh connection if
         the pooled one turned out dead (a database restart)."""
+        if not self.is_sqlite:
+            may_wait("a catalog read over the network")
+        elif self._quick is not None and self._quick.usable(statement):
+            row = self._quick.first(statement, params)
+            if row is not NotImplemented:
+                return row
         for attempt in range(2):
             try:
                 with self.statement_engine.connect() as conn:
@@ -224,6 +243,8 @@ class Catalog:
         raise AssertionError("unreachable")
 
     def dispose(self) -> None:
+        if self._quick is not None:
+            self._quick.close()
         self.engine.dispose()
         if self.is_sqlite:  # on PostgreSQL the read engine shares the write engine's pool
             self.read_engine.dispose()

@@ -10,6 +10,7 @@ from modelhangar.auth import actor_of
 from modelhangar.core import repo_blobs, uploads
 from modelhangar.core.errors import DigestMismatch, NotFound, SizeMismatch
 from modelhangar.core.store import Actor, BlobCommit
+from modelhangar.faces import quick
 from modelhangar.faces.bodies import guarded, pump
 from modelhangar.faces.client import client_key
 from modelhangar.faces.oci import tokens
@@ -45,11 +46,11 @@ async def get_blob(request: Request, name: str, digest: str) -> Response:
     store = store_of(request)
     actor = actor_of(request, "oci")
     if request.method == "HEAD":  # a pusher's HEAD is a claim on the blob: it resets the GC fuse
-        size = await run_in_threadpool(repo_blobs.claim, store, repository, d, actor)
+        size = await quick.run(repo_blobs.claim, store, repository, d, actor)
         if size is None:
             raise OciError("BLOB_UNKNOWN", detail={"digest": d})
         return Response(status_code=200, headers=_blob_headers(request, name, d, size))
-    size = await run_in_threadpool(repo_blobs.blob_size, store, repository, d, actor)
+    size = await quick.run(repo_blobs.blob_size, store, repository, d, actor)
     if size is None:
         raise OciError("BLOB_UNKNOWN", detail={"digest": d})
     if store.settings.blob_redirect:  # the bytes bypass the server (distribution's `redirect`)
@@ -72,7 +73,7 @@ async def get_blob(request: Request, name: str, digest: str) -> Response:
             raise OciError("BLOB_UNKNOWN", detail={"digest": d}) from None
         return StreamingResponse(iterate_in_threadpool(chunks), status_code=status, headers=headers)
     try:
-        f = await run_in_threadpool(store.blobs.open, d)
+        f = await quick.run(store.blobs.open, d)
     except FileNotFoundError:
         raise OciError("BLOB_UNKNOWN", detail={"digest": d}) from None
     return BlobBody(f, start, length, status, headers)

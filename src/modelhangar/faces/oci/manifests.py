@@ -24,6 +24,7 @@ from modelhangar.core.errors import (
 from modelhangar.core.manifests import MAX_MANIFEST_BYTES, OCI_INDEX, parse_manifest
 from modelhangar.core.planner import Planner, Target
 from modelhangar.core.store import Actor, Store
+from modelhangar.faces import quick
 from modelhangar.faces.oci.errors import OciError
 from modelhangar.faces.oci.wire import (
     PREFIX,
@@ -55,7 +56,7 @@ async def check_push(store: Store, repository: str, name: str, actor: Actor) -> 
 async def unknown(store: Store, repository: str, code: str, detail: Any, actor: Actor) -> OciError:
     """`code` (e.g. MANIFEST_UNKNOWN), or NAME_UNKNOWN when the repository itself does not exist
     (for `actor`: another account's private repository does not)."""
-    if not await run_in_threadpool(repo_blobs.repository_known, store, repository, actor):
+    if not await quick.run(repo_blobs.repository_known, store, repository, actor):
         return OciError("NAME_UNKNOWN", detail={"name": oci_name(repository)})
     return OciError(code, detail=detail)
 
@@ -77,12 +78,10 @@ def _lookup(
     store: Store, repository: str, kind: str, ref: str, pull: bool, actor: Actor
 ) -> tuple[str, bytes, str] | None:
     """The manifest, by tag or digest, if `actor` may read the repository; a pull by tag counts as a
-    use of that tag (one thread hop)."""
-    if not actor.admin and store.repository(repository, actor=actor) is None:
-        return None
+    use of that tag (on the event loop where the catalog allows it: `faces/quick.py`)."""
     if kind != "tag":
-        return store.find_manifest(repository, digest=ref)
-    found = store.find_manifest(repository, tag=ref)
+        return store.find_manifest(repository, digest=ref, actor=actor)
+    found = store.find_manifest(repository, tag=ref, actor=actor)
     if found is not None and pull:
         store.mark_used(repository, ref)
     return found
@@ -93,7 +92,7 @@ async def get_manifest(request: Request, name: str, reference: str) -> Response:
     store = store_of(request)
     actor = actor_of(request, "oci")
     kind, ref = await existing_reference(store, repository, reference, actor)
-    found = await run_in_threadpool(_lookup, store, repository, kind, ref, request.method == "GET", actor)
+    found = await quick.run(_lookup, store, repository, kind, ref, request.method == "GET", actor)
     if found is None:
         raise await unknown(store, repository, "MANIFEST_UNKNOWN", {"reference": reference}, actor)
     digest, content, media_type = found

@@ -1,0 +1,149 @@
+"""One-statement reads of a SQLite catalog straight through `sqlite3` (`Catalog.read_once`).
+
+The hot reads of small requests (the token of every request, HEAD of a blob, GET of a manifest) are
+statements built once at import. Running one through SQLAlchemy (a pooled connection's checkout,
+BEGIN, the cursor, the result object, the ROLLBACK of the check-in) cost 5 to 10 times as much as
+the query itself. Here each such statement is compiled once per catalog to its SQL text, its
+parameter order and its result types, and run on a connection this thread keeps open, in autocommit:
+one statement, its own snapshot, as `read_once` promises. In WAL mode it never waits for a writer.
+
+Only statements built once are taken (`reusable`): a statement made per request would be compiled
+per request and kept. So are only reads without parameters expanded at execution (`IN` of a list).
+While a test listens for the read engine's statements (`before_cursor_execute`: the statement hooks
+that pin interleavings), every read goes through SQLAlchemy, so the hooks see them all.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+
+REUSABLE: set[int] = set()
+_KEEP: list[Any] = []
+
+
+def reusable(statement: Any) -> Any:
+    """Mark a statement built once (at import) as one `Catalog.read_once` may compile and keep."""
+    REUSABLE.add(id(statement))
+    _KEEP.append(statement)  # never collected: its id stays its own
+    return statement
+
+
+class _Prepared:
+    __slots__ = ("names", "processors", "row", "sql", "values")
+
+    def __init__(
+        self,
+        sql: str,
+        names: list[str],
+        values: dict[str, Any],
+        row: Callable[..., Any],
+        processors: list[Any],
+    ) -> None:
+        self.sql = sql
+        self.names = names
+        self.values = values
+        self.row = row
+        self.processors = processors
+
+
+class _Row(tuple[Any, ...]):
+    """A result row read by attribute (as SQLAlchemy's rows are): `row.size`."""
+
+    __slots__ = ()
+    _index: ClassVar[dict[str, int]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[self._index[name]]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _row_type(keys: list[str]) -> Callable[..., Any] | None:
+    if len(set(keys)) != len(keys):
+        return None
+    return type("Row", (_Row,), {"__slots__": (), "_index": {k: i for i, k in enumerate(keys)}})
+
+
+class QuickReads:
+    """The compiled statements and the per-thread connections of one SQLite catalog file."""
+
+    def __init__(self, path: str, engine: sa.Engine) -> None:
+        self.path = path
+        self.engine = engine
+        self._prepared: dict[int, _Prepared | None] = {}
+        self._local = threading.local()
+        self._open: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._lock = threading.Lock()
+
+    def usable(self, statement: Any) -> bool:
+        return id(statement) in REUSABLE and not self.engine.dispatch.before_cursor_execute
+
+    def first(self, statement: Any, params: dict[str, Any]) -> Any:
+        """The first row of `statement` (or None); `statement` must be `usable`. Returns NotImplemented
+        for a statement this path does not take (the caller runs it through SQLAlchemy)."""
+        key = id(statement)
+        if key not in self._prepared:
+            self._prepared[key] = self._prepare(statement)
+        prepared = self._prepared[key]
+        if prepared is None:
+            return NotImplemented
+        values = prepared.values
+        args = [params[n] if n in params else values[n] for n in prepared.names]
+        cursor = self._connection().execute(prepared.sql, args)
+        try:
+            raw = cursor.fetchone()
+        finally:
+            cursor.close()
+        if raw is None:
+            return None
+        if any(prepared.processors):
+            raw = tuple(v if p is None else p(v) for p, v in zip(prepared.processors, raw, strict=True))
+        return prepared.row(raw)
+
+    def _prepare(self, statement: Any) -> _Prepared | None:
+        dialect = self.engine.dialect
+        compiled: Any = statement.compile(dialect=dialect)
+        if compiled.positiontup is None or getattr(compiled, "_post_compile_expanded_state", None):
+            return None
+        if "POSTCOMPILE" in compiled.string:
+            return None
+        columns = compiled._result_columns
+        keys = [c[0] for c in columns]
+        row = _row_type(keys)
+        if row is None:
+            return None
+        processors = [c[3]._cached_result_processor(dialect, None) for c in columns]
+        values = {name: bind.effective_value for name, bind in compiled.binds.items()}
+        names = list(compiled.positiontup)
+        binds = compiled.binds
+        for name in names:
+            if binds[name].type._cached_bind_processor(dialect) is not None:
+                return None  # a type that converts its parameter (none of the hot reads has one)
+        return _Prepared(compiled.string, names, values, row, processors)
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=60000")
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            with self._lock:  # worker threads come and go: close the connections of those gone
+                for _thread, old in [e for e in self._open if not e[0].is_alive()]:
+                    old.close()
+                self._open = [e for e in self._open if e[0].is_alive()]
+                self._open.append((threading.current_thread(), conn))
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for _thread, conn in self._open:
+                conn.close()
+            self._open.clear()
+        self._local = threading.local()
