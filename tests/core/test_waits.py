@@ -75,6 +75,9 @@ def test_quick_reads_answer_what_sqlalchemy_answers(kit: Kit) -> None:
     assert repo_blobs.blob_size(store, repo("shut"), layer, ann) == len(b"layer two")
     quick, slow = both_ways(store, lambda: accounts.authenticate(store, made.token, "oci"))
     assert quick == slow == ann
+    accounts.add_org(store, "acme", ["ann", "alice"])  # the organisations come in the same read
+    quick, slow = both_ways(store, lambda: accounts.authenticate(store, made.token, "oci"))
+    assert quick == slow and quick is not None and quick.orgs == {"acme"}
     wrong = made.token[:-1] + ("a" if made.token[-1] != "a" else "b")  # the right id, a wrong secret
     assert both_ways(store, lambda: accounts.authenticate(store, wrong, "oci")) == (None, None)
 

@@ -109,9 +109,18 @@ class QuickReads:
     def _prepare(self, statement: Any) -> _Prepared | None:
         dialect = self.engine.dialect
         compiled: Any = statement.compile(dialect=dialect)
-        if compiled.positiontup is None or getattr(compiled, "_post_compile_expanded_state", None):
-            return None
-        if "POSTCOMPILE" in compiled.string:
+        if compiled.positiontup is None or compiled.post_compile_params:
+            return None  # a list expanded at execution
+        sql: str = compiled.string
+        names = list(compiled.positiontup)
+        for bind in compiled.literal_execute_params:  # a fixed literal (a separator), rendered once
+            name = compiled.bind_names[bind]
+            render = bind.type.literal_processor(dialect)
+            if bind.callable is not None or bind.value is None or render is None:
+                return None
+            sql = sql.replace(f"__[POSTCOMPILE_{name}]", render(bind.value))
+            names = [n for n in names if n != name]
+        if "POSTCOMPILE" in sql:
             return None
         columns = compiled._result_columns
         keys = [c[0] for c in columns]
@@ -120,12 +129,11 @@ class QuickReads:
             return None
         processors = [c[3]._cached_result_processor(dialect, None) for c in columns]
         values = {name: bind.effective_value for name, bind in compiled.binds.items()}
-        names = list(compiled.positiontup)
         binds = compiled.binds
         for name in names:
             if binds[name].type._cached_bind_processor(dialect) is not None:
                 return None  # a type that converts its parameter (none of the hot reads has one)
-        return _Prepared(compiled.string, names, values, row, processors)
+        return _Prepared(sql, names, values, row, processors)
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
