@@ -46,7 +46,7 @@ def store_of(request: Request) -> Store:
 async def check_push(store: Store, repository: str, name: str, actor: Actor) -> None:
     """DENIED (403) for another account's namespace or model; NAME_UNKNOWN for one it may not see."""
     try:
-        await run_in_threadpool(repo_blobs.may_push, store, repository, actor)
+        await quick.run(repo_blobs.may_push, store, repository, actor)
     except Denied as e:
         raise OciError("DENIED", str(e), {"name": name}) from None
     except NotFound:
