@@ -129,11 +129,8 @@ def run_server(
 ) -> None:
     """Serve until interrupted (SystemExit(1) if the app could not be built); over HTTPS with a
     certificate and its key (`hangar serve --tls-cert`)."""
-    import sys
-
     import uvicorn
 
-    sys.setswitchinterval(float(os.environ.get("MH_SWITCH", "0.005")))
     os.umask(0o077)  # the data directory is the server's alone: directories 0700, files 0600
     connections.raise_fd_limit()
     configure_logging(settings.log_level, as_json=json_log)

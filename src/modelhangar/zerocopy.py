@@ -68,7 +68,7 @@ def _send_range(sock_fd: int, file_fd: int, offset: int, count: int) -> None:
         count -= n
 
 
-INLINE_SEND = 1 << 20
+INLINE_SEND = 256 << 10
 """At most this many bytes go to the socket right from the event loop, as much as the socket takes at
 once without waiting; the rest goes from a worker thread. A small blob (a config, a manifest-sized
 layer) then costs no hop to a thread (README, "Small requests")."""

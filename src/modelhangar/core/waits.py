@@ -37,6 +37,11 @@ def no_waiting() -> Iterator[None]:
         _state.on = before
 
 
+def refused() -> bool:
+    """Whether this thread is inside `no_waiting()`."""
+    return bool(getattr(_state, "on", False))
+
+
 def may_wait(what: str) -> None:
     """Called before `what` (a write, a network round trip, a lock): raises `WouldWait` in `no_waiting()`."""
     if getattr(_state, "on", False):

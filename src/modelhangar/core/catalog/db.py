@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from modelhangar.core.catalog.quick_reads import QuickReads
-from modelhangar.core.waits import may_wait
+from modelhangar.core.waits import may_wait, refused
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
@@ -85,9 +85,9 @@ class Catalog:
             self.statement_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._lock_dir = lock_dir
         self._quick: QuickReads | None = None
-        database = sa.engine.make_url(url).database if self.is_sqlite else None
-        if database and database != ":memory:" and "mode=memory" not in url:
-            self._quick = QuickReads(database, self.read_engine)
+        parsed = sa.engine.make_url(url)
+        if self.is_sqlite and parsed.database and parsed.database != ":memory:" and not parsed.query:
+            self._quick = QuickReads(parsed.database, self.read_engine)
 
     def migrate(self, revision: str = "head") -> None:
         """Bring the schema to `revision` (the newest by default); safe when several processes start
@@ -159,6 +159,8 @@ class Catalog:
         waits for a writer, so it may run inside `waits.no_waiting()`."""
         if not self.is_sqlite:
             may_wait("a catalog read over the network")
+        elif refused() and _pool_exhausted(self.read_engine):
+            may_wait("a free catalog connection")
         with self.read_engine.connect() as conn:
             yield conn
 
@@ -233,6 +235,8 @@ class Catalog:
             row = self._quick.first(statement, params)
             if row is not NotImplemented:
                 return row
+        if refused() and _pool_exhausted(self.statement_engine):
+            may_wait("a free catalog connection")
         for attempt in range(2):
             try:
                 with self.statement_engine.connect() as conn:
@@ -267,6 +271,16 @@ def head_revision() -> str:
     if len(heads) != 1:
         raise RuntimeError(f"the catalog migrations have {len(heads)} heads: {sorted(map(str, heads))}")
     return str(heads.pop())
+
+
+def _pool_exhausted(engine: sa.Engine) -> bool:
+    """Whether a checkout from `engine`'s pool could wait for a connection to come back."""
+    pool: Any = engine.pool
+    size = getattr(pool, "size", None)
+    overflow = getattr(pool, "_max_overflow", 0)
+    if not callable(size):
+        return False
+    return bool(pool.checkedout() >= size() + max(overflow, 0))
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> sa.Engine:

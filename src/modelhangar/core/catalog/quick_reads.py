@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 
 import sqlalchemy as sa
 
+from modelhangar.core.waits import may_wait
+
 REUSABLE: set[int] = set()
 _KEEP: list[Any] = []
 
@@ -80,6 +82,7 @@ class QuickReads:
         self._local = threading.local()
         self._open: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
+        self.closed = False
 
     def usable(self, statement: Any) -> bool:
         return id(statement) in REUSABLE and not self.engine.dispatch.before_cursor_execute
@@ -95,11 +98,22 @@ class QuickReads:
             return NotImplemented
         values = prepared.values
         args = [params[n] if n in params else values[n] for n in prepared.names]
-        cursor = self._connection().execute(prepared.sql, args)
+        if any(a is None and n not in params for a, n in zip(args, prepared.names, strict=True)):
+            raise KeyError(f"a value is required for bind parameter {prepared.names[args.index(None)]!r}")
+        conn = self._connection()
+        if conn is None:
+            return NotImplemented
         try:
-            raw = cursor.fetchone()
-        finally:
-            cursor.close()
+            cursor = conn.execute(prepared.sql, args)
+            try:
+                raw = cursor.fetchone()
+            finally:
+                cursor.close()
+        except sqlite3.OperationalError as e:  # busy: rare in WAL mode (recovery after a crash)
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+            may_wait("a busy catalog")  # on the loop: again on a thread; elsewhere: SQLAlchemy waits
+            return NotImplemented
         if raw is None:
             return None
         if any(prepared.processors):
@@ -135,11 +149,15 @@ class QuickReads:
                 return None  # a type that converts its parameter (none of the hot reads has one)
         return _Prepared(sql, names, values, row, processors)
 
-    def _connection(self) -> sqlite3.Connection:
+    def _connection(self) -> sqlite3.Connection | None:
+        if self.closed:
+            return None
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=60000")
+            # Never waits: a busy database (which WAL readers meet only in rare cases) is read again
+            # through SQLAlchemy, or on a worker thread when this runs on the event loop.
+            conn = sqlite3.connect(self.path, timeout=0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=0")
             conn.execute("PRAGMA query_only=ON")
             self._local.conn = conn
             with self._lock:  # worker threads come and go: close the connections of those gone
@@ -150,6 +168,8 @@ class QuickReads:
         return conn
 
     def close(self) -> None:
+        """Close every connection; later reads go through SQLAlchemy (a closed catalog)."""
+        self.closed = True
         with self._lock:
             for _thread, conn in self._open:
                 conn.close()
