@@ -53,17 +53,12 @@ def _cycle(send: Send) -> Any:
 def _send_range(sock_fd: int, file_fd: int, offset: int, count: int) -> None:
     """`count` bytes of `file_fd` from `offset` to the non-blocking socket (in a worker thread)."""
     while count > 0:
-        try:
-            n = os.sendfile(sock_fd, file_fd, offset, count)
-        except BlockingIOError:
+        n = _send_now(sock_fd, file_fd, offset, count)
+        if n == 0:  # the socket's buffer is full: wait until the client takes some
             _, writable, _ = select.select([], [sock_fd], [], STALL)
             if not writable:
-                raise ClientGone("the client took no bytes for a minute") from None
+                raise ClientGone("the client took no bytes for a minute")
             continue
-        except (BrokenPipeError, ConnectionResetError) as e:
-            raise ClientGone(str(e)) from None
-        if n == 0:
-            raise OSError("the file ended before its recorded size")
         offset += n
         count -= n
 

@@ -157,10 +157,7 @@ class Catalog:
         """A read-only snapshot: every statement in it sees the catalog as of its first one (SQLite: a
         deferred transaction in WAL mode; PostgreSQL: REPEATABLE READ, READ ONLY). On SQLite it never
         waits for a writer, so it may run inside `waits.no_waiting()`."""
-        if not self.is_sqlite:
-            may_wait("a catalog read over the network")
-        elif refused() and _pool_exhausted(self.read_engine):
-            may_wait("a free catalog connection")
+        self._before_read(self.read_engine)
         with self.read_engine.connect() as conn:
             yield conn
 
@@ -229,14 +226,11 @@ class Catalog:
     def read_once(self, statement: sa.Executable, params: dict[str, Any]) -> Any:
         """The first row of one read-only statement (or None), run again once on a fresh connection if
         the pooled one turned out dead (a database restart)."""
-        if not self.is_sqlite:
-            may_wait("a catalog read over the network")
-        elif self._quick is not None and self._quick.usable(statement):
+        if self.is_sqlite and self._quick is not None and self._quick.usable(statement):
             row = self._quick.first(statement, params)
             if row is not NotImplemented:
                 return row
-        if refused() and _pool_exhausted(self.statement_engine):
-            may_wait("a free catalog connection")
+        self._before_read(self.statement_engine)
         for attempt in range(2):
             try:
                 with self.statement_engine.connect() as conn:
@@ -245,6 +239,15 @@ class Catalog:
                 if not e.connection_invalidated or attempt:
                     raise
         raise AssertionError("unreachable")
+
+    def _before_read(self, engine: sa.Engine) -> None:
+        """A read through SQLAlchemy may wait on PostgreSQL (the network) and, anywhere, for a pooled
+        connection when every one is out (`waits.may_wait`); a SQLite read in WAL mode never waits
+        for a writer."""
+        if not self.is_sqlite:
+            may_wait("a catalog read over the network")
+        elif refused() and _pool_exhausted(engine):
+            may_wait("a free catalog connection")
 
     def dispose(self) -> None:
         if self._quick is not None:
@@ -275,12 +278,10 @@ def head_revision() -> str:
 
 def _pool_exhausted(engine: sa.Engine) -> bool:
     """Whether a checkout from `engine`'s pool could wait for a connection to come back."""
-    pool: Any = engine.pool
-    size = getattr(pool, "size", None)
-    overflow = getattr(pool, "_max_overflow", 0)
-    if not callable(size):
+    pool = engine.pool
+    if not isinstance(pool, sa.pool.QueuePool):
         return False
-    return bool(pool.checkedout() >= size() + max(overflow, 0))
+    return pool.checkedout() >= pool.size() + max(pool._max_overflow, 0)
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> sa.Engine:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections import namedtuple
 from collections.abc import Callable
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -35,41 +37,17 @@ def reusable(statement: Any) -> Any:
     return statement
 
 
+@dataclass(frozen=True, slots=True)
 class _Prepared:
-    __slots__ = ("names", "processors", "row", "sql", "values")
-
-    def __init__(
-        self,
-        sql: str,
-        names: list[str],
-        values: dict[str, Any],
-        row: Callable[..., Any],
-        processors: list[Any],
-    ) -> None:
-        self.sql = sql
-        self.names = names
-        self.values = values
-        self.row = row
-        self.processors = processors
-
-
-class _Row(tuple[Any, ...]):
-    """A result row read by attribute (as SQLAlchemy's rows are): `row.size`."""
-
-    __slots__ = ()
-    _index: ClassVar[dict[str, int]] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[self._index[name]]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
-def _row_type(keys: list[str]) -> Callable[..., Any] | None:
-    if len(set(keys)) != len(keys):
-        return None
-    return type("Row", (_Row,), {"__slots__": (), "_index": {k: i for i, k in enumerate(keys)}})
+    sql: str
+    names: list[str]
+    """The parameters in the order the SQL takes them (a name used twice is there twice)."""
+    fixed: dict[str, Any]
+    """Values the statement carries itself (constants); every other parameter must be given."""
+    row: Callable[..., Any]
+    """Makes a row read by attribute, as SQLAlchemy's are (`row.size`): a named tuple."""
+    processors: list[Any] | None
+    """Result conversions per column (SQLite's booleans), None when no column has one."""
 
 
 class QuickReads:
@@ -96,10 +74,8 @@ class QuickReads:
         prepared = self._prepared[key]
         if prepared is None:
             return NotImplemented
-        values = prepared.values
-        args = [params[n] if n in params else values[n] for n in prepared.names]
-        if any(a is None and n not in params for a, n in zip(args, prepared.names, strict=True)):
-            raise KeyError(f"a value is required for bind parameter {prepared.names[args.index(None)]!r}")
+        fixed = prepared.fixed
+        args = [params[n] if n in params else fixed[n] for n in prepared.names]  # KeyError: one missing
         conn = self._connection()
         if conn is None:
             return NotImplemented
@@ -116,9 +92,9 @@ class QuickReads:
             return NotImplemented
         if raw is None:
             return None
-        if any(prepared.processors):
+        if prepared.processors is not None:
             raw = tuple(v if p is None else p(v) for p, v in zip(prepared.processors, raw, strict=True))
-        return prepared.row(raw)
+        return prepared.row(*raw)
 
     def _prepare(self, statement: Any) -> _Prepared | None:
         dialect = self.engine.dialect
@@ -137,17 +113,16 @@ class QuickReads:
         if "POSTCOMPILE" in sql:
             return None
         columns = compiled._result_columns
-        keys = [c[0] for c in columns]
-        row = _row_type(keys)
-        if row is None:
+        try:
+            row = namedtuple("Row", [c[0] for c in columns])  # type: ignore[misc]
+        except ValueError:  # two columns of one name, or a name a tuple cannot take
             return None
         processors = [c[3]._cached_result_processor(dialect, None) for c in columns]
-        values = {name: bind.effective_value for name, bind in compiled.binds.items()}
         binds = compiled.binds
-        for name in names:
-            if binds[name].type._cached_bind_processor(dialect) is not None:
-                return None  # a type that converts its parameter (none of the hot reads has one)
-        return _Prepared(sql, names, values, row, processors)
+        if any(binds[name].type._cached_bind_processor(dialect) is not None for name in names):
+            return None  # a type that converts its parameter (none of the hot reads has one)
+        fixed = {name: bind.effective_value for name, bind in binds.items() if not bind.required}
+        return _Prepared(sql, names, fixed, row, processors if any(processors) else None)
 
     def _connection(self) -> sqlite3.Connection | None:
         if self.closed:
