@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import event
 
 from modelhangar.core import uploads
 from modelhangar.core.errors import DigestMismatch
@@ -95,3 +96,31 @@ def test_a_wrong_digest_keeps_nothing(make_kit: MakeKit, claimed: bytes) -> None
         finish(kit, up.id, digest_of(claimed), b"two three")
     assert digest_of(b"one two three") not in kit.blob_files()
     assert kit.store.blob_size(digest_of(b"one two three")) is None
+
+
+def test_a_stray_chunk_never_makes_the_right_one_busy(make_kit: MakeKit) -> None:
+    kit = make_kit()
+    up = uploads.start(kit.store, REPO)
+    send(kit, up.id, b"abc")
+    right: list[uploads.UploadHandle] = []
+    tried: list[bool] = []
+
+    def on_execute(*args: object) -> None:
+        # Pinned: the stray chunk is reading the session's row; the right chunk arrives now.
+        if not tried and "uploads" in str(args[2]):
+            tried.append(True)
+            right.append(uploads.acquire(kit.store, up.id, REPO, start_at=3))
+
+    event.listen(kit.store.catalog.read_engine, "before_cursor_execute", on_execute)
+    try:
+        with pytest.raises((uploads.RangeInvalid, uploads.UploadBusy)):  # refused either way
+            uploads.acquire(kit.store, up.id, REPO, start_at=5000)
+    finally:
+        event.remove(kit.store.catalog.read_engine, "before_cursor_execute", on_execute)
+    assert right, "the right chunk was never tried"
+    # While the right chunk holds the session, the stray one is told it is busy.
+    with pytest.raises(uploads.UploadBusy):
+        uploads.acquire(kit.store, up.id, REPO, start_at=5000)
+    right[0].write(b"def")
+    right[0].save()
+    assert finish(kit, up.id, digest_of(b"abcdef")) == digest_of(b"abcdef")

@@ -2,9 +2,11 @@
 
 A session is a catalog row (`uploads`) plus a file `<home>/uploads/<id>`; the row's `size` is
 the committed offset, the next chunk must start there. One request at a time works on a
-session: it holds an exclusive `flock` on the session file for its whole life (a second one is
-refused at once, never queued), and it re-reads the row after taking the lock, so a session
-cancelled, expired or completed meanwhile is seen as gone before a byte is written.
+session: it holds an exclusive lock (an open-file-description `fcntl` lock) on the session file
+for its whole life (a second one is refused at once, never queued), and it re-reads the row
+after taking the lock, so a session cancelled, expired or completed meanwhile is seen as gone
+before a byte is written. A chunk that does not start at the offset is refused without taking
+the lock (the lock is only tested), so a stray chunk never makes the right one look busy.
 
 Completing renames the file away from its session name first, then installs it through
 `Store.import_blob_file` (digest check, row-lock protocol, hard link where possible), so no
@@ -28,6 +30,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import threading
 import uuid
 from collections import OrderedDict
@@ -213,14 +216,32 @@ def save_offset(store: Store, upload: Upload, offset: int, also: Statements | No
     return Upload(upload.id, upload.repository, upload.created_at, ts, offset)
 
 
-def _lock(fd: int) -> bool:
+def _flock_struct(kind: int) -> bytes:
+    # struct flock on Linux (x86-64, arm64): type, whence, start, len (0: to the end), pid (0 for
+    # open-file-description locks), padded to 32 bytes.
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, 0, 0, 0)
+
+
+def _lock(fd: int, kind: int = fcntl.F_WRLCK) -> bool:
+    """Lock the whole file, without waiting; False if another open file holds a conflicting lock.
+
+    Open-file-description locks, like flock, belong to one `open` (not to the process), so two
+    requests in one server exclude each other, and a dead process's locks go with it; unlike
+    flock they can be tested without being taken (`_held`).
+    """
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock_struct(kind))
     except OSError as e:
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return False
         raise
     return True
+
+
+def _held(fd: int) -> bool:
+    """Whether another request holds the session (a lock test that takes nothing)."""
+    got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock_struct(fcntl.F_WRLCK))
+    return bool(struct.unpack("hhqqi4x", got)[0] != fcntl.F_UNLCK)
 
 
 class UploadHandle:
@@ -332,7 +353,7 @@ class UploadHandle:
 
     def _close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # releases the flock
+            os.close(self._fd)  # releases the lock
             self._fd = None
 
 
@@ -357,15 +378,12 @@ def acquire(store: Store, upload_id: str, repository: str, *, start_at: int | No
     except FileNotFoundError:
         raise UploadUnknown(f"upload {upload_id} unknown") from None
     try:
+        if start_at is not None:
+            _check_start(store, fd, upload_id, repository, start_at)
         if not _lock(fd):
             raise UploadBusy(f"upload {upload_id} is busy with another request")
-        with store.catalog.read() as conn:  # after the lock: sees a cancel, expiry or completion
-            upload = _row(conn, upload_id)
-        if upload is None or not _live(store, upload) or upload.repository.lower() != repository.lower():
-            raise UploadUnknown(f"upload {upload_id} unknown")
-        size = os.fstat(fd).st_size
-        offset = min(size, upload.size)
-        if size != offset:
+        upload, offset = _current(store, fd, upload_id, repository)
+        if os.fstat(fd).st_size != offset:
             os.ftruncate(fd, offset)  # bytes of a request that died before saving
         if offset != upload.size:
             upload = Upload(upload.id, upload.repository, upload.created_at, upload.updated_at, offset)
@@ -375,6 +393,26 @@ def acquire(store: Store, upload_id: str, repository: str, *, start_at: int | No
         os.close(fd)
         raise
     return UploadHandle(store, upload, fd, path)
+
+
+def _current(store: Store, fd: int, upload_id: str, repository: str) -> tuple[Upload, int]:
+    """The live session's row and its offset (what its file and its row agree on)."""
+    with store.catalog.read() as conn:
+        upload = _row(conn, upload_id)
+    if upload is None or not _live(store, upload) or upload.repository.lower() != repository.lower():
+        raise UploadUnknown(f"upload {upload_id} unknown")
+    return upload, min(os.fstat(fd).st_size, upload.size)
+
+
+def _check_start(store: Store, fd: int, upload_id: str, repository: str, start_at: int) -> None:
+    """Before the lock: a session another request holds is busy; a chunk that does not start at
+    the offset is refused without locking, so that it cannot make the right one busy. What is
+    read without the lock only refuses; `acquire` checks again under the lock."""
+    if _held(fd):
+        raise UploadBusy(f"upload {upload_id} is busy with another request")
+    _, offset = _current(store, fd, upload_id, repository)
+    if start_at != offset and not _held(fd):
+        raise RangeInvalid(offset, f"chunk starts at {start_at}, the upload is at {offset}")
 
 
 def expire(store: Store, older_than: float | None = None) -> list[str]:
@@ -394,7 +432,7 @@ def expire(store: Store, older_than: float | None = None) -> list[str]:
         with contextlib.suppress(FileNotFoundError):
             fd = os.open(directory / upload_id, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            if fd is not None and not _lock(fd):
+            if fd is not None and not _lock(fd, fcntl.F_RDLCK):  # a writer's lock conflicts
                 continue
             with store.catalog.write() as conn:
                 gone = conn.execute(
@@ -448,7 +486,7 @@ def _sweep_files(store: Store, directory: Path, cutoff: float) -> list[str]:
                     removed.append(f"uploads/{entry.name}")
             continue
         try:
-            if not _lock(fd):
+            if not _lock(fd, fcntl.F_RDLCK):
                 continue
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                 os.unlink(entry.path)
