@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelhangar.core import accounts
+from modelhangar.core.token_text import redact
 
 log = logging.getLogger("modelhangar.access")
 
@@ -70,7 +70,7 @@ def request_target(scope: Scope) -> str:
     path = path.split("?", 1)[0]
     query = scope.get("query_string", b"").decode("latin-1")
     safe = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k in SAFE_PARAMS]
-    target = accounts.redact(path + (f"?{urlencode(safe)}" if safe else ""))  # a token pasted in a path
+    target = redact(path + (f"?{urlencode(safe)}" if safe else ""))  # a token pasted in a path
     if len(target) > MAX_PATH:
         target = target[:MAX_PATH] + "..."
     return _printable(target)

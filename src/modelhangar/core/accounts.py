@@ -30,12 +30,14 @@ from modelhangar.core.catalog.db import retrying
 from modelhangar.core.catalog.quick_reads import reusable
 from modelhangar.core.errors import Conflict, HangarError, NotFound
 from modelhangar.core.store import Actor, Store, now
+from modelhangar.core.token_text import TOKEN_PREFIX as TOKEN_PREFIX
+from modelhangar.core.token_text import handle as handle
+from modelhangar.core.token_text import redact as redact
 
 Kind = Literal["user", "organization"]
 NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9]|[-_](?=[a-z0-9])){0,38}")
 RESERVED = frozenset({"library", "local", "admin", "anonymous", "gc", "retention", "reclaim", "system"})
 """Names no account may take: Ollama's default namespace and the actors of the store itself."""
-TOKEN_PREFIX = "hgr_"
 _TOKEN_RE = re.compile(r"hgr_([a-z2-7]{10})_([A-Za-z0-9]{40})")
 _ALPHABET_ID = "abcdefghijklmnopqrstuvwxyz234567"
 _ALPHABET_SECRET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -358,21 +360,6 @@ def list_tokens(store: Store, user: str | None = None) -> list[TokenInfo]:
         q = q.where(t.tokens.c.principal == user.lower())
     with store.catalog.read() as conn:
         return [_token_info(r) for r in conn.execute(q)]
-
-
-def handle(text: str) -> str:
-    """The public handle `hgr_<id>` of a token or of a beginning of one: what listings show and what
-    revoking and rotating take. A whole token given there keeps only its handle, so its secret is
-    never sent in a path (access logs) nor echoed in an error."""
-    return TOKEN_PREFIX + text.strip().removeprefix(TOKEN_PREFIX).split("_", 1)[0]
-
-
-_SECRET_PART = re.compile(r"(hgr_[a-z2-7]{10})_[A-Za-z0-9]{40}")
-
-
-def redact(text: str) -> str:
-    """`text` with the secret part of every token in it replaced (what a log line may show)."""
-    return _SECRET_PART.sub(r"\1_<secret>", text) if TOKEN_PREFIX in text else text
 
 
 def _find_token(conn: sa.Connection, prefix: str, actor: Actor | None) -> Any:

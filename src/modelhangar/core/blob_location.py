@@ -10,19 +10,27 @@ until its first migration, and is not checked.
 
 Every open store holds the gate `blob-location` shared for its whole life; `hangar migrate-blobs`
 takes it alone, so no server or store command runs on the store while its blobs move.
+
+The module imports SQLAlchemy only where it uses a catalog: `hangar serve` checks a SQLite store
+with `sqlite3` and the gate's file before it listens, without the catalog (README, "Start-up").
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
+import urllib.parse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
-
-from modelhangar.core.catalog import schema as t
-from modelhangar.core.catalog.db import Catalog
+from modelhangar.core.catalog import lease_files
 from modelhangar.core.errors import HangarError
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from modelhangar.core.catalog.db import Catalog
 
 LOCATION_KEY = "blobs.location"
 GATE = "blob-location"
@@ -76,6 +84,10 @@ def setting(location: str) -> str:
 
 
 def recorded(conn: sa.Connection) -> str | None:
+    import sqlalchemy as sa
+
+    from modelhangar.core.catalog import schema as t
+
     row = conn.execute(
         sa.select(t.store_settings.c.value).where(t.store_settings.c.key == LOCATION_KEY)
     ).first()
@@ -84,6 +96,8 @@ def recorded(conn: sa.Connection) -> str | None:
 
 def record(conn: sa.Connection, location: str) -> None:
     """Record `location` in the caller's write transaction."""
+    from modelhangar.core.catalog import schema as t
+
     conn.execute(t.store_settings.delete().where(t.store_settings.c.key == LOCATION_KEY))
     conn.execute(t.store_settings.insert().values(key=LOCATION_KEY, value=json.dumps(location)))
 
@@ -100,6 +114,10 @@ def mismatch(recorded_at: str, configured: str, home: Path) -> BlobLocationMisma
 def check(catalog: Catalog, blobs: str, home: Path) -> None:
     """Raise BlobLocationMismatch unless the HANGAR_BLOBS `blobs` names the recorded location; a new
     store (no blob rows yet) records it."""
+    import sqlalchemy as sa
+
+    from modelhangar.core.catalog import schema as t
+
     configured = normalize(blobs, home)
     with catalog.read() as conn:
         at = recorded(conn)
@@ -131,6 +149,49 @@ def preflight(database_url: str, blobs: str, home: Path) -> None:
     migration runs, and HANGAR_BLOBS names the recorded location (a store not made yet passes)."""
     if not home.is_dir():
         return
+    db_file = _plain_sqlite_file(database_url)
+    if db_file is None:
+        at = _gate_and_record(database_url, home)
+    else:  # the same gate and the same row as Catalog.gate and `recorded`, without SQLAlchemy
+        with lease_files.flocked(home / lease_files.file(GATE), shared=True) as free:
+            if not free:
+                raise migration_running(home)
+        at = _recorded_in_file(db_file)
+    configured = normalize(blobs, home)
+    if at is not None and at != configured:
+        raise mismatch(at, configured, home)
+
+
+def _plain_sqlite_file(database_url: str) -> Path | None:
+    """The file of a SQLite URL without options or escapes (None for any other URL)."""
+    if not database_url.startswith("sqlite:///") or any(c in database_url for c in "?%"):
+        return None
+    return Path(database_url.removeprefix("sqlite:///"))
+
+
+def _recorded_in_file(db_file: Path) -> str | None:
+    """`recorded` read straight from a SQLite catalog file; None when there is no catalog yet."""
+    uri = f"file:{urllib.parse.quote(str(db_file))}?mode=rw"  # never creates the file
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=60)
+    except sqlite3.Error:
+        return None
+    try:
+        row = conn.execute("SELECT value FROM store_settings WHERE key = ?", (LOCATION_KEY,)).fetchone()
+    except sqlite3.Error:  # no catalog yet: the store makes it
+        return None
+    finally:
+        conn.close()
+    return None if row is None else str(json.loads(row[0]))
+
+
+def _gate_and_record(database_url: str, home: Path) -> str | None:
+    """Through the catalog (PostgreSQL, a SQLite URL with options): StoreBusy while a migration
+    runs, else the recorded location (None when there is no catalog yet)."""
+    import sqlalchemy as sa
+
+    from modelhangar.core.catalog.db import Catalog
+
     catalog = Catalog(database_url, lock_dir=home)
     try:
         with catalog.gate(GATE, shared=True) as free:
@@ -138,11 +199,8 @@ def preflight(database_url: str, blobs: str, home: Path) -> None:
                 raise migration_running(home)
         try:
             with catalog.read() as conn:
-                at = recorded(conn)
+                return recorded(conn)
         except sa.exc.DBAPIError:  # no catalog yet: the store makes it
-            return
-        configured = normalize(blobs, home)
-        if at is not None and at != configured:
-            raise mismatch(at, configured, home)
+            return None
     finally:
         catalog.dispose()

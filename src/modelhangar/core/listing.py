@@ -23,12 +23,18 @@ import json
 import time
 from collections.abc import Generator, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from modelhangar.core import permissions
 from modelhangar.core.catalog import schema as t
+from modelhangar.core.catalog.quick_reads import reusable
 from modelhangar.core.names import display_stored
+
+if TYPE_CHECKING:
+    from modelhangar.core.catalog.db import Catalog
+    from modelhangar.core.store import Actor
 
 EMPTY_DETAILS = {
     "parent_model": "",
@@ -124,28 +130,30 @@ def refresh(conn: sa.Connection, repository_id: int, tag_key: str) -> None:
         conn.execute(_SET, {"rid": rid, "key": key, "entry": entry, "at": at})
 
 
-def stream(conn: sa.Connection, visible: Any, batch: int = BATCH) -> Generator[list[str], None, None]:
-    """Every listed tag `visible` (a WHERE clause on `repositories`, or None for all) keeps, newest
-    first, as batches of entries read from one statement on `conn` (entries not rendered yet or out of
-    date are rendered from the catalog's columns, in one query per batch)."""
-    q = sa.select(*_CURRENT).order_by(t.tags.c.modified_at.desc())
-    if visible is not None:  # permissions stay in SQL: others' private models never leave the database
-        q = q.select_from(t.tags.join(t.repositories, t.repositories.c.id == t.tags.c.repository_id))
-        q = q.where(visible)
-    result = conn.execution_options(yield_per=batch).execute(q)
-    try:
-        for rows in result.partitions():
-            entries = [r[0] for r in rows]
-            if None in entries:
-                missing = [(r[1], r[2]) for r in rows if r[0] is None]
-                ids = sorted({rid for rid, _ in missing})
-                found = _entries(conn.execute(_SOURCE.where(t.tags.c.repository_id.in_(ids))).all())
-                for i, r in enumerate(rows):
-                    if r[0] is None:
-                        entries[i] = found.get((r[1], r[2]), ("", 0.0))[0]  # "": deleted meanwhile
-            yield [e for e in entries if e]
-    finally:
-        result.close()
+_NEWEST_FIRST = sa.select(*_CURRENT).order_by(t.tags.c.modified_at.desc())
+_LISTED = permissions.visible_variants(  # permissions stay in SQL: others' private models stay there
+    _NEWEST_FIRST.select_from(t.tags.join(t.repositories, t.repositories.c.id == t.tags.c.repository_id))
+)
+_EVERY = reusable(_NEWEST_FIRST)  # for those who may read everything: no join
+
+
+def stream(
+    catalog: Catalog, conn: sa.Connection, actor: Actor | None, batch: int = BATCH
+) -> Generator[list[str], None, None]:
+    """Every listed tag `actor` may read (None: all), newest first, as batches of entries read from
+    one statement on `conn` (entries not rendered yet or out of date are rendered from the catalog's
+    columns, in one query per batch, in the same snapshot)."""
+    q, params = (_EVERY, {}) if actor is None or actor.admin else permissions.for_reader(_LISTED, actor)
+    for rows in catalog.stream(conn, q, params, batch):
+        entries = [r[0] for r in rows]
+        if None in entries:
+            missing = [(r[1], r[2]) for r in rows if r[0] is None]
+            ids = sorted({rid for rid, _ in missing})
+            found = _entries(conn.execute(_SOURCE.where(t.tags.c.repository_id.in_(ids))).all())
+            for i, r in enumerate(rows):
+                if r[0] is None:
+                    entries[i] = found.get((r[1], r[2]), ("", 0.0))[0]  # "": deleted meanwhile
+        yield [e for e in entries if e]
 
 
 def backfill(write: Any, batch: int = 2000, pause: float = 0.0) -> int:

@@ -542,9 +542,8 @@ class Store:
         """Every listed tag `actor` may read, newest first, as batches of their listing entries (JSON
         text, see `core/listing.py`), read from one snapshot and streamed: no per-row records, since
         listings can hold 100,000 models. Close the iterator to release the snapshot."""
-        visible = None if actor is None else permissions.visible(actor)
         with self.catalog.read() as conn:
-            yield from listing.stream(conn, visible, batch)
+            yield from listing.stream(self.catalog, conn, actor, batch)
 
     def find_manifest(
         self,

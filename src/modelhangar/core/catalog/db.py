@@ -10,17 +10,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import hashlib
 import random
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from modelhangar.core.catalog import lease_files
 from modelhangar.core.catalog.quick_reads import QuickReads
 from modelhangar.core.waits import may_wait, refused
 
@@ -177,17 +177,13 @@ class Catalog:
         holder if that process dies: a PostgreSQL session advisory lock on a connection of its
         own, or an flock on `<lock_dir>/leases/<name>.lock` on SQLite.
         """
-        digest = hashlib.sha256(name.encode()).digest()
-        key = int.from_bytes(digest[:8], "big", signed=True)
-        return self._held(key, Path("leases", f"{digest.hex()[:32]}.lock"), blocking=False)
+        return self._held(lease_files.key(name), lease_files.file(name), blocking=False)
 
     def gate(self, name: str, *, shared: bool) -> contextlib.AbstractContextManager[bool]:
         """A lease any number of holders share (`shared`) or one holds alone, never waiting (yields
         False when it conflicts with a holder). The store's blob location is one: every open store
         shares it, `hangar migrate-blobs` takes it alone (README, "Moving blobs to another place")."""
-        digest = hashlib.sha256(name.encode()).digest()
-        key = int.from_bytes(digest[:8], "big", signed=True)
-        return self._held(key, Path("leases", f"{digest.hex()[:32]}.lock"), blocking=False, shared=shared)
+        return self._held(lease_files.key(name), lease_files.file(name), blocking=False, shared=shared)
 
     @contextlib.contextmanager
     def _held(self, key: int, lock_file: Path, *, blocking: bool, shared: bool = False) -> Iterator[bool]:
@@ -209,19 +205,8 @@ class Catalog:
                         conn.commit()
             return
         assert self._lock_dir is not None
-        path = self._lock_dir / lock_file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab") as f:
-            try:
-                kind = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-                fcntl.flock(f.fileno(), kind | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        with lease_files.flocked(self._lock_dir / lock_file, shared=shared, blocking=blocking) as held:
+            yield held
 
     def read_once(self, statement: sa.Executable, params: dict[str, Any]) -> Any:
         """The first row of one read-only statement (or None), run again once on a fresh connection if
@@ -239,6 +224,24 @@ class Catalog:
                 if not e.connection_invalidated or attempt:
                     raise
         raise AssertionError("unreachable")
+
+    def stream(
+        self, conn: sa.Connection, statement: sa.Executable, params: dict[str, Any], batch: int
+    ) -> Iterator[Sequence[Any]]:
+        """The rows of one statement on `conn` (a `read` snapshot), `batch` at a time, for listings
+        that must not cost an object per row: on SQLite a reusable statement is read straight from
+        the connection's DBAPI cursor (plain tuples, `quick_reads`), anything else through a
+        SQLAlchemy result read in partitions (rows by index work either way)."""
+        if self.is_sqlite and self._quick is not None and self._quick.usable(statement):
+            batches = self._quick.rows(conn, statement, params, batch)
+            if batches is not None:
+                yield from batches
+                return
+        result = conn.execution_options(yield_per=batch).execute(statement, params)
+        try:
+            yield from result.partitions()
+        finally:
+            result.close()
 
     def _before_read(self, engine: sa.Engine) -> None:
         """A read through SQLAlchemy may wait on PostgreSQL (the network) and, anywhere, for a pooled

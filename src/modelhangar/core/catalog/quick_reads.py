@@ -18,7 +18,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections import namedtuple
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,15 @@ class _Prepared:
     processors: list[Any] | None
     """Result conversions per column (SQLite's booleans), None when no column has one."""
 
+    def args(self, params: dict[str, Any]) -> list[Any]:
+        """The parameters in the SQL's order (KeyError: one is missing)."""
+        return [params[n] if n in params else self.fixed[n] for n in self.names]
+
+    def convert(self, raw: tuple[Any, ...]) -> tuple[Any, ...]:
+        if self.processors is None:
+            return raw
+        return tuple(v if p is None else p(v) for p, v in zip(self.processors, raw, strict=True))
+
 
 class QuickReads:
     """The compiled statements and the per-thread connections of one SQLite catalog file."""
@@ -68,14 +77,10 @@ class QuickReads:
     def first(self, statement: Any, params: dict[str, Any]) -> Any:
         """The first row of `statement` (or None); `statement` must be `usable`. Returns NotImplemented
         for a statement this path does not take (the caller runs it through SQLAlchemy)."""
-        key = id(statement)
-        if key not in self._prepared:
-            self._prepared[key] = self._prepare(statement)
-        prepared = self._prepared[key]
+        prepared = self.prepared(statement)
         if prepared is None:
             return NotImplemented
-        fixed = prepared.fixed
-        args = [params[n] if n in params else fixed[n] for n in prepared.names]  # KeyError: one missing
+        args = prepared.args(params)
         conn = self._connection()
         if conn is None:
             return NotImplemented
@@ -92,9 +97,38 @@ class QuickReads:
             return NotImplemented
         if raw is None:
             return None
-        if prepared.processors is not None:
-            raw = tuple(v if p is None else p(v) for p, v in zip(prepared.processors, raw, strict=True))
-        return prepared.row(*raw)
+        return prepared.row(*prepared.convert(raw))
+
+    def rows(
+        self, conn: sa.Connection, statement: Any, params: dict[str, Any], batch: int
+    ) -> Iterator[list[Any]] | None:
+        """The rows of `statement` (which must be `usable`) as batches of plain tuples, read through
+        the DBAPI cursor of `conn` in its snapshot (`Catalog.read`), with no result object and no
+        row object; None for a statement this path does not take."""
+        prepared = self.prepared(statement)
+        if prepared is None:
+            return None
+        args = prepared.args(params)
+        if not conn.in_transaction():
+            conn.begin()  # the snapshot's BEGIN, as its first statement through SQLAlchemy would
+        return self._batches(conn.connection.driver_connection, prepared, args, batch)
+
+    @staticmethod
+    def _batches(dbapi: Any, prepared: _Prepared, args: list[Any], batch: int) -> Iterator[list[Any]]:
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(prepared.sql, args)
+            while rows := cursor.fetchmany(batch):
+                yield rows if prepared.processors is None else [prepared.convert(r) for r in rows]
+        finally:
+            cursor.close()
+
+    def prepared(self, statement: Any) -> _Prepared | None:
+        """`statement` compiled for this path (once), or None if it cannot take it."""
+        key = id(statement)
+        if key not in self._prepared:
+            self._prepared[key] = self._prepare(statement)
+        return self._prepared[key]
 
     def _prepare(self, statement: Any) -> _Prepared | None:
         dialect = self.engine.dialect
