@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import os
@@ -124,3 +125,18 @@ def test_a_stray_chunk_never_makes_the_right_one_busy(make_kit: MakeKit) -> None
     right[0].write(b"def")
     right[0].save()
     assert finish(kit, up.id, digest_of(b"abcdef")) == digest_of(b"abcdef")
+
+
+def test_a_session_an_older_process_flocks_is_busy(make_kit: MakeKit) -> None:
+    # Versions before open-file-description locks only flock the session file; while one of them
+    # (a server not upgraded yet) holds a session, this one is refused too, and so is the GC.
+    kit = make_kit()
+    up = uploads.start(kit.store, REPO)
+    send(kit, up.id, b"abc")
+    path = kit.store.settings.home / "uploads" / up.id
+    with open(path, "rb") as old:
+        fcntl.flock(old.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(uploads.UploadBusy):
+            uploads.acquire(kit.store, up.id, REPO, start_at=3)
+        assert uploads.expire(kit.store, older_than=-1) == []
+    assert finish(kit, up.id, digest_of(b"abcdef"), b"def") == digest_of(b"abcdef")

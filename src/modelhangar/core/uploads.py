@@ -222,15 +222,29 @@ def _flock_struct(kind: int) -> bytes:
     return struct.pack("hhqqi4x", kind, os.SEEK_SET, 0, 0, 0)
 
 
+_NO_OFD = frozenset({errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP})
+"""What a filesystem without open-file-description locks answers: the flock alone is taken there."""
+
+
 def _lock(fd: int, kind: int = fcntl.F_WRLCK) -> bool:
-    """Lock the whole file, without waiting; False if another open file holds a conflicting lock.
+    """Lock the whole file, without waiting; False if another open file holds a conflicting lock
+    (the caller then closes `fd`, which lets go of whatever this took).
 
     Open-file-description locks, like flock, belong to one `open` (not to the process), so two
     requests in one server exclude each other, and a dead process's locks go with it; unlike
-    flock they can be tested without being taken (`_held`).
+    flock they can be tested without being taken (`_held`). The flock is taken as well, so that
+    processes of versions that only flock the session (a store upgraded one server at a time)
+    and this one still exclude each other.
     """
     try:
         fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock_struct(kind))
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        if e.errno not in _NO_OFD:
+            raise
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return False
@@ -239,8 +253,14 @@ def _lock(fd: int, kind: int = fcntl.F_WRLCK) -> bool:
 
 
 def _held(fd: int) -> bool:
-    """Whether another request holds the session (a lock test that takes nothing)."""
-    got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock_struct(fcntl.F_WRLCK))
+    """Whether another request holds the session (a lock test that takes nothing; False where the
+    filesystem has no open-file-description locks: the flock then decides, under `_lock`)."""
+    try:
+        got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock_struct(fcntl.F_WRLCK))
+    except OSError as e:
+        if e.errno in _NO_OFD:
+            return False
+        raise
     return bool(struct.unpack("hhqqi4x", got)[0] != fcntl.F_UNLCK)
 
 
@@ -411,7 +431,9 @@ def _check_start(store: Store, fd: int, upload_id: str, repository: str, start_a
     if _held(fd):
         raise UploadBusy(f"upload {upload_id} is busy with another request")
     _, offset = _current(store, fd, upload_id, repository)
-    if start_at != offset and not _held(fd):
+    if start_at != offset:  # refused either way, never by taking the lock
+        if _held(fd):
+            raise UploadBusy(f"upload {upload_id} is busy with another request")
         raise RangeInvalid(offset, f"chunk starts at {start_at}, the upload is at {offset}")
 
 
