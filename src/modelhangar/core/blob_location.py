@@ -11,8 +11,9 @@ until its first migration, and is not checked.
 Every open store holds the gate `blob-location` shared for its whole life; `hangar migrate-blobs`
 takes it alone, so no server or store command runs on the store while its blobs move.
 
-The module imports SQLAlchemy only where it uses a catalog: `hangar serve` checks a SQLite store
-with `sqlite3` and the gate's file before it listens, without the catalog (README, "Start-up").
+The module imports SQLAlchemy only where it uses a catalog: `hangar serve` checks the embedded
+default SQLite store with `sqlite3` and the gate's file before it listens, without the catalog
+(README, "Start-up").
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelhangar.core.catalog import lease_files
+from modelhangar.core.config import DEFAULT_CATALOG_FILE, default_database_url
 from modelhangar.core.errors import HangarError
 
 if TYPE_CHECKING:
@@ -149,24 +151,18 @@ def preflight(database_url: str, blobs: str, home: Path) -> None:
     migration runs, and HANGAR_BLOBS names the recorded location (a store not made yet passes)."""
     if not home.is_dir():
         return
-    db_file = _plain_sqlite_file(database_url)
-    if db_file is None:
-        at = _gate_and_record(database_url, home)
-    else:  # the same gate and the same row as Catalog.gate and `recorded`, without SQLAlchemy
+    if database_url == default_database_url(home):
+        # The embedded default: the same gate and the same row as Catalog.gate and `recorded`,
+        # without SQLAlchemy.
         with lease_files.flocked(home / lease_files.file(GATE), shared=True) as free:
             if not free:
                 raise migration_running(home)
-        at = _recorded_in_file(db_file)
+        at = _recorded_in_file(home / DEFAULT_CATALOG_FILE)
+    else:
+        at = _gate_and_record(database_url, home)
     configured = normalize(blobs, home)
     if at is not None and at != configured:
         raise mismatch(at, configured, home)
-
-
-def _plain_sqlite_file(database_url: str) -> Path | None:
-    """The file of a SQLite URL without options or escapes (None for any other URL)."""
-    if not database_url.startswith("sqlite:///") or any(c in database_url for c in "?%"):
-        return None
-    return Path(database_url.removeprefix("sqlite:///"))
 
 
 def _recorded_in_file(db_file: Path) -> str | None:
@@ -186,7 +182,7 @@ def _recorded_in_file(db_file: Path) -> str | None:
 
 
 def _gate_and_record(database_url: str, home: Path) -> str | None:
-    """Through the catalog (PostgreSQL, a SQLite URL with options): StoreBusy while a migration
+    """Through the catalog (PostgreSQL, any other SQLite URL): StoreBusy while a migration
     runs, else the recorded location (None when there is no catalog yet)."""
     import sqlalchemy as sa
 

@@ -505,8 +505,11 @@ class Settings:
 _SETTINGS_FIELDS = {f.name for f in fields(Settings)}
 
 
+DEFAULT_CATALOG_FILE = "catalog.db"
+
+
 def default_database_url(home: Path) -> str:
-    return f"sqlite:///{home / 'catalog.db'}"
+    return f"sqlite:///{home / DEFAULT_CATALOG_FILE}"
 
 
 class ConfigError(ValueError):

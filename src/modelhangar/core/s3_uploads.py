@@ -227,37 +227,22 @@ def _read(blobs: S3BlobStore, key: str, size: int) -> Any:
 
 
 def acquire(store: Store, upload_id: str, repository: str, start_at: int | None) -> S3UploadHandle:
-    from modelhangar.core.uploads import (
-        RangeInvalid,
-        Upload,
-        UploadBusy,
-        UploadUnknown,
-        _live,
-        _row,
-        _running,
-    )
-
-    def current() -> Upload:
-        with store.catalog.read() as conn:
-            upload = _row(conn, upload_id)
-        if upload is None or not _live(store, upload) or upload.repository.lower() != repository.lower():
-            raise UploadUnknown(f"upload {upload_id} unknown")
-        return upload
+    from modelhangar.core.uploads import RangeInvalid, _busy, _running, get
 
     lease = store.catalog.lease(f"upload-{upload_id}")
-    if start_at is not None and start_at != (offset := current().size):
+    if start_at is not None and start_at != (offset := get(store, upload_id, repository).size):
         # Refused without reading under the lease, which is taken only for the instant that tells
         # "busy" from "out of range", so a stray chunk barely overlaps the right one.
         with lease as free:
             pass
         if not free:
-            raise UploadBusy(f"upload {upload_id} is busy with another request")
+            raise _busy(upload_id)
         raise RangeInvalid(offset, f"chunk starts at {start_at}, the upload is at {offset}")
     if not lease.__enter__():
         lease.__exit__(None, None, None)
-        raise UploadBusy(f"upload {upload_id} is busy with another request")
+        raise _busy(upload_id)
     try:
-        upload = current()  # after the lease: sees a cancel, expiry or completion
+        upload = get(store, upload_id, repository)  # after the lease: sees a cancel, expiry or completion
         if start_at is not None and start_at != upload.size:
             raise RangeInvalid(upload.size, f"chunk starts at {start_at}, the upload is at {upload.size}")
         return S3UploadHandle(store, upload, lease, _running.take(upload_id, upload.size))

@@ -222,6 +222,8 @@ def _flock_struct(kind: int) -> bytes:
     return struct.pack("hhqqi4x", kind, os.SEEK_SET, 0, 0, 0)
 
 
+_HELD = frozenset({errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES})
+"""What a lock taken without waiting answers while another open file holds it."""
 _NO_OFD = frozenset({errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP})
 """What a filesystem without open-file-description locks answers: the flock alone is taken there."""
 
@@ -239,14 +241,14 @@ def _lock(fd: int, kind: int = fcntl.F_WRLCK) -> bool:
     try:
         fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock_struct(kind))
     except OSError as e:
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        if e.errno in _HELD:
             return False
         if e.errno not in _NO_OFD:
             raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+        if e.errno in _HELD:
             return False
         raise
     return True
@@ -401,7 +403,7 @@ def acquire(store: Store, upload_id: str, repository: str, *, start_at: int | No
         if start_at is not None:
             _check_start(store, fd, upload_id, repository, start_at)
         if not _lock(fd):
-            raise UploadBusy(f"upload {upload_id} is busy with another request")
+            raise _busy(upload_id)
         upload, offset = _current(store, fd, upload_id, repository)
         if os.fstat(fd).st_size != offset:
             os.ftruncate(fd, offset)  # bytes of a request that died before saving
@@ -416,12 +418,13 @@ def acquire(store: Store, upload_id: str, repository: str, *, start_at: int | No
 
 
 def _current(store: Store, fd: int, upload_id: str, repository: str) -> tuple[Upload, int]:
-    """The live session's row and its offset (what its file and its row agree on)."""
-    with store.catalog.read() as conn:
-        upload = _row(conn, upload_id)
-    if upload is None or not _live(store, upload) or upload.repository.lower() != repository.lower():
-        raise UploadUnknown(f"upload {upload_id} unknown")
+    """The live session (`get`) and its offset (what its file and its row agree on)."""
+    upload = get(store, upload_id, repository)
     return upload, min(os.fstat(fd).st_size, upload.size)
+
+
+def _busy(upload_id: str) -> UploadBusy:
+    return UploadBusy(f"upload {upload_id} is busy with another request")
 
 
 def _check_start(store: Store, fd: int, upload_id: str, repository: str, start_at: int) -> None:
@@ -429,11 +432,11 @@ def _check_start(store: Store, fd: int, upload_id: str, repository: str, start_a
     the offset is refused without locking, so that it cannot make the right one busy. What is
     read without the lock only refuses; `acquire` checks again under the lock."""
     if _held(fd):
-        raise UploadBusy(f"upload {upload_id} is busy with another request")
+        raise _busy(upload_id)
     _, offset = _current(store, fd, upload_id, repository)
     if start_at != offset:  # refused either way, never by taking the lock
         if _held(fd):
-            raise UploadBusy(f"upload {upload_id} is busy with another request")
+            raise _busy(upload_id)
         raise RangeInvalid(offset, f"chunk starts at {start_at}, the upload is at {offset}")
 
 
