@@ -455,10 +455,17 @@ TOKEN_ENV = {"HANGAR_AUTH": "required", "HANGAR_LAST_USED_FLUSH": "1s"}
 tokens' last-used times are written in batches while the race runs (README, "Accounts")."""
 
 
-def add_user(home: Path, name: str, *, admin: bool = False, database_url: str | None = None) -> str:
+def add_user(
+    home: Path,
+    name: str,
+    *,
+    admin: bool = False,
+    database_url: str | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
     """`hangar user add NAME [--admin] --json` on the store (no server): the user's first token."""
     doc = hangar_json(
-        "user", "add", name, *(["--admin"] if admin else []), home=home, database_url=database_url
+        "user", "add", name, *(["--admin"] if admin else []), home=home, database_url=database_url, env=env
     )
     assert doc.get("name") == name and str(doc.get("token", "")).startswith("hgr_"), doc
     return str(doc["token"])
@@ -467,6 +474,53 @@ def add_user(home: Path, name: str, *, admin: bool = False, database_url: str | 
 def bearer(token: str | None) -> dict[str, str]:
     """The headers of a request carrying `token` (none for None)."""
     return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+AUTH_VARIANTS = ("anonymous", "tokens")
+"""The two runs of a race or crash test that takes `auth`: no token (the loopback admin of
+HANGAR_AUTH=local), or HANGAR_AUTH=required with a non-admin user's token on every request."""
+
+
+class Auth:
+    """Who a race or crash test's requests are, in its `anonymous` or `tokens` run.
+
+    In a `tokens` run the servers need a token on every request (TOKEN_ENV); `user` (named `worker`,
+    not an admin) carries its token on every request, and `admin` on the admins' endpoints (GC, du).
+    In an `anonymous` run both headers are empty: loopback is the local admin.
+    """
+
+    def __init__(
+        self,
+        variant: str,
+        home: Path,
+        *,
+        database_url: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        assert variant in AUTH_VARIANTS, variant
+        self.on = variant == "tokens"
+        self.env: dict[str, str] = dict(TOKEN_ENV) if self.on else {}
+        """What a server of this run needs in its environment, beside the test's own."""
+        kw: dict[str, Any] = {"database_url": database_url, "env": env}
+        self.user_token = add_user(home, "worker", **kw) if self.on else None
+        self.admin_token = add_user(home, "root", admin=True, **kw) if self.on else None
+        self.user = bearer(self.user_token)
+        """The headers of the user's requests."""
+        self.admin = bearer(self.admin_token)
+        """The headers of requests to the admins' endpoints."""
+
+    def assert_secret(
+        self,
+        *,
+        logs: Sequence[str],
+        home: Path,
+        database_url: str | None = None,
+        bodies: Sequence[str] = (),
+    ) -> None:
+        """In a `tokens` run, neither token appears in a log, an audit entry or an error body."""
+        tokens = [t for t in (self.user_token, self.admin_token) if t is not None]
+        if tokens:
+            assert_tokens_secret(tokens, logs=logs, home=home, database_url=database_url, bodies=bodies)
 
 
 def audit_rows(home: Path, database_url: str | None = None) -> list[dict[str, Any]]:

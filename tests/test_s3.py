@@ -18,7 +18,9 @@ import ollama
 import pytest
 
 from harness import (
+    AUTH_VARIANTS,
     S3_BUCKET,
+    Auth,
     MakeGguf,
     S3Server,
     ServerProcess,
@@ -39,19 +41,23 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def push_blob(url: str, repo: str, data: bytes) -> httpx.Response:
-    return httpx.post(f"{url}/v2/{repo}/blobs/uploads/?digest={digest_of(data)}", content=data, timeout=60)
+def push_blob(url: str, repo: str, data: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v2/{repo}/blobs/uploads/?digest={digest_of(data)}", content=data, timeout=60, headers=headers
+    )
 
 
-def push_image(url: str, repo: str, tag: str, layers: list[bytes]) -> str:
+def push_image(
+    url: str, repo: str, tag: str, layers: list[bytes], headers: dict[str, str] | None = None
+) -> str:
     config = json.dumps({"architecture": "amd64", "os": "linux", "tag": tag}).encode()
     for blob in [config, *layers]:
-        assert push_blob(url, repo, blob).status_code == 201
+        assert push_blob(url, repo, blob, headers).status_code == 201
     manifest = image_manifest(config, layers)
     r = httpx.put(
         f"{url}/v2/{repo}/manifests/{tag}",
         content=manifest,
-        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json", **(headers or {})},
     )
     assert r.status_code == 201, r.text
     return digest_of(manifest)
@@ -243,24 +249,36 @@ def test_object_store_down_mid_transfer_is_a_503_then_a_retry_succeeds(
 # ---------------------------------------------------------------------------------- two servers, one PG
 
 
+@pytest.mark.parametrize("auth", AUTH_VARIANTS)
 def test_two_servers_share_one_catalog_and_one_bucket(
-    tmp_path: Path, s3_server: S3Server, start_server: StartServer, pg_url: str, make_gguf: MakeGguf
+    tmp_path: Path,
+    s3_server: S3Server,
+    start_server: StartServer,
+    pg_url: str,
+    make_gguf: MakeGguf,
+    auth: str,
 ) -> None:
+    """Both servers serve what either stored, under concurrent creates, deletes and GC; in the
+    `tokens` run every request carries a non-admin user's token (an admin's for GC and du)."""
     prefix = f"two-{os.getpid()}-{time.monotonic_ns()}"
     # A grace, so one server's GC does not reclaim a blob the other just uploaded for a create.
     env = s3_env(s3_server, prefix, HANGAR_GC_GRACE="10m")
-    a = start_server(tmp_path / "a", env=env, database_url=pg_url)
-    b = start_server(tmp_path / "b", env=env, database_url=pg_url)
+    who = Auth(auth, tmp_path / "a", database_url=pg_url, env=env)
+    a = start_server(tmp_path / "a", env={**env, **who.env}, database_url=pg_url)
+    b = start_server(tmp_path / "b", env={**env, **who.env}, database_url=pg_url)
     layer = os.urandom(6 * MIB)
-    manifest = push_image(a.url, "lib/shared", "v1", [layer])
-    r = httpx.get(f"{b.url}/v2/lib/shared/manifests/v1")
+    manifest = push_image(a.url, "lib/shared", "v1", [layer], who.user)
+    r = httpx.get(f"{b.url}/v2/lib/shared/manifests/v1", headers=who.user)
     assert r.status_code == 200 and digest_of(r.content) == manifest
-    assert httpx.get(f"{b.url}/v2/lib/shared/blobs/{digest_of(layer)}", timeout=60).content == layer
+    got = httpx.get(f"{b.url}/v2/lib/shared/blobs/{digest_of(layer)}", timeout=60, headers=who.user)
+    assert got.content == layer
+    if who.on:  # the other server refuses a request without the token
+        assert httpx.get(f"{b.url}/v2/lib/shared/manifests/v1").status_code == 401
     # Concurrent creates, deletes and GC on both servers.
     errors: list[str] = []
 
     def work(srv: ServerProcess, n: int) -> None:
-        client = ollama.Client(host=srv.url)
+        client = ollama.Client(host=srv.url, headers=who.user)
         for i in range(4):
             path = tmp_path / f"m{n}-{i}.gguf"
             path.write_bytes(make_gguf(seed=100 * n + i))
@@ -269,7 +287,9 @@ def test_two_servers_share_one_catalog_and_one_bucket(
                 client.create(model=f"m{n}-{i}", files={"m.gguf": digest}, system=f"{n}-{i}")
                 if i % 2:
                     client.delete(f"m{n}-{i}")
-                httpx.post(f"{srv.url}/api/hangar/gc", json={}, timeout=60)
+                gc = httpx.post(f"{srv.url}/api/hangar/gc", json={}, timeout=60, headers=who.admin)
+                if gc.status_code != 200:
+                    errors.append(f"{srv.url}: gc {gc.status_code} {gc.text}")
             except Exception as e:  # collected: asserted below
                 errors.append(f"{srv.url}: {e}")
 
@@ -279,69 +299,77 @@ def test_two_servers_share_one_catalog_and_one_bucket(
     for t in threads:
         t.join()
     assert not errors, errors
-    models = {m["name"] for m in httpx.get(f"{b.url}/api/tags").json()["models"]}
+    models = {m["name"] for m in httpx.get(f"{b.url}/api/tags", headers=who.user).json()["models"]}
     assert {f"m{n}-{i}:latest" for n in range(4) for i in (0, 2)} <= models
     fsck_clean(tmp_path / "a", env, pg_url)
     # No object that nothing references: every blob object has a present row.
-    with httpx.Client() as http:
+    with httpx.Client(headers=who.admin) as http:
         du = http.get(f"{a.url}/api/hangar/du").json()
     assert du["breakdown"]["unknown_files"] == 0
     assert objects(s3_server, prefix, "tmp/") == []
     assert multipart_uploads(s3_server, prefix) == []
+    who.assert_secret(logs=[a.log(), b.log()], home=tmp_path / "a", database_url=pg_url, bodies=errors)
 
 
+@pytest.mark.parametrize("auth", AUTH_VARIANTS)
 def test_an_upload_session_started_on_one_server_finishes_on_another(
-    tmp_path: Path, s3_server: S3Server, start_server: StartServer, pg_url: str
+    tmp_path: Path, s3_server: S3Server, start_server: StartServer, pg_url: str, auth: str
 ) -> None:
+    """An upload session lives in the catalog and the bucket, not in a server: its chunks may go to
+    either server, and it survives one's death; in the `tokens` run every request carries a user's
+    token (README, "Blobs in S3 and several servers")."""
     prefix = f"sessions-{time.monotonic_ns()}"
     env = s3_env(s3_server, prefix)
-    a = start_server(tmp_path / "a", env=env, database_url=pg_url)
-    b = start_server(tmp_path / "b", env=env, database_url=pg_url)
-    data = os.urandom(13 * MIB)
-    cuts = [(0, 6 * MIB), (6 * MIB, 12 * MIB), (12 * MIB, 12 * MIB + 5)]
-    start = httpx.post(f"{a.url}/v2/lib/s/blobs/uploads/")
-    assert start.status_code == 202
-    path = start.headers["location"].split("/v2/", 1)[1]
-    for n, (lo, hi) in enumerate(cuts):  # chunks alternate between the servers
-        srv = (a, b)[n % 2]
-        r = httpx.patch(
-            f"{srv.url}/v2/{path}",
-            content=data[lo:hi],
-            headers={"Content-Range": f"{lo}-{hi - 1}", "Content-Type": "application/octet-stream"},
-            timeout=60,
-        )
-        assert r.status_code == 202, r.text
-        assert r.headers["range"] == f"0-{hi - 1}"
-    status = httpx.get(f"{b.url}/v2/{path}")
-    assert status.status_code == 204 and status.headers["range"] == f"0-{12 * MIB + 4}"
-    # A chunk that does not start at the offset is refused by either server.
-    r = httpx.patch(f"{a.url}/v2/{path}", content=b"x", headers={"Content-Range": "0-0"})
-    assert r.status_code == 416
-    a.kill()  # the session survives a server: its parts are in the catalog and the bucket
-    a = start_server(tmp_path / "a", env=env, database_url=pg_url)
-    last = data[12 * MIB + 5 :]
-    r = httpx.put(f"{a.url}/v2/{path}?digest={digest_of(data)}", content=last, timeout=60)
-    assert r.status_code == 201, r.text
-    assert httpx.get(f"{b.url}/v2/lib/s/blobs/{digest_of(data)}", timeout=60).content == data
-    assert objects(s3_server, prefix, "uploads/") == []
-    # A session started on one server and given all its bytes in one PUT on the other (a round-robin
-    # balancer does that to a two-step upload): its one part becomes the blob.
-    start = httpx.post(f"{a.url}/v2/lib/s/blobs/uploads/")
-    path = start.headers["location"].split("/v2/", 1)[1]
-    whole = os.urandom(6 * MIB + 7)
-    r = httpx.put(f"{b.url}/v2/{path}?digest={digest_of(whole)}", content=whole, timeout=60)
-    assert r.status_code == 201, r.text
-    assert httpx.get(f"{a.url}/v2/lib/s/blobs/{digest_of(whole)}", timeout=60).content == whole
-    assert objects(s3_server, prefix, "uploads/") == []
-    # A session whose content does not match its digest ends and leaves no object behind.
-    start = httpx.post(f"{b.url}/v2/lib/s/blobs/uploads/")
-    path = start.headers["location"].split("/v2/", 1)[1]
-    assert httpx.patch(f"{b.url}/v2/{path}", content=b"abc").status_code == 202
-    r = httpx.put(f"{a.url}/v2/{path}?digest={digest_of(b'abd')}")
-    assert r.status_code == 400 and r.json()["errors"][0]["code"] == "DIGEST_INVALID"
-    assert objects(s3_server, prefix, "uploads/") == []
-    assert objects(s3_server, prefix, "tmp/") == []
+    who = Auth(auth, tmp_path / "a", database_url=pg_url, env=env)
+    a = start_server(tmp_path / "a", env={**env, **who.env}, database_url=pg_url)
+    b = start_server(tmp_path / "b", env={**env, **who.env}, database_url=pg_url)
+    with httpx.Client(headers=who.user, timeout=60) as http:
+        data = os.urandom(13 * MIB)
+        cuts = [(0, 6 * MIB), (6 * MIB, 12 * MIB), (12 * MIB, 12 * MIB + 5)]
+        start = http.post(f"{a.url}/v2/lib/s/blobs/uploads/")
+        assert start.status_code == 202
+        path = start.headers["location"].split("/v2/", 1)[1]
+        for n, (lo, hi) in enumerate(cuts):  # chunks alternate between the servers
+            srv = (a, b)[n % 2]
+            r = http.patch(
+                f"{srv.url}/v2/{path}",
+                content=data[lo:hi],
+                headers={"Content-Range": f"{lo}-{hi - 1}", "Content-Type": "application/octet-stream"},
+            )
+            assert r.status_code == 202, r.text
+            assert r.headers["range"] == f"0-{hi - 1}"
+        status = http.get(f"{b.url}/v2/{path}")
+        assert status.status_code == 204 and status.headers["range"] == f"0-{12 * MIB + 4}"
+        # A chunk that does not start at the offset is refused by either server.
+        r = http.patch(f"{a.url}/v2/{path}", content=b"x", headers={"Content-Range": "0-0"})
+        assert r.status_code == 416
+        dead = a
+        a.kill()  # the session survives a server: its parts are in the catalog and the bucket
+        a = start_server(tmp_path / "a", env={**env, **who.env}, database_url=pg_url)
+        last = data[12 * MIB + 5 :]
+        r = http.put(f"{a.url}/v2/{path}?digest={digest_of(data)}", content=last)
+        assert r.status_code == 201, r.text
+        assert http.get(f"{b.url}/v2/lib/s/blobs/{digest_of(data)}").content == data
+        assert objects(s3_server, prefix, "uploads/") == []
+        # A session started on one server and given all its bytes in one PUT on the other (a round-robin
+        # balancer does that to a two-step upload): its one part becomes the blob.
+        start = http.post(f"{a.url}/v2/lib/s/blobs/uploads/")
+        path = start.headers["location"].split("/v2/", 1)[1]
+        whole = os.urandom(6 * MIB + 7)
+        r = http.put(f"{b.url}/v2/{path}?digest={digest_of(whole)}", content=whole)
+        assert r.status_code == 201, r.text
+        assert http.get(f"{a.url}/v2/lib/s/blobs/{digest_of(whole)}").content == whole
+        assert objects(s3_server, prefix, "uploads/") == []
+        # A session whose content does not match its digest ends and leaves no object behind.
+        start = http.post(f"{b.url}/v2/lib/s/blobs/uploads/")
+        path = start.headers["location"].split("/v2/", 1)[1]
+        assert http.patch(f"{b.url}/v2/{path}", content=b"abc").status_code == 202
+        r = http.put(f"{a.url}/v2/{path}?digest={digest_of(b'abd')}")
+        assert r.status_code == 400 and r.json()["errors"][0]["code"] == "DIGEST_INVALID"
+        assert objects(s3_server, prefix, "uploads/") == []
+        assert objects(s3_server, prefix, "tmp/") == []
     fsck_clean(tmp_path / "a", env, pg_url)
+    who.assert_secret(logs=[dead.log(), a.log(), b.log()], home=tmp_path / "a", database_url=pg_url)
 
 
 def held_body(data: bytes, sent: threading.Event, go: threading.Event, after: int) -> Iterator[bytes]:
@@ -354,7 +382,7 @@ def held_body(data: bytes, sent: threading.Event, go: threading.Event, after: in
 
 
 def upload_in_thread(
-    url: str, repo: str, body: Iterator[bytes], digest: str
+    url: str, repo: str, body: Iterator[bytes], digest: str, headers: dict[str, str] | None = None
 ) -> tuple[threading.Thread, list[int]]:
     answers: list[int] = []
 
@@ -362,7 +390,10 @@ def upload_in_thread(
         with contextlib.suppress(httpx.HTTPError):
             answers.append(
                 httpx.post(
-                    f"{url}/v2/{repo}/blobs/uploads/?digest={digest}", content=body, timeout=90
+                    f"{url}/v2/{repo}/blobs/uploads/?digest={digest}",
+                    content=body,
+                    timeout=90,
+                    headers=headers,
                 ).status_code
             )
 
@@ -371,34 +402,38 @@ def upload_in_thread(
     return t, answers
 
 
+@pytest.mark.parametrize("auth", AUTH_VARIANTS)
 def test_two_servers_sigkill_mid_upload_restart_gc_fsck_clean(
-    tmp_path: Path, s3_server: S3Server, start_server: StartServer, pg_url: str
+    tmp_path: Path, s3_server: S3Server, start_server: StartServer, pg_url: str, auth: str
 ) -> None:
     """Server a dies mid-upload while server b (same catalog and bucket) is mid-upload too: after a
     restarts, GC removes a's parts only (its process lease is free, b's is held), b's upload still
-    completes, and fsck is clean with no object left over (README, "Blobs in S3 and several servers")."""
+    completes, and fsck is clean with no object left over (README, "Blobs in S3 and several servers");
+    in the `tokens` run every request carries a user's token."""
     prefix = f"kill-up-{time.monotonic_ns()}"
     env = s3_env(s3_server, prefix)
-    a = start_server(tmp_path / "a", env=env, database_url=pg_url)
-    b = start_server(tmp_path / "b", env=env, database_url=pg_url)
+    who = Auth(auth, tmp_path / "a", database_url=pg_url, env=env)
+    a = start_server(tmp_path / "a", env={**env, **who.env}, database_url=pg_url)
+    b = start_server(tmp_path / "b", env={**env, **who.env}, database_url=pg_url)
     live = os.urandom(6 * MIB)
-    push_image(b.url, "lib/live", "v1", [live])
+    push_image(b.url, "lib/live", "v1", [live], who.user)
     a_sent, a_go = threading.Event(), threading.Event()
     b_sent, b_go = threading.Event(), threading.Event()
     b_data = os.urandom(16 * MIB)
     ta, _ = upload_in_thread(
-        a.url, "lib/k", held_body(os.urandom(20 * MIB), a_sent, a_go, 11 * MIB), digest_of(b"x")
+        a.url, "lib/k", held_body(os.urandom(20 * MIB), a_sent, a_go, 11 * MIB), digest_of(b"x"), who.user
     )
     tb, b_answers = upload_in_thread(
-        b.url, "lib/k2", held_body(b_data, b_sent, b_go, 11 * MIB), digest_of(b_data)
+        b.url, "lib/k2", held_body(b_data, b_sent, b_go, 11 * MIB), digest_of(b_data), who.user
     )
+    dead = a
     try:
         assert a_sent.wait(30) and b_sent.wait(30)
         assert wait_until(lambda: len(multipart_uploads(s3_server, prefix)) == 2, timeout=30)
         a.kill()
         a_go.set()
         ta.join(60)
-        a = start_server(tmp_path / "a", env=env, database_url=pg_url)  # a new process, a new lease
+        a = start_server(tmp_path / "a", env={**env, **who.env}, database_url=pg_url)  # a new lease
         gc = hangar("gc", home=tmp_path / "a", env=env, database_url=pg_url)
         assert gc.returncode == 0, gc.stderr
         assert len(multipart_uploads(s3_server, prefix)) == 1  # the dead server's, aborted; b's kept
@@ -408,12 +443,14 @@ def test_two_servers_sigkill_mid_upload_restart_gc_fsck_clean(
         ta.join(60)
         tb.join(90)
     assert b_answers == [201]
-    assert httpx.get(f"{a.url}/v2/lib/k2/blobs/{digest_of(b_data)}", timeout=60).content == b_data
-    assert httpx.get(f"{a.url}/v2/lib/live/blobs/{digest_of(live)}", timeout=60).content == live
+    with httpx.Client(headers=who.user, timeout=60) as http:
+        assert http.get(f"{a.url}/v2/lib/k2/blobs/{digest_of(b_data)}").content == b_data
+        assert http.get(f"{a.url}/v2/lib/live/blobs/{digest_of(live)}").content == live
     fsck_clean(tmp_path / "a", env, pg_url)
     assert multipart_uploads(s3_server, prefix) == []
     assert objects(s3_server, prefix, "tmp/") == []
     assert objects(s3_server, prefix, "uploads/") == []
+    who.assert_secret(logs=[dead.log(), a.log(), b.log()], home=tmp_path / "a", database_url=pg_url)
 
 
 def _call_quietly(fn: Any) -> None:
@@ -434,22 +471,32 @@ def catalog_states(pg_url: str) -> dict[str, str]:
         engine.dispose()
 
 
+@pytest.mark.parametrize("auth", AUTH_VARIANTS)
 def test_two_servers_sigkill_mid_delete_restart_gc_fsck_clean(
-    tmp_path: Path, s3_server: S3Server, start_server: StartServer, pg_url: str, make_gguf: MakeGguf
+    tmp_path: Path,
+    s3_server: S3Server,
+    start_server: StartServer,
+    pg_url: str,
+    make_gguf: MakeGguf,
+    auth: str,
 ) -> None:
     """Server a is pinned between the commit of a blob's `deleting` row and the object's delete (its
     object store requests go through a relay that holds the DELETE), then SIGKILLed: after it restarts,
     GC finishes the deletion, fsck is clean, no object is left that nothing references, and the model
-    sharing the deleted one's weights lost nothing (README, "Safety rules": invariants 1 and 2)."""
+    sharing the deleted one's weights lost nothing (README, "Safety rules": invariants 1 and 2); in the
+    `tokens` run every request carries a user's token (an admin's for du)."""
     from harness import HoldingRelay
 
     prefix = f"kill-del-{time.monotonic_ns()}"
     env = s3_env(s3_server, prefix)
+    who = Auth(auth, tmp_path / "a", database_url=pg_url, env=env)
     relay = HoldingRelay(s3_server.port, f"DELETE /{S3_BUCKET}/{prefix}/blobs/".encode())
     try:
-        a = start_server(tmp_path / "a", env={**env, "AWS_ENDPOINT_URL": relay.url}, database_url=pg_url)
-        b = start_server(tmp_path / "b", env=env, database_url=pg_url)
-        client = ollama.Client(host=b.url)
+        a = start_server(
+            tmp_path / "a", env={**env, **who.env, "AWS_ENDPOINT_URL": relay.url}, database_url=pg_url
+        )
+        b = start_server(tmp_path / "b", env={**env, **who.env}, database_url=pg_url)
+        client = ollama.Client(host=b.url, headers=who.user)
         path = tmp_path / "m.gguf"
         weights = make_gguf(seed=31)
         path.write_bytes(weights)
@@ -457,7 +504,7 @@ def test_two_servers_sigkill_mid_delete_restart_gc_fsck_clean(
         client.create(model="keep", files={"m.gguf": digest}, system="kept")
         client.create(model="gone", files={"m.gguf": digest}, system="deleted, alone in this text")
         before = set(objects(s3_server, prefix, "blobs/"))
-        gone = ollama.Client(host=a.url, timeout=60)
+        gone = ollama.Client(host=a.url, timeout=60, headers=who.user)
         deleter = threading.Thread(target=_call_quietly, args=(lambda: gone.delete("gone"),))
         deleter.start()
         assert relay.held.wait(60), "the delete never reached the object store"
@@ -467,25 +514,28 @@ def test_two_servers_sigkill_mid_delete_restart_gc_fsck_clean(
         deleter.join(60)
     finally:
         relay.close()
+    dead = a
     assert set(objects(s3_server, prefix, "blobs/")) == before  # nothing deleted yet
-    assert "gone:latest" not in {m["name"] for m in httpx.get(f"{b.url}/api/tags").json()["models"]}
-    a = start_server(tmp_path / "a", env=env, database_url=pg_url)
+    listed = httpx.get(f"{b.url}/api/tags", headers=who.user).json()["models"]
+    assert "gone:latest" not in {m["name"] for m in listed}
+    a = start_server(tmp_path / "a", env={**env, **who.env}, database_url=pg_url)
     fsck_clean(tmp_path / "a", env, pg_url)
     states = catalog_states(pg_url)
     assert "deleting" not in states.values()
     left = {"sha256:" + k.rsplit("/", 1)[1] for k in objects(s3_server, prefix, "blobs/")}
     assert left == set(states)  # every object has its row: no orphan, and no row without its object
     assert not set(deleting) & left
-    assert httpx.get(f"{a.url}/api/hangar/du").json()["breakdown"]["unknown_files"] == 0
+    assert httpx.get(f"{a.url}/api/hangar/du", headers=who.admin).json()["breakdown"]["unknown_files"] == 0
     # The model that shares the weights lost nothing, through either server.
     for srv in (a, b):
-        r = httpx.get(f"{srv.url}/v2/library/keep/manifests/latest")
+        r = httpx.get(f"{srv.url}/v2/library/keep/manifests/latest", headers=who.user)
         assert r.status_code == 200
         layers = {layer["digest"] for layer in r.json()["layers"]}
         assert digest in layers
-        got = httpx.get(f"{srv.url}/v2/library/keep/blobs/{digest}", timeout=60)
+        got = httpx.get(f"{srv.url}/v2/library/keep/blobs/{digest}", timeout=60, headers=who.user)
         assert got.content == weights
-    assert "kept" in (ollama.Client(host=a.url).show("keep").modelfile or "")
+    assert "kept" in (ollama.Client(host=a.url, headers=who.user).show("keep").modelfile or "")
+    who.assert_secret(logs=[dead.log(), a.log(), b.log()], home=tmp_path / "a", database_url=pg_url)
 
 
 # ----------------------------------------------------------------------------- redirects and pulls

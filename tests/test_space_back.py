@@ -19,7 +19,9 @@ import ollama
 import pytest
 
 from harness import (
+    AUTH_VARIANTS,
     OCI_MANIFEST,
+    Auth,
     MakeGguf,
     ServerProcess,
     StartServer,
@@ -54,41 +56,60 @@ def catalog(home: Path, sql: str, *params: object) -> None:
         db.execute(sql, params)
 
 
+FUSED = {"HANGAR_REUSE_FUSE": "3s", "HANGAR_GC_GRACE": "1h", "HANGAR_TRASH_RETENTION": "0"}
+"""A server with a short reuse fuse and the long orphan grace of the defaults."""
+
+
 @pytest.fixture
 def fused(home: Path, start_server: StartServer) -> ServerProcess:
-    """A server with a short reuse fuse and the long orphan grace of the defaults."""
-    return start_server(
-        home, env={"HANGAR_REUSE_FUSE": "3s", "HANGAR_GC_GRACE": "1h", "HANGAR_TRASH_RETENTION": "0"}
-    )
+    return start_server(home, env=FUSED)
 
 
+def cli_env(token: str | None) -> dict[str, str]:
+    """The environment of a client command carrying `token` (none for None: the loopback admin)."""
+    return {} if token is None else {"HANGAR_TOKEN": token}
+
+
+@pytest.mark.parametrize("auth", AUTH_VARIANTS)
 def test_a_fresh_model_purged_comes_back_when_its_fuse_ends(
-    fused: ServerProcess, home: Path, tmp_path: Path, make_gguf: MakeGguf
+    start_server: StartServer, home: Path, tmp_path: Path, make_gguf: MakeGguf, auth: str
 ) -> None:
-    client = ollama.Client(host=fused.url)
+    """In the `tokens` run a user (not an admin) creates and deletes, and asks `du` and `audit`."""
+    who = Auth(auth, home)
+    fused = start_server(home, env={**FUSED, **who.env})
+    mine = cli_env(who.user_token)
+    client = ollama.Client(host=fused.url, headers=who.user)
     gguf = make_gguf(seed=7)
     create(client, tmp_path, "p2", gguf)
-    preview = hangar_json("rm", "--dry-run", "--purge", "p2", "--host", fused.host, home=home)
+    preview = hangar_json("rm", "--dry-run", "--purge", "p2", "--host", fused.host, home=home, env=mine)
     [would] = preview["results"]
-    proc = hangar("rm", "--purge", "p2", "--host", fused.host, home=home)
+    proc = hangar("rm", "--purge", "p2", "--host", fused.host, home=home, env=mine)
     assert proc.returncode == 0, proc.stderr
     # "freed 0 B; 759 B more in 3 s (at ...): just used by an upload"
     assert re.fullmatch(
         rf"deleted p2 \(freed {SIZE}; {SIZE} more in \d s \(at [0-9:]+\): just used by an upload\)\n",
         proc.stdout,
     ), proc.stdout
-    du = hangar_json("du", "--host", fused.host, home=home)
+    # The store-wide breakdown is the admins' (a user's `du` counts only the models it may read).
+    admin = cli_env(who.admin_token)
+    du = hangar_json("du", "--host", fused.host, home=home, env=admin)
     assert du["breakdown"]["waiting_fuse"] > 0
     assert du["total"] == disk_bytes(home)
     # The server's timer frees it when the fuse ends; no GC round, no hour-long grace.
     assert wait_until(lambda: gguf_file(gguf) not in blob_files(home), timeout=30)
-    du = hangar_json("du", "--host", fused.host, home=home)
+    du = hangar_json("du", "--host", fused.host, home=home, env=admin)
     assert du["breakdown"]["waiting_fuse"] == 0 and du["total"] == disk_bytes(home)
-    audit = hangar_json("audit", "--host", fused.host, home=home)
+    # The timer's `reclaim` entries are the store's, not the user's: the admins' audit has them.
+    audit = hangar_json("audit", "--host", fused.host, home=home, env=admin)
     reclaimed = sum(
         e["bytes_freed"] for e in audit if e["action"] in ("delete", "reclaim") and not e["dry_run"]
     )
     assert reclaimed == would["plan"]["bytes_freed"]  # the numbers a plan prints are the numbers that happen
+    if who.on:
+        assert {e["actor"] for e in audit if e["action"] == "delete"} == {"worker"}
+        own = hangar_json("audit", "--host", fused.host, home=home, env=mine)
+        assert own and {e["actor"] for e in own} == {"worker"}
+    who.assert_secret(logs=[fused.log()], home=home)
 
 
 def test_gc_reclaims_every_blob_past_its_fuse(
@@ -127,18 +148,22 @@ def test_du_explains_every_byte(
     assert text[-1].startswith("total on disk: ")
 
 
+@pytest.mark.parametrize("auth", AUTH_VARIANTS)
 def test_an_overwrite_through_the_ollama_face_goes_to_the_trash_or_is_refused(
-    start_server: StartServer, home: Path, tmp_path: Path, make_gguf: MakeGguf
+    start_server: StartServer, home: Path, tmp_path: Path, make_gguf: MakeGguf, auth: str
 ) -> None:
-    srv = start_server(home, env={"HANGAR_TRASH_RETENTION": "1h"})
-    client = ollama.Client(host=srv.url)
+    """In the `tokens` run the model and its trash entries are a user's (not an admin)."""
+    who = Auth(auth, home)
+    mine = cli_env(who.user_token)
+    srv = start_server(home, env={"HANGAR_TRASH_RETENTION": "1h", **who.env})
+    client = ollama.Client(host=srv.url, headers=who.user)
     create(client, tmp_path, "m", make_gguf(seed=1))
     old = {x.model: x.digest for x in client.list().models}["m:latest"]
     create(client, tmp_path, "m", make_gguf(seed=2))  # Ollama's answer: the overwrite succeeds
-    [entry] = hangar_json("trash", "list", "--host", srv.host, home=home)
+    [entry] = hangar_json("trash", "list", "--host", srv.host, home=home, env=mine)
     assert entry["model"] == "m:latest" and entry["manifest_digest"] == "sha256:" + old
     assert entry["replaced_by"] is not None
-    text = hangar("trash", "list", "--host", srv.host, home=home).stdout
+    text = hangar("trash", "list", "--host", srv.host, home=home, env=mine).stdout
     assert "replaced by" in text
     # Something uses m now: the next overwrite is refused and m stays as it is.
     catalog(
@@ -159,8 +184,9 @@ def test_an_overwrite_through_the_ollama_face_goes_to_the_trash_or_is_refused(
         client.copy("other", "m")
     assert e.value.status_code == 409
     assert {x.model: x.digest for x in client.list().models}["m:latest"] == current
-    audit = hangar_json("audit", "--host", srv.host, home=home)
+    audit = hangar_json("audit", "--host", srv.host, home=home, env=mine)
     assert [e["outcome"] for e in audit if e["action"] == "overwrite"] == ["refused", "refused", "ok"]
+    who.assert_secret(logs=[srv.log()], home=home)
 
 
 def put(srv: ServerProcess, path: str, content: bytes = b"", **headers: str) -> httpx.Response:

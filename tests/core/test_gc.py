@@ -6,12 +6,15 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 
+from harness import AUTH_VARIANTS, Auth, StartServer, audit_rows, hangar_env
 from modelhangar.core import gc, reclaim
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.partials import locked
@@ -337,3 +340,47 @@ def test_one_collector_at_a_time_taken_over_when_its_holder_dies(make_kit: MakeK
     while (report := gc.collect(kit.store, blocking=False)).skipped and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not report.skipped and report.blobs == [digest_of(b"an orphan upload")]
+
+
+@pytest.mark.parametrize("auth", AUTH_VARIANTS)
+def test_a_gc_request_waits_for_a_dying_collector_then_collects(
+    home: Path, start_server: StartServer, auth: str
+) -> None:
+    """`POST /api/hangar/gc` while another process holds the collector lock waits for it, and
+    collects once its holder dies. In the `tokens` run only an admin's token may ask (a user's is
+    refused at once, without waiting for the lock), and the round is audited as that admin."""
+    who = Auth(auth, home)
+    srv = start_server(home, env=who.env)
+    orphan = b"uploaded, never named by a manifest"
+    r = httpx.post(f"{srv.url}/api/blobs/{digest_of(orphan)}", content=orphan, headers=who.user)
+    assert r.status_code == 201, r.text
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_GC_LOCK], env=hangar_env(home), stdout=subprocess.PIPE, text=True
+    )
+    answers: list[httpx.Response] = []
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        if who.on:
+            refused = httpx.post(f"{srv.url}/api/hangar/gc", json={}, headers=who.user, timeout=60)
+            assert refused.status_code == 403, refused.text
+        asking = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(f"{srv.url}/api/hangar/gc", json={}, headers=who.admin, timeout=120)
+            )
+        )
+        asking.start()
+        # The request waits on the lock (not a timing assertion: it must not answer before the kill).
+        asking.join(1.0)
+        assert answers == []
+    finally:
+        holder.kill()  # a collector that dies lets go of the lock
+        holder.wait()
+    asking.join(120)
+    [done] = answers
+    assert done.status_code == 200, done.text
+    report = done.json()
+    assert not report.get("skipped") and digest_of(orphan) in report["blobs"]
+    if who.on:
+        [entry] = [e for e in audit_rows(home) if e["action"] == "gc" and not e["dry_run"]]
+        assert entry["actor"] == "root"
+    who.assert_secret(logs=[srv.log()], home=home)

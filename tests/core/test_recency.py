@@ -18,7 +18,17 @@ import pytest
 import sqlalchemy as sa
 from test_multiprocess import Pause, Runner
 
-from harness import StartServer, assert_store_consistent, hangar_json, image_manifest, wait_until
+from harness import (
+    AUTH_VARIANTS,
+    Auth,
+    StartServer,
+    assert_store_consistent,
+    assert_tokens_secret,
+    bearer,
+    hangar_json,
+    image_manifest,
+    wait_until,
+)
 from modelhangar.core import uploads
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.recency import touch_granularity
@@ -170,9 +180,9 @@ def test_uses_are_written_at_once_without_buffering_and_on_flush_with_it(make_st
 MANIFEST_MT = "application/vnd.oci.image.manifest.v1+json"
 
 
-def push(url: str, name: str) -> None:
+def push(url: str, name: str, headers: dict[str, str] | None = None) -> None:
     """A small image `name:v1` through /v2 (so the OCI pull path can use it)."""
-    with httpx.Client(base_url=url, timeout=30) as http:
+    with httpx.Client(base_url=url, timeout=30, headers=headers) as http:
         for data in (b"config", b"layer"):
             digest = "sha256:" + hashlib.sha256(data).hexdigest()
             r = http.post(f"/v2/{name}/blobs/uploads/?digest={digest}", content=data)
@@ -201,9 +211,14 @@ def backdate(home: Path, ts: float) -> None:
         db.execute("UPDATE tags SET last_used_at = ?", (ts,))
 
 
-def pull(url: str, name: str) -> None:
-    r = httpx.get(f"{url}/v2/{name}/manifests/v1", headers={"Accept": MANIFEST_MT})
+def pull(url: str, name: str, headers: dict[str, str] | None = None) -> None:
+    r = httpx.get(f"{url}/v2/{name}/manifests/v1", headers={"Accept": MANIFEST_MT, **(headers or {})})
     assert r.status_code == 200, r.text
+
+
+def token_rows(home: Path, user: str) -> dict[str, dict[str, Any]]:
+    """`hangar token list USER` on the store (no server): {token name: its row}."""
+    return {t["name"]: t for t in hangar_json("token", "list", user, home=home)["tokens"]}
 
 
 def test_a_server_writes_last_used_times_at_shutdown(home: Path, start_server: StartServer) -> None:
@@ -226,16 +241,38 @@ def test_a_server_writes_last_used_times_periodically(home: Path, start_server: 
     assert srv.running()
 
 
-def test_a_crash_loses_at_most_the_pending_recency(home: Path, start_server: StartServer) -> None:
-    srv = start_server(home, env={"HANGAR_LAST_USED_FLUSH": "1h"})
-    push(srv.url, "library/kept")
+@pytest.mark.parametrize("auth", AUTH_VARIANTS)
+def test_a_crash_loses_at_most_the_pending_recency(home: Path, start_server: StartServer, auth: str) -> None:
+    """In the `tokens` run a user's token is on every request: the token's pending last-used time is
+    lost with the model's, while a revocation, written at once, survives the crash."""
+    who = Auth(auth, home)
+    srv = start_server(home, env={**who.env, "HANGAR_LAST_USED_FLUSH": "1h"})
+    push(srv.url, "library/kept", who.user)
     backdate(home, 1000.0)
-    pull(srv.url, "library/kept")
+    pull(srv.url, "library/kept", who.user)
+    doomed: str | None = None
+    if who.on:
+        with httpx.Client(base_url=srv.url, headers=who.user) as http:
+            made = http.post("/api/hangar/tokens", json={"name": "doomed"})
+            assert made.status_code == 200, made.text
+            doomed = made.json()["token"]
+            pull(srv.url, "library/kept", bearer(doomed))
+            assert http.post(f"/api/hangar/tokens/{made.json()['prefix']}/revoke").status_code == 200
     srv.kill()
     assert last_used(home, "library/kept") == 1000.0  # the use is lost, nothing else
+    if who.on:
+        rows = token_rows(home, "worker")
+        assert rows["default"]["last_used_at"] is None and rows["default"]["active"]  # the use is lost
+        assert rows["doomed"]["revoked_at"] is not None
     assert_store_consistent(home)
-    again = start_server(home)
-    pull(again.url, "library/kept")
+    again = start_server(home, env=who.env)
+    pull(again.url, "library/kept", who.user)
+    if who.on:
+        r = httpx.get(f"{again.url}/v2/library/kept/manifests/v1", headers=bearer(doomed))
+        assert r.status_code == 401 and r.json()["errors"][0]["code"] == "UNAUTHORIZED"
+        assert wait_until(lambda: token_rows(home, "worker")["default"]["last_used_at"] is not None)
+        who.assert_secret(logs=[srv.log(), again.log()], home=home)
+        assert_tokens_secret([str(doomed)], logs=[srv.log(), again.log()], home=home)
 
 
 def test_prune_in_the_server_sees_uses_not_yet_written(home: Path, start_server: StartServer) -> None:

@@ -16,6 +16,8 @@ import pytest
 from registry_fakes import DOCKER_V2, FakeRegistry, Relay, digest_of, ollama_manifest
 
 from harness import (
+    AUTH_VARIANTS,
+    Auth,
     MakeGguf,
     ServerProcess,
     StartServer,
@@ -34,8 +36,9 @@ from modelhangar.transfer.push import PUSH_CHUNK, mount_sources
 CONFIG = b'{"model_format":"gguf","model_family":"llama","architecture":"amd64","os":"linux"}'
 
 
-def listing(server: ServerProcess) -> dict[str, str]:
-    return {m["name"]: m["digest"] for m in httpx.get(server.url + "/api/tags").json()["models"]}
+def listing(server: ServerProcess, headers: dict[str, str] | None = None) -> dict[str, str]:
+    models = httpx.get(server.url + "/api/tags", headers=headers).json()["models"]
+    return {m["name"]: m["digest"] for m in models}
 
 
 def needs_v2(server: ServerProcess) -> None:
@@ -141,10 +144,13 @@ def test_hangar_pull_and_push(
     assert failed.returncode == 1 and missing in failed.stderr
 
 
+@pytest.mark.parametrize("auth", AUTH_VARIANTS)
 def test_a_pull_cut_off_by_a_crash_resumes_after_both_servers_restart(
-    tmp_path: Path, start_server: StartServer, make_gguf: MakeGguf
+    tmp_path: Path, start_server: StartServer, make_gguf: MakeGguf, auth: str
 ) -> None:
-    """SIGKILL the source mid-pull; the partial survives a crash of the puller; the next pull resumes it."""
+    """SIGKILL the source mid-pull; the partial survives a crash of the puller; the next pull resumes it.
+    In the `tokens` run the puller needs a token on every request (the source serves anonymously)."""
+    who = Auth(auth, tmp_path / "b")
     a = start_server(tmp_path / "a")
     needs_v2(a)
     digest = upload_model(
@@ -153,20 +159,23 @@ def test_a_pull_cut_off_by_a_crash_resumes_after_both_servers_restart(
     size = 64 << 20
     relay = Relay(a.url, rate=32e6)  # slow enough that the kill lands mid-blob
     try:
-        b = start_server(tmp_path / "b")
+        # A user (not an admin) pulls from a loopback registry only where HANGAR_PULL_FROM names it.
+        b_env = {**who.env, "HANGAR_PULL_FROM": relay.host} if who.on else {}
+        b = start_server(tmp_path / "b", env=b_env)
+        dead = b
         remote = f"{relay.host}/library/big:latest"
         with pytest.raises(ollama.ResponseError):
-            for event in ollama.Client(host=b.url).pull(remote, insecure=True, stream=True):
+            for event in ollama.Client(host=b.url, headers=who.user).pull(remote, insecure=True, stream=True):
                 if event.digest == digest and 0 < (event.completed or 0) < (event.total or 0):
                     a.kill()
         have = partials(b.home).get(f"{blob_file(digest)}.partial", 0)
         assert 0 < have < size + 1024
         b.kill()  # the partial survives a crash of the puller too
         a = start_server(tmp_path / "a", port=a.port)
-        b = start_server(tmp_path / "b")
+        b = start_server(tmp_path / "b", env=b_env)
         relay.rate = None
         before = len(relay.requests)
-        events = list(ollama.Client(host=b.url).pull(remote, insecure=True, stream=True))
+        events = list(ollama.Client(host=b.url, headers=who.user).pull(remote, insecure=True, stream=True))
         assert events[-1].status == "success"
         first = next(e for e in events if e.digest == digest)
         assert first.completed == have  # progress starts where the partial left off
@@ -174,8 +183,13 @@ def test_a_pull_cut_off_by_a_crash_resumes_after_both_servers_restart(
         assert [r.headers.get("range") for r in gets] == [f"bytes={have}-"]
         assert gets[0].sent == first.total - have  # only the rest crossed the wire
         assert partials(b.home) == {}
-        assert listing(b)[remote] == listing(a)["big:latest"]
+        assert listing(b, who.user)[remote] == listing(a)["big:latest"]
         assert hashlib.sha256(read_blob(b.home, digest)).hexdigest() == digest[7:]
+        if who.on:
+            assert httpx.get(b.url + "/api/tags").status_code == 401
+            # The user's token is for the puller: it never travels to the registry pulled from.
+            assert all(who.user_token not in json.dumps(dict(r.headers)) for r in relay.requests)
+        who.assert_secret(logs=[dead.log(), b.log(), a.log()], home=b.home)
     finally:
         relay.close()
 
@@ -526,19 +540,26 @@ def test_pull_an_oci_image_manifest(tmp_path: Path, start_server: StartServer) -
     assert read_blob(b.home, digest_of(layer)) == layer
 
 
+@pytest.mark.parametrize("auth", AUTH_VARIANTS)
 def test_a_push_cut_off_by_a_crash_resumes_from_the_registry_offset(
-    tmp_path: Path, start_server: StartServer, make_gguf: MakeGguf
+    tmp_path: Path, start_server: StartServer, make_gguf: MakeGguf, auth: str
 ) -> None:
-    """SIGKILL the pusher mid-blob; after a restart the next push continues the registry's session."""
+    """SIGKILL the pusher mid-blob; after a restart the next push continues the registry's session.
+    In the `tokens` run the pusher needs a token on every request (the registry takes anonymous pushes)."""
+    who = Auth(auth, tmp_path / "b")
     a = start_server(tmp_path / "a")  # the registry
     needs_v2(a)
-    b = start_server(tmp_path / "b")  # the pusher
+    # A user (not an admin) pushes to a loopback registry only where HANGAR_PULL_FROM names it.
+    b_env = {**who.env, "HANGAR_PULL_FROM": a.host} if who.on else {}
+    b = start_server(tmp_path / "b", env=b_env)  # the pusher
+    dead = b
+    client = ollama.Client(host=b.url, headers=who.user)
     gguf = make_gguf(seed=31, tensor_elems=24 << 20)  # 96 MiB: six PATCH chunks
-    digest = upload_model(ollama.Client(host=b.url), tmp_path, "big", gguf)
+    digest = upload_model(client, tmp_path, "big", gguf)
     target = f"127.0.0.1:{a.port}/team/big:v1"
-    ollama.Client(host=b.url).copy("big", target)
+    client.copy("big", target)
     cut = False
-    for event in ollama.Client(host=b.url).push(target, insecure=True, stream=True):
+    for event in client.push(target, insecure=True, stream=True):
         if event.digest == digest and (event.completed or 0) >= 2 * PUSH_CHUNK:
             b.kill()
             cut = True
@@ -547,15 +568,16 @@ def test_a_push_cut_off_by_a_crash_resumes_from_the_registry_offset(
     records = [p for p in (b.home / "partials").iterdir() if p.name.startswith("push-")]
     assert len(records) == 1  # the session at the registry, remembered across the crash
     assert httpx.head(f"{a.url}/v2/team/big/blobs/{digest}").status_code == 404
-    b = start_server(tmp_path / "b")
-    events = list(ollama.Client(host=b.url).push(target, insecure=True, stream=True))
+    b = start_server(tmp_path / "b", env=b_env)
+    events = list(ollama.Client(host=b.url, headers=who.user).push(target, insecure=True, stream=True))
     assert events[-1].status == "success"
     resumed = [e.completed for e in events if e.digest == digest][1]  # after the `0` that opens each blob
     assert resumed is not None and resumed >= 2 * PUSH_CHUNK and resumed % PUSH_CHUNK == 0
-    assert listing(a)["team/big:v1"] == listing(b)[target]
+    assert listing(a)["team/big:v1"] == listing(b, who.user)[target]
     assert hashlib.sha256(read_blob(a.home, digest)).hexdigest() == digest[7:]
     assert not [p for p in (b.home / "partials").iterdir() if p.name.startswith("push-")]
     assert_store_consistent(a.home)
+    who.assert_secret(logs=[dead.log(), b.log(), a.log()], home=b.home)
 
 
 @pytest.mark.parametrize("record", ["gone", "elsewhere", "garbage"])
