@@ -4,6 +4,7 @@ header, httpx, and the `hangar` CLI as a subprocess."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import subprocess
@@ -283,6 +284,33 @@ def test_upload_sessions_are_capped_per_user_not_per_address(world: World) -> No
     refused = start("alice", "alice/sessions")
     assert refused.json()["errors"][0]["code"] == "TOOMANYREQUESTS" and "alice" in refused.text
     assert start("bob", "bob/sessions").status_code == 202  # same address, another user: its own cap
+
+
+def test_an_upload_session_is_its_openers_alone(world: World) -> None:
+    """Bob's session in a namespace both may write to does not exist for Alice, even with its URL:
+    her status, chunk, completion and cancel are 404 BLOB_UPLOAD_UNKNOWN and change nothing; Bob
+    then finishes it."""
+    data = b"bob's layer, in two chunks"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with world.http("bob") as bob, world.http("alice") as alice:
+        started = bob.post("/v2/shared/drop/blobs/uploads/")
+        assert started.status_code == 202, started.text
+        path = httpx.URL(started.headers["location"]).path
+        assert bob.patch(path, content=data[:10], headers={"Content-Range": "0-9"}).status_code == 202
+        tries = [
+            alice.get(path),
+            alice.patch(path, content=b"alice's bytes", headers={"Content-Range": "10-22"}),
+            alice.put(path, params={"digest": digest}, content=data[10:]),
+            alice.delete(path),
+        ]
+        for r in tries:
+            BODIES.append(r.text)
+            assert r.status_code == 404 and r.json()["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN", r.text
+        status = bob.get(path)
+        assert status.status_code == 204 and status.headers["range"] == "0-9"
+        done = bob.put(path, params={"digest": digest}, content=data[10:])
+        assert done.status_code == 201, done.text
+        assert bob.get(f"/v2/shared/drop/blobs/{digest}").content == data
 
 
 def test_revoking_with_the_whole_token_sends_and_shows_only_its_handle(world: World) -> None:

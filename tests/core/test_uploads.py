@@ -140,3 +140,23 @@ def test_a_session_an_older_process_flocks_is_busy(make_kit: MakeKit) -> None:
             uploads.acquire(kit.store, up.id, REPO, start_at=3)
         assert uploads.expire(kit.store, older_than=-1) == []
     assert finish(kit, up.id, digest_of(b"abcdef"), b"def") == digest_of(b"abcdef")
+
+
+def test_a_session_a_user_opened_serves_that_user_alone(kit: Kit) -> None:
+    """To anyone but its opener a user's session does not exist (README, "Accounts"); a session opened
+    without an account (a client address: the local admin) serves any request on its repository."""
+    mine = uploads.start(kit.store, REPO, "user:alice")
+    for stranger in ("user:bob", "127.0.0.1", None):
+        with pytest.raises(uploads.UploadUnknown):
+            uploads.get(kit.store, mine.id, REPO, stranger)
+        with pytest.raises(uploads.UploadUnknown):
+            uploads.acquire(kit.store, mine.id, REPO, client=stranger, start_at=0)
+        with pytest.raises(uploads.UploadUnknown):
+            uploads.cancel(kit.store, mine.id, REPO, stranger)
+    handle = uploads.acquire(kit.store, mine.id, REPO.upper(), client="user:alice")
+    handle.write(b"abc")
+    assert handle.save().client == "user:alice"
+    assert uploads.get(kit.store, mine.id, REPO, "user:alice").size == 3
+    anyone = uploads.start(kit.store, REPO, "127.0.0.1")
+    for client in ("user:bob", "::1", None):
+        assert uploads.get(kit.store, anyone.id, REPO, client).id == anyone.id

@@ -226,11 +226,13 @@ def _read(blobs: S3BlobStore, key: str, size: int) -> Any:
     return body.iter_chunks(1 << 20)
 
 
-def acquire(store: Store, upload_id: str, repository: str, start_at: int | None) -> S3UploadHandle:
+def acquire(
+    store: Store, upload_id: str, repository: str, client: str | None, start_at: int | None
+) -> S3UploadHandle:
     from modelhangar.core.uploads import RangeInvalid, _busy, _running, get
 
     lease = store.catalog.lease(f"upload-{upload_id}")
-    if start_at is not None and start_at != (offset := get(store, upload_id, repository).size):
+    if start_at is not None and start_at != (offset := get(store, upload_id, repository, client).size):
         # Refused without reading under the lease, which is taken only for the instant that tells
         # "busy" from "out of range", so a stray chunk barely overlaps the right one.
         with lease as free:
@@ -242,7 +244,9 @@ def acquire(store: Store, upload_id: str, repository: str, start_at: int | None)
         lease.__exit__(None, None, None)
         raise _busy(upload_id)
     try:
-        upload = get(store, upload_id, repository)  # after the lease: sees a cancel, expiry or completion
+        upload = get(
+            store, upload_id, repository, client
+        )  # after the lease: sees a cancel, expiry or completion
         if start_at is not None and start_at != upload.size:
             raise RangeInvalid(upload.size, f"chunk starts at {start_at}, the upload is at {upload.size}")
         return S3UploadHandle(store, upload, lease, _running.take(upload_id, upload.size))

@@ -35,7 +35,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -104,6 +104,20 @@ class Upload:
     created_at: float
     updated_at: float
     size: int
+    client: str | None = None
+    """Who opened it (`faces/client.py`): a session a user opened is that user's alone."""
+
+    def serves(self, repository: str, client: str | None) -> bool:
+        """Whether a request of `client` on `repository` may use this session: the repository
+        (case-insensitively) and, for a session a signed-in user opened (`user:NAME`), that user;
+        to anyone else it does not exist (README, "Accounts")."""
+        if self.repository.lower() != repository.lower():
+            return False
+        return not (self.client or "").startswith("user:") or client == self.client
+
+    def at(self, size: int, updated_at: float | None = None) -> Upload:
+        """The same session at another offset (and last-chunk time)."""
+        return replace(self, size=size, updated_at=self.updated_at if updated_at is None else updated_at)
 
 
 def upload_expiry(store: Store) -> float:
@@ -134,7 +148,7 @@ def _row(conn: sa.Connection, upload_id: str) -> Upload | None:
     row = conn.execute(sa.select(t.uploads).where(t.uploads.c.id == upload_id)).first()
     if row is None:
         return None
-    return Upload(row.id, row.repository, row.created_at, row.updated_at, int(row.size))
+    return Upload(row.id, row.repository, row.created_at, row.updated_at, int(row.size), row.client)
 
 
 def _check_caps(store: Store, conn: sa.Connection, client: str | None, ts: float) -> None:
@@ -157,7 +171,7 @@ def start(store: Store, repository: str, client: str | None = None) -> Upload:
     """Open a new, empty session for a repository, on behalf of `client`; raises TooManyUploads."""
     upload_id = uuid.uuid4().hex
     ts = now()
-    upload = Upload(upload_id, repository, ts, ts, 0)
+    upload = Upload(upload_id, repository, ts, ts, 0, client)
     with store.catalog.write() as conn:  # the count and the insert in one transaction
         _check_caps(store, conn, client, ts)
         if not _in_bucket(store):  # in an object store the session is its row and its parts
@@ -173,22 +187,22 @@ def start(store: Store, repository: str, client: str | None = None) -> Upload:
     return upload
 
 
-def get(store: Store, upload_id: str, repository: str) -> Upload:
-    """A session of `repository` (matched case-insensitively); raises UploadUnknown."""
+def get(store: Store, upload_id: str, repository: str, client: str | None = None) -> Upload:
+    """A live session that serves `client` on `repository` (`Upload.serves`); raises UploadUnknown."""
     _path(store, upload_id)
     with store.catalog.read() as conn:
         upload = _row(conn, upload_id)
-    if upload is None or not _live(store, upload) or upload.repository.lower() != repository.lower():
+    if upload is None or not _live(store, upload) or not upload.serves(repository, client):
         raise UploadUnknown(f"upload {upload_id} unknown")
     return upload
 
 
-def cancel(store: Store, upload_id: str, repository: str) -> None:
+def cancel(store: Store, upload_id: str, repository: str, client: str | None = None) -> None:
     """Drop a session and its bytes; a request writing to it at that moment then fails."""
     path = _path(store, upload_id)
     with store.catalog.write() as conn:
         upload = _row(conn, upload_id)
-        if upload is None or upload.repository.lower() != repository.lower():
+        if upload is None or not upload.serves(repository, client):
             raise UploadUnknown(f"upload {upload_id} unknown")
         conn.execute(t.uploads.delete().where(t.uploads.c.id == upload_id))
     if _in_bucket(store):
@@ -213,7 +227,7 @@ def save_offset(store: Store, upload: Upload, offset: int, also: Statements | No
             raise UploadUnknown(f"upload {upload.id} was cancelled")
         if also is not None:
             also(conn)
-    return Upload(upload.id, upload.repository, upload.created_at, ts, offset)
+    return upload.at(offset, ts)
 
 
 def _flock_struct(kind: int) -> bytes:
@@ -385,8 +399,11 @@ def _in_bucket(store: Store) -> bool:
     return isinstance(store.blobs, S3BlobStore)
 
 
-def acquire(store: Store, upload_id: str, repository: str, *, start_at: int | None = None) -> UploadHandle:
-    """Take a session for one request; `start_at` (a chunk's first byte) must be its offset.
+def acquire(
+    store: Store, upload_id: str, repository: str, *, client: str | None = None, start_at: int | None = None
+) -> UploadHandle:
+    """Take a session for one request of `client` (`get`); `start_at` (a chunk's first byte) must be
+    its offset.
 
     Raises UploadUnknown, UploadBusy or RangeInvalid.
     """
@@ -394,21 +411,21 @@ def acquire(store: Store, upload_id: str, repository: str, *, start_at: int | No
     if _in_bucket(store):
         from modelhangar.core import s3_uploads
 
-        return s3_uploads.acquire(store, upload_id, repository, start_at)  # type: ignore[return-value]
+        return s3_uploads.acquire(store, upload_id, repository, client, start_at)  # type: ignore[return-value]
     try:
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
     except FileNotFoundError:
         raise UploadUnknown(f"upload {upload_id} unknown") from None
     try:
         if start_at is not None:
-            _check_start(store, fd, upload_id, repository, start_at)
+            _check_start(store, fd, upload_id, repository, client, start_at)
         if not _lock(fd):
             raise _busy(upload_id)
-        upload, offset = _current(store, fd, upload_id, repository)
+        upload, offset = _current(store, fd, upload_id, repository, client)
         if os.fstat(fd).st_size != offset:
             os.ftruncate(fd, offset)  # bytes of a request that died before saving
         if offset != upload.size:
-            upload = Upload(upload.id, upload.repository, upload.created_at, upload.updated_at, offset)
+            upload = upload.at(offset)
         if start_at is not None and start_at != offset:
             raise RangeInvalid(offset, f"chunk starts at {start_at}, the upload is at {offset}")
     except BaseException:
@@ -417,9 +434,11 @@ def acquire(store: Store, upload_id: str, repository: str, *, start_at: int | No
     return UploadHandle(store, upload, fd, path)
 
 
-def _current(store: Store, fd: int, upload_id: str, repository: str) -> tuple[Upload, int]:
+def _current(
+    store: Store, fd: int, upload_id: str, repository: str, client: str | None
+) -> tuple[Upload, int]:
     """The live session (`get`) and its offset (what its file and its row agree on)."""
-    upload = get(store, upload_id, repository)
+    upload = get(store, upload_id, repository, client)
     return upload, min(os.fstat(fd).st_size, upload.size)
 
 
@@ -427,13 +446,15 @@ def _busy(upload_id: str) -> UploadBusy:
     return UploadBusy(f"upload {upload_id} is busy with another request")
 
 
-def _check_start(store: Store, fd: int, upload_id: str, repository: str, start_at: int) -> None:
+def _check_start(
+    store: Store, fd: int, upload_id: str, repository: str, client: str | None, start_at: int
+) -> None:
     """Before the lock: a session another request holds is busy; a chunk that does not start at
     the offset is refused without locking, so that it cannot make the right one busy. What is
     read without the lock only refuses; `acquire` checks again under the lock."""
     if _held(fd):
         raise _busy(upload_id)
-    _, offset = _current(store, fd, upload_id, repository)
+    _, offset = _current(store, fd, upload_id, repository, client)
     if start_at != offset:  # refused either way, never by taking the lock
         if _held(fd):
             raise _busy(upload_id)

@@ -221,7 +221,9 @@ async def _acquire(request: Request, name: str, repository: str, upload_id: str)
     start, _ = _chunk_bounds(request)
     try:
         return await run_in_threadpool(
-            lambda: uploads.acquire(store_of(request), upload_id, repository, start_at=start)
+            lambda: uploads.acquire(
+                store_of(request), upload_id, repository, client=client_key(request), start_at=start
+            )
         )
     except (uploads.RangeInvalid, uploads.UploadBusy, NotFound) as e:
         raise _upload_errors(request, name, upload_id, e) from None
@@ -267,7 +269,9 @@ async def upload_status(request: Request, name: str, upload_id: str) -> Response
     repository = repository_of(name)
     await check_push(store_of(request), repository, name, actor_of(request, "oci"))
     try:
-        upload = await run_in_threadpool(uploads.get, store_of(request), upload_id, repository)
+        upload = await run_in_threadpool(
+            uploads.get, store_of(request), upload_id, repository, client_key(request)
+        )
     except NotFound as e:
         raise _upload_errors(request, name, upload_id, e) from None
     headers = _session_headers(request, name, upload)
@@ -279,7 +283,7 @@ async def cancel_upload(request: Request, name: str, upload_id: str) -> Response
     repository = repository_of(name)
     await check_push(store_of(request), repository, name, actor_of(request, "oci"))
     try:
-        await run_in_threadpool(uploads.cancel, store_of(request), upload_id, repository)
+        await run_in_threadpool(uploads.cancel, store_of(request), upload_id, repository, client_key(request))
     except NotFound as e:
         raise _upload_errors(request, name, upload_id, e) from None
     return Response(status_code=204)
