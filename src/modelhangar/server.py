@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -102,6 +103,15 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": validation_items(exc.errors())}, status_code=400)
 
 
+def _no_telemetry() -> dict[str, Any]:
+    """FastAPI 0.165 and later look for OpenTelemetry providers on every request (environment
+    lookups and provider checks on the hot path, issue 16); the server has its own access log, so
+    that is switched off where FastAPI has the setting."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+
+
 def create_app(settings: Settings) -> FastAPI:
     for doc in settings.policies:  # fail at start-up, not in the background, on a bad policy
         policy_from_config(doc)
@@ -136,6 +146,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served from the package by faces/hangar/docs.py
         redoc_url=None,
+        **_no_telemetry(),
     )
     handlers: dict[Any, Any] = {
         **ollama.EXCEPTION_HANDLERS,

@@ -17,7 +17,7 @@ from modelhangar.core.store import Actor, Store
 from modelhangar.core.trash import list_trash, restore
 
 if TYPE_CHECKING:
-    from conftest import Kit, MakeKit
+    from conftest import Kit, MakeKit, MakeStore
 
 PREFIX = "registry.ollama.ai/"
 
@@ -74,6 +74,27 @@ def test_revoked_expired_and_rotated_tokens_stop_working_at_once(store: Store) -
     assert listed == {"default": True, "ci": False, "short": False, "laptop": True} | {"laptop": True}
     with pytest.raises(NotFound):
         accounts.revoke_token(store, "hgr_zzzzzzzzzz")
+
+
+def test_a_token_checked_again_sees_what_another_server_changed_at_once(make_store: MakeStore) -> None:
+    """Two stores on one catalog, as two servers: whatever one commits (a revocation, a role, a
+    membership), the other's next check of a token it has just checked sees, though it reads the
+    token's row again only when something was committed (`Catalog.read_once(..., reuse=True)`)."""
+    here, there = make_store(), make_store()
+    bob = accounts.add_user(there, "bob")
+    other = accounts.add_token(there, "bob", name="other")
+    for _ in range(3):  # warm: the same answer, read once
+        assert login(here, bob.token).orgs == frozenset() and login(here, other.token).token == "other"
+    accounts.add_org(there, "acme", ["bob"])
+    assert login(here, bob.token).orgs == frozenset({"acme"})
+    accounts.set_roles(there, "bob", add=["ml_full_access"])
+    assert "ml_full_access" in login(here, bob.token).roles
+    accounts.revoke_token(there, other.info.prefix)
+    assert accounts.authenticate(here, other.token, "test") is None
+    assert login(here, bob.token).token == "default"  # the others still work
+    assert (
+        accounts.authenticate(here, bob.token[:-1] + ("A" if bob.token[-1] != "A" else "B"), "test") is None
+    )
 
 
 def test_an_organisation_s_members_act_for_it(store: Store) -> None:

@@ -13,6 +13,7 @@ once on every server sharing the catalog; the last-used time is written at most 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -433,20 +434,27 @@ def token_actor(store: Store, token_id: str, face: str, *, secret: str | None = 
     """The actor of API token `token_id` (checked against its `secret` when given: a registry token
     carries only the id), None when it is unknown, revoked or expired.
 
-    Revocation and expiry are read from the catalog on every request; the last-used time is
-    written at most once a minute per token, and by a server in its batches of last-used times
-    (`core/recency.py`), so a request with a token never waits for a catalog write."""
+    Revocation and expiry are checked on every request (on SQLite the token's row is read again only
+    when anything was committed to the catalog since this thread last read it: `Catalog.read_once`);
+    the last-used time is written at most once a minute per token, and by a server in its batches of
+    last-used times (`core/recency.py`), so a request with a token never waits for a catalog write."""
     ts = now()
-    row = store.catalog.read_once(_TOKEN_ROW, {"token_id": token_id})
+    row = store.catalog.read_once(_TOKEN_ROW, {"token_id": token_id}, reuse=True)
     if row is None or (secret is not None and not hmac.compare_digest(_hash(secret), row.hash)):
         return None
     if row.revoked_at is not None or (row.expires_at is not None and row.expires_at <= ts):
         return None
-    orgs = frozenset(row.orgs.split(",")) if row.orgs else frozenset()
     last = max(row.last_used_at or 0.0, store.last_used.token_pending(row.id) or 0.0)
     if last < ts - LAST_USED_EVERY:
         store.last_used.note_token(row.id, ts)
-    return row_actor(row, orgs, face)
+    return _token_row_actor(row, face)
+
+
+@functools.lru_cache(maxsize=1024)
+def _token_row_actor(row: Any, face: str) -> Actor:
+    """`row_actor` of a `_TOKEN_ROW` row (a named tuple of plain values): the same row, read again
+    while nothing changed (`Catalog.read_once(..., reuse=True)`), makes the same actor."""
+    return row_actor(row, frozenset(row.orgs.split(",")) if row.orgs else frozenset(), face)
 
 
 def row_actor(row: Any, orgs: frozenset[str], face: str) -> Actor:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -182,27 +183,51 @@ def issue(
 
 def verify(store: Store, token: str, face: str, *, kind: Kind = "access") -> Actor | None:
     """The actor a registry token (or, with `kind="refresh"`, a refresh token) speaks for, or None."""
+    checked = _checked(store, token, kind)
+    if checked is None:
+        return None
+    tid, sub, exp, access = checked
+    if exp is not None and exp <= now():
+        return None
+    actor = accounts.token_actor(store, tid, face)  # its use counts as the API token's
+    if actor is None or actor.principal != sub:
+        return None
+    return _registry_actor(actor, access, tid)
+
+
+_Checked = tuple[str, Any, int | None, frozenset[tuple[str, str, str]] | None]
+
+
+@functools.lru_cache(maxsize=1024)
+def _checked(store: Store, token: str, kind: Kind) -> _Checked | None:
+    """What a token's signed claims say, once checked: (API token id, account, expiry, access; both
+    None for a refresh token), or None if it is not a `kind` token of this store. Kept for the
+    tokens seen last, as the claims of a token never change; its expiry and the API token behind it
+    are checked on every use (`verify`)."""
     claims = _claims(store, token)
     if claims is None or claims.get("typ") != kind or claims.get("aud") != SERVICE:
         return None
     tid = claims.get("tid")
     if not isinstance(tid, str):
         return None
-    if kind == "access":
-        exp = claims.get("exp")
-        if not isinstance(exp, int) or exp <= now():
-            return None
-    actor = accounts.token_actor(store, tid, face)  # its use counts as the API token's
-    if actor is None or actor.principal != claims.get("sub"):
-        return None
     if kind == "refresh":
-        return RegistryActor(**actor_fields(actor), token_id=tid)
+        return tid, claims.get("sub"), None, None
+    exp = claims.get("exp")
+    if not isinstance(exp, int):
+        return None
     access: set[tuple[str, str, str]] = set()
     for item in claims.get("access") or []:
         if isinstance(item, dict) and isinstance(item.get("actions"), list):
             for action in item["actions"]:
                 access.add((str(item.get("type")), str(item.get("name")), str(action)))
-    return RegistryActor(**actor_fields(actor), access=frozenset(access), token_id=tid)
+    return tid, claims.get("sub"), exp, frozenset(access)
+
+
+@functools.lru_cache(maxsize=1024)
+def _registry_actor(actor: Actor, access: frozenset[tuple[str, str, str]] | None, tid: str) -> RegistryActor:
+    if access is None:  # a refresh token grants nothing by itself
+        return RegistryActor(**actor_fields(actor), token_id=tid)
+    return RegistryActor(**actor_fields(actor), access=access, token_id=tid)
 
 
 def actor_fields(actor: Actor) -> dict[str, Any]:

@@ -208,11 +208,12 @@ class Catalog:
         with lease_files.flocked(self._lock_dir / lock_file, shared=shared, blocking=blocking) as held:
             yield held
 
-    def read_once(self, statement: sa.Executable, params: dict[str, Any]) -> Any:
+    def read_once(self, statement: sa.Executable, params: dict[str, Any], *, reuse: bool = False) -> Any:
         """The first row of one read-only statement (or None), run again once on a fresh connection if
-        the pooled one turned out dead (a database restart)."""
+        the pooled one turned out dead (a database restart). `reuse`: on SQLite, the same answer as
+        this thread's last read of it while nothing has been committed since (`QuickReads.first`)."""
         if self.is_sqlite and self._quick is not None and self._quick.usable(statement):
-            row = self._quick.first(statement, params)
+            row = self._quick.first(statement, params, reuse=reuse)
             if row is not NotImplemented:
                 return row
         self._before_read(self.statement_engine)

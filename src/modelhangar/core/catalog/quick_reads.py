@@ -59,6 +59,10 @@ class _Prepared:
         return tuple(v if p is None else p(v) for p, v in zip(self.processors, raw, strict=True))
 
 
+_SEEN_MAX = 1024
+"""Answers kept per thread for `first(..., reuse=True)`; past that many the thread starts over."""
+
+
 class QuickReads:
     """The compiled statements and the per-thread connections of one SQLite catalog file."""
 
@@ -74,9 +78,14 @@ class QuickReads:
     def usable(self, statement: Any) -> bool:
         return id(statement) in REUSABLE and not self.engine.dispatch.before_cursor_execute
 
-    def first(self, statement: Any, params: dict[str, Any]) -> Any:
+    def first(self, statement: Any, params: dict[str, Any], *, reuse: bool = False) -> Any:
         """The first row of `statement` (or None); `statement` must be `usable`. Returns NotImplemented
-        for a statement this path does not take (the caller runs it through SQLAlchemy)."""
+        for a statement this path does not take (the caller runs it through SQLAlchemy).
+
+        `reuse`: answer from this thread's last read of the same statement and parameters while no
+        connection, of this process or another, has committed anything to the catalog since
+        (SQLite's `PRAGMA data_version`, which is per connection, hence per thread here): the answer
+        is the one a new read would give, for the cost of one pragma."""
         prepared = self.prepared(statement)
         if prepared is None:
             return NotImplemented
@@ -85,6 +94,13 @@ class QuickReads:
         if conn is None:
             return NotImplemented
         try:
+            if reuse:
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                seen: dict[tuple[Any, ...], tuple[int, Any]] = self._local.__dict__.setdefault("seen", {})
+                key = (id(statement), *args)
+                hit = seen.get(key)
+                if hit is not None and hit[0] == version:
+                    return hit[1]
             cursor = conn.execute(prepared.sql, args)
             try:
                 raw = cursor.fetchone()
@@ -95,9 +111,12 @@ class QuickReads:
                 raise
             may_wait("a busy catalog")  # on the loop: again on a thread; elsewhere: SQLAlchemy waits
             return NotImplemented
-        if raw is None:
-            return None
-        return prepared.row(*prepared.convert(raw))
+        row = None if raw is None else prepared.row(*prepared.convert(raw))
+        if reuse:
+            if len(seen) >= _SEEN_MAX:
+                seen.clear()
+            seen[key] = (version, row)
+        return row
 
     def rows(
         self, conn: sa.Connection, statement: Any, params: dict[str, Any], batch: int
