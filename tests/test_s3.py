@@ -148,35 +148,44 @@ def test_ollama_create_and_show_read_the_gguf_by_ranges(
     assert shown.modelinfo and shown.modelinfo.get("general.architecture") == "llama"
 
 
+@pytest.mark.parametrize("auth", AUTH_VARIANTS)
 def test_sigkill_mid_upload_then_gc_leaves_nothing(
-    tmp_path: Path, s3_server: S3Server, start_server: StartServer
+    tmp_path: Path, s3_server: S3Server, start_server: StartServer, auth: str
 ) -> None:
-    env = s3_env(s3_server, "killed")
+    """In the `tokens` run the upload carries a user's token."""
+    prefix = f"killed-{auth}"
+    env = s3_env(s3_server, prefix)
     home = tmp_path / "a"
-    srv = start_server(home, env=env)
+    who = Auth(auth, home, env=env)
+    srv = start_server(home, env={**env, **who.env})
     started, stop = threading.Event(), threading.Event()
 
     def upload() -> None:
         body = slow_body(40 * MIB, started, stop)
         with contextlib.suppress(httpx.HTTPError):
             httpx.post(
-                f"{srv.url}/v2/lib/k/blobs/uploads/?digest={digest_of(b'x')}", content=body, timeout=60
+                f"{srv.url}/v2/lib/k/blobs/uploads/?digest={digest_of(b'x')}",
+                content=body,
+                timeout=60,
+                headers=who.user,
             )
 
     t = threading.Thread(target=upload)
     t.start()
     try:
         assert started.wait(30)
-        assert wait_until(lambda: bool(multipart_uploads(s3_server, "killed")), timeout=20)
+        assert wait_until(lambda: bool(multipart_uploads(s3_server, prefix)), timeout=20)
         srv.kill()
     finally:
         stop.set()
         t.join()
-    assert multipart_uploads(s3_server, "killed")  # the dead server's parts are still there
-    srv = start_server(home, env=env)  # a new process: the dead one's lease is free
+    assert multipart_uploads(s3_server, prefix)  # the dead server's parts are still there
+    dead = srv
+    srv = start_server(home, env={**env, **who.env})  # a new process: the dead one's lease is free
     fsck_clean(home, env)
-    assert multipart_uploads(s3_server, "killed") == []
-    assert objects(s3_server, "killed", "") == []
+    assert multipart_uploads(s3_server, prefix) == []
+    assert objects(s3_server, prefix, "") == []
+    who.assert_secret(logs=[dead.log(), srv.log()], home=home)
 
 
 def test_wrong_bucket_or_credential_fails_at_start_up(tmp_path: Path, s3_server: S3Server) -> None:

@@ -451,23 +451,27 @@ def test_mount_sources_only_name_repositories_on_the_target_host() -> None:
     assert got == {digest_of(b"a"): "ns/base", digest_of(b"b"): "ns/other"}
 
 
-@pytest.mark.parametrize("servers", [1, 2])
+@pytest.mark.parametrize(("servers", "auth"), [(1, "anonymous"), (2, "anonymous"), (2, "tokens")])
 def test_concurrent_pulls_race_deletes_and_gc(
-    tmp_path: Path, start_server: StartServer, make_gguf: MakeGguf, servers: int
+    tmp_path: Path, start_server: StartServer, make_gguf: MakeGguf, servers: int, auth: str
 ) -> None:
     """Eight pulls of two models sharing a layer, while another thread deletes them and runs GC,
     on one server or spread over two sharing one data directory.
 
     Every pull ends in success or a clear error, never a 5xx from the store; the store stays
-    consistent; no partial download is left behind.
+    consistent; no partial download is left behind. In the `tokens` run the pullers and the deleter
+    carry a user's token (the GC an admin's) and the source serves anonymously.
     """
+    who = Auth(auth, tmp_path / "b")
     a = start_server(tmp_path / "a")
     needs_v2(a)
     ca = ollama.Client(host=a.url)
     shared = make_gguf(seed=30, tensor_elems=200_000)
     upload_model(ca, tmp_path, "one", shared, system="one")
     upload_model(ca, tmp_path, "two", shared, system="two")
-    env = {"HANGAR_GC_GRACE": "0", "HANGAR_REUSE_FUSE": "0", "HANGAR_TRASH_RETENTION": "0"}
+    env = {"HANGAR_GC_GRACE": "0", "HANGAR_REUSE_FUSE": "0", "HANGAR_TRASH_RETENTION": "0", **who.env}
+    if who.on:  # a user (not an admin) pulls from a loopback registry only where HANGAR_PULL_FROM names it
+        env["HANGAR_PULL_FROM"] = a.host
     bs = [start_server(tmp_path / "b", env=env) for _ in range(servers)]
     b = bs[0]
     remotes = [f"127.0.0.1:{a.port}/library/{n}:latest" for n in ("one", "two")]
@@ -475,7 +479,9 @@ def test_concurrent_pulls_race_deletes_and_gc(
     done = threading.Event()
 
     def pull(i: int) -> None:
-        client = ollama.Client(host=bs[(i // 2) % servers].url)  # each model on every server
+        client = ollama.Client(
+            host=bs[(i // 2) % servers].url, headers=who.user
+        )  # each model on every server
         for _ in range(3):
             try:
                 client.pull(remotes[i % 2], insecure=True)
@@ -486,7 +492,7 @@ def test_concurrent_pulls_race_deletes_and_gc(
                 failures.append(f"pull: {type(e).__name__}: {e}")
 
     def churn() -> None:
-        client = ollama.Client(host=b.url)
+        client = ollama.Client(host=b.url, headers=who.user)
         while not done.is_set():
             for remote in remotes:
                 try:
@@ -494,7 +500,7 @@ def test_concurrent_pulls_race_deletes_and_gc(
                 except ollama.ResponseError as e:
                     if e.status_code != 404:
                         failures.append(f"delete: {e.status_code} {e.error}")
-            r = httpx.post(b.url + "/api/hangar/gc", json={"dry_run": False}, timeout=60)
+            r = httpx.post(b.url + "/api/hangar/gc", json={"dry_run": False}, timeout=60, headers=who.admin)
             if r.status_code != 200:
                 failures.append(f"gc: {r.status_code} {r.text[:200]}")
 
@@ -508,14 +514,16 @@ def test_concurrent_pulls_race_deletes_and_gc(
     done.set()
     deleter.join()
     assert failures == []
-    cb = ollama.Client(host=b.url)
+    cb = ollama.Client(host=b.url, headers=who.user)
     for remote in remotes:  # the store is whole: a last pull of each model succeeds
         assert cb.pull(remote, insecure=True).status == "success"
-    assert {listing(b)[r] for r in remotes} == {listing(a)["one:latest"], listing(a)["two:latest"]}
+    mine = listing(b, who.user)
+    assert {mine[r] for r in remotes} == {listing(a)["one:latest"], listing(a)["two:latest"]}
     assert partials(b.home) == {}
     for server in bs:
         server.stop()
     assert_store_consistent(b.home)
+    who.assert_secret(logs=[server.log() for server in (a, *bs)], home=b.home, bodies=failures)
 
 
 def test_pull_an_oci_image_manifest(tmp_path: Path, start_server: StartServer) -> None:
