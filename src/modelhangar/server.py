@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -105,9 +106,12 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 def _no_telemetry() -> dict[str, Any]:
     """FastAPI 0.165 and later look for OpenTelemetry providers on every request (environment
-    lookups and provider checks on the hot path, issue 16); the server has its own access log, so
-    that is switched off where FastAPI has the setting."""
+    lookups and provider checks on the hot path, issue 16). The server has its own access log, so
+    that is switched off where FastAPI has the setting, unless OpenTelemetry is configured through
+    its environment (an `OTEL_*` variable, or FastAPI's `FASTAPI_OTEL_AUTO_CONFIGURE`)."""
     if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    if any(name.startswith("OTEL_") or name == "FASTAPI_OTEL_AUTO_CONFIGURE" for name in os.environ):
         return {}
     return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
 

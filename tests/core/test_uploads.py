@@ -154,6 +154,10 @@ def test_a_session_a_user_opened_serves_that_user_alone(kit: Kit) -> None:
         with pytest.raises(uploads.UploadUnknown):
             uploads.cancel(kit.store, mine.id, REPO, stranger)
     handle = uploads.acquire(kit.store, mine.id, REPO.upper(), client="user:alice")
+    # While alice's chunk holds it, a stranger learns nothing (not "busy") and holds nothing.
+    for start_at in (None, 0, 3):
+        with pytest.raises(uploads.UploadUnknown):
+            uploads.acquire(kit.store, mine.id, REPO, client="user:bob", start_at=start_at)
     handle.write(b"abc")
     assert handle.save().client == "user:alice"
     assert uploads.get(kit.store, mine.id, REPO, "user:alice").size == 3

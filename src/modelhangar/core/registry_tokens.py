@@ -146,12 +146,12 @@ def _sign(store: Store, claims: dict[str, Any]) -> str:
 _JWT_RE = re.compile(r"[A-Za-z0-9_-]{10,200}\.[A-Za-z0-9_-]{10,20000}\.[A-Za-z0-9_-]{43}")
 
 
-def _claims(store: Store, token: str) -> dict[str, Any] | None:
-    """The claims of a token this store signed, or None (the signature compared in constant time)."""
+def _claims(key: bytes, token: str) -> dict[str, Any] | None:
+    """The claims of a token signed with `key`, or None (the signature compared in constant time)."""
     if not _JWT_RE.fullmatch(token):
         return None
     head, body, mac = token.split(".")
-    expected = hmac.new(_key(store), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    expected = hmac.new(key, f"{head}.{body}".encode(), hashlib.sha256).digest()
     try:
         if not hmac.compare_digest(expected, _unb64(mac)):
             return None
@@ -183,7 +183,7 @@ def issue(
 
 def verify(store: Store, token: str, face: str, *, kind: Kind = "access") -> Actor | None:
     """The actor a registry token (or, with `kind="refresh"`, a refresh token) speaks for, or None."""
-    checked = _checked(store, token, kind)
+    checked = _checked(_key(store), token, kind)
     if checked is None:
         return None
     tid, sub, exp, access = checked
@@ -199,12 +199,13 @@ _Checked = tuple[str, Any, int | None, frozenset[tuple[str, str, str]] | None]
 
 
 @functools.lru_cache(maxsize=1024)
-def _checked(store: Store, token: str, kind: Kind) -> _Checked | None:
-    """What a token's signed claims say, once checked: (API token id, account, expiry, access; both
-    None for a refresh token), or None if it is not a `kind` token of this store. Kept for the
-    tokens seen last, as the claims of a token never change; its expiry and the API token behind it
-    are checked on every use (`verify`)."""
-    claims = _claims(store, token)
+def _checked(key: bytes, token: str, kind: Kind) -> _Checked | None:
+    """What a token's signed claims say, once checked against the store's `key`: (API token id,
+    account, expiry, access; both None for a refresh token), or None if it is not a `kind` token
+    signed with it. Kept for the tokens seen last, as the claims of a token never change; its expiry
+    and the API token behind it are checked on every use (`verify`). Keyed by the key, not the store,
+    so that it keeps no store alive."""
+    claims = _claims(key, token)
     if claims is None or claims.get("typ") != kind or claims.get("aud") != SERVICE:
         return None
     tid = claims.get("tid")

@@ -232,7 +232,9 @@ def acquire(
     from modelhangar.core.uploads import RangeInvalid, _busy, _running, get
 
     lease = store.catalog.lease(f"upload-{upload_id}")
-    if start_at is not None and start_at != (offset := get(store, upload_id, repository, client).size):
+    # To a client it does not serve there is no session: settled before the lease (README, "Accounts").
+    offset = get(store, upload_id, repository, client).size
+    if start_at is not None and start_at != offset:
         # Refused without reading under the lease, which is taken only for the instant that tells
         # "busy" from "out of range", so a stray chunk barely overlaps the right one.
         with lease as free:

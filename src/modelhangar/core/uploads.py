@@ -417,6 +417,9 @@ def acquire(
     except FileNotFoundError:
         raise UploadUnknown(f"upload {upload_id} unknown") from None
     try:
+        # To a client it does not serve there is no session: that is settled before anything tells
+        # that another request holds it, or lets this one hold it (README, "Accounts").
+        get(store, upload_id, repository, client)
         if start_at is not None:
             _check_start(store, fd, upload_id, repository, client, start_at)
         if not _lock(fd):
