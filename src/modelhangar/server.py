@@ -141,6 +141,7 @@ def create_app(settings: Settings) -> FastAPI:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await store.catalog.aclose()  # the loop's connections for awaited reads (PostgreSQL)
             store.close()  # writes the last-used times still pending
 
     app = FastAPI(

@@ -15,34 +15,62 @@ and notes kept in memory that the second run makes again (a last-used time), are
 from __future__ import annotations
 
 import contextlib
-import threading
+import contextvars
 from collections.abc import Iterator
 
-_state = threading.local()
+_refusing: contextvars.ContextVar[bool] = contextvars.ContextVar("modelhangar_no_waiting", default=False)
+_awaiting: contextvars.ContextVar[bool] = contextvars.ContextVar("modelhangar_awaited_reads", default=False)
+# Context variables, not thread-locals: `faces/quick.py` runs such a call in a greenlet on the event
+# loop while PostgreSQL reads are awaited, and the other tasks the loop runs meanwhile, each in its
+# own context, must not see these flags.
+
+NETWORK_READ = "a catalog read over the network"
+"""What `may_wait` is told before a read from PostgreSQL: `faces/quick.py` then awaits such reads
+on the loop (`awaited_reads()`), where the catalog can (`core/catalog/async_reads.py`)."""
 
 
 class WouldWait(BaseException):
     """Raised by `may_wait` inside `no_waiting()`. A BaseException, so that no `except Exception` on the
     way takes it for a failure."""
 
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
 
 @contextlib.contextmanager
 def no_waiting() -> Iterator[None]:
-    """Within the block (on this thread), any call that could wait raises `WouldWait` instead."""
-    before = getattr(_state, "on", False)
-    _state.on = True
+    """Within the block (in this context), any call that could wait raises `WouldWait` instead."""
+    token = _refusing.set(True)
     try:
         yield
     finally:
-        _state.on = before
+        _refusing.reset(token)
+
+
+@contextlib.contextmanager
+def awaited_reads() -> Iterator[None]:
+    """Within the block, a one-statement catalog read from PostgreSQL is awaited on the event loop
+    (`Catalog.read_once`) instead of refused; anything else that could wait is still refused. Only
+    for code run by `faces/quick.py` in a greenlet on the loop."""
+    token = _awaiting.set(True)
+    try:
+        yield
+    finally:
+        _awaiting.reset(token)
 
 
 def refused() -> bool:
-    """Whether this thread is inside `no_waiting()`."""
-    return bool(getattr(_state, "on", False))
+    """Whether this context is inside `no_waiting()`."""
+    return _refusing.get()
+
+
+def reads_awaited() -> bool:
+    """Whether this context is inside `awaited_reads()`."""
+    return _awaiting.get()
 
 
 def may_wait(what: str) -> None:
     """Called before `what` (a write, a network round trip, a lock): raises `WouldWait` in `no_waiting()`."""
-    if getattr(_state, "on", False):
+    if _refusing.get():
         raise WouldWait(what)

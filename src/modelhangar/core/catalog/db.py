@@ -20,9 +20,10 @@ from typing import Any, ParamSpec, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from modelhangar.core.catalog import lease_files
+from modelhangar.core.catalog import async_reads, lease_files
+from modelhangar.core.catalog.async_reads import AsyncReads
 from modelhangar.core.catalog.quick_reads import QuickReads
-from modelhangar.core.waits import may_wait, refused
+from modelhangar.core.waits import NETWORK_READ, may_wait, reads_awaited, refused
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
@@ -85,9 +86,15 @@ class Catalog:
             self.statement_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._lock_dir = lock_dir
         self._quick: QuickReads | None = None
+        self._async: AsyncReads | None = None
+        self._engines = (self.engine, self.read_engine, self.statement_engine)
         parsed = sa.engine.make_url(url)
         if self.is_sqlite and parsed.database and parsed.database != ":memory:" and not parsed.query:
             self._quick = QuickReads(parsed.database, self.read_engine)
+        elif not self.is_sqlite and parsed.drivername == "postgresql+psycopg" and async_reads.available():
+            self._async = AsyncReads(url, self.engine)
+        self.awaits_reads = self._async is not None
+        """Whether a read that would wait may be awaited on the event loop (`faces/quick.py`)."""
 
     def migrate(self, revision: str = "head") -> None:
         """Bring the schema to `revision` (the newest by default); safe when several processes start
@@ -216,6 +223,12 @@ class Catalog:
             row = self._quick.first(statement, params, reuse=reuse)
             if row is not NotImplemented:
                 return row
+        elif reads_awaited() and self._async is not None and self._async.usable(statement, self._engines):
+            from sqlalchemy.util import await_only
+
+            row = await_only(self._async.first(statement, params))  # the loop serves others meanwhile
+            if row is not NotImplemented:
+                return row
         self._before_read(self.statement_engine)
         for attempt in range(2):
             try:
@@ -244,12 +257,17 @@ class Catalog:
         finally:
             result.close()
 
+    async def aclose(self) -> None:
+        """Close the connections the running event loop keeps for awaited reads (`async_reads`)."""
+        if self._async is not None:
+            await self._async.aclose()
+
     def _before_read(self, engine: sa.Engine) -> None:
         """A read through SQLAlchemy may wait on PostgreSQL (the network) and, anywhere, for a pooled
         connection when every one is out (`waits.may_wait`); a SQLite read in WAL mode never waits
         for a writer."""
         if not self.is_sqlite:
-            may_wait("a catalog read over the network")
+            may_wait(NETWORK_READ)
         elif refused() and _pool_exhausted(engine):
             may_wait("a free catalog connection")
 

@@ -63,6 +63,21 @@ _SEEN_MAX = 1024
 """Answers kept per thread for `first(..., reuse=True)`; past that many the thread starts over."""
 
 
+def inline_literals(compiled: Any, dialect: Any) -> tuple[str, set[str]] | None:
+    """The SQL of `compiled` with its fixed literals (a separator) rendered in, and their names; None
+    if something is still left to render at execution."""
+    sql: str = compiled.string
+    names: set[str] = set()
+    for bind in compiled.literal_execute_params:
+        name = compiled.bind_names[bind]
+        render = bind.type.literal_processor(dialect)
+        if bind.callable is not None or bind.value is None or render is None:
+            return None
+        sql = sql.replace(f"__[POSTCOMPILE_{name}]", render(bind.value))
+        names.add(name)
+    return None if "POSTCOMPILE" in sql else (sql, names)
+
+
 class QuickReads:
     """The compiled statements and the per-thread connections of one SQLite catalog file."""
 
@@ -154,17 +169,11 @@ class QuickReads:
         compiled: Any = statement.compile(dialect=dialect)
         if compiled.positiontup is None or compiled.post_compile_params:
             return None  # a list expanded at execution
-        sql: str = compiled.string
-        names = list(compiled.positiontup)
-        for bind in compiled.literal_execute_params:  # a fixed literal (a separator), rendered once
-            name = compiled.bind_names[bind]
-            render = bind.type.literal_processor(dialect)
-            if bind.callable is not None or bind.value is None or render is None:
-                return None
-            sql = sql.replace(f"__[POSTCOMPILE_{name}]", render(bind.value))
-            names = [n for n in names if n != name]
-        if "POSTCOMPILE" in sql:
+        inlined = inline_literals(compiled, dialect)
+        if inlined is None:
             return None
+        sql, literal = inlined
+        names = [n for n in compiled.positiontup if n not in literal]
         columns = compiled._result_columns
         try:
             row = namedtuple("Row", [c[0] for c in columns])  # type: ignore[misc]
