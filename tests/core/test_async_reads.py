@@ -113,6 +113,7 @@ def test_a_dropped_connection_or_a_statement_hook_falls_back_to_sqlalchemy(kit: 
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
         answers.append(await quick.run(size()))  # the dropped connection: read through SQLAlchemy
+        assert store.list_repositories() == [repo("m")]  # the pool's dead connections: pinged, replaced
         answers.append(await quick.run(size()))  # and on the loop again, on a new connection
         event.listen(store.catalog.engine, "before_cursor_execute", on_execute)
         try:
@@ -125,3 +126,36 @@ def test_a_dropped_connection_or_a_statement_hook_falls_back_to_sqlalchemy(kit: 
     assert [a for a, _ in answers] == [len(b"the layer")] * 4
     assert [looped for _, looped in answers] == [True, False, True, False]
     assert seen, "the hook saw the read"
+
+
+def test_connections_that_hang_never_hold_up_the_other_reads(kit: Kit) -> None:
+    """Every connection of the loop stuck behind a lock on one table: a read of another table does
+    not queue behind them; it is read through SQLAlchemy, and the stuck reads answer once the lock
+    goes (README, "Small requests")."""
+    import psycopg
+
+    store = kit.store
+    postgres_only(store)
+    made = accounts.add_user(store, "ann")
+    kit.create("m", [b"the layer"])
+    digest = "sha256:" + hashlib.sha256(b"the layer").hexdigest()
+    url = store.settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+
+    async def main() -> tuple[Any, list[Any]]:
+        await quick.run(repo_blobs.blob_size, store, repo("m"), digest)  # the loop's pool is open
+        with psycopg.connect(url) as locker:
+            locker.execute("LOCK TABLE blobs IN ACCESS EXCLUSIVE MODE")
+            stuck = [
+                asyncio.ensure_future(quick.run(repo_blobs.blob_size, store, repo("m"), digest))
+                for _ in range(12)
+            ]
+            await asyncio.sleep(0.5)
+            assert not any(task.done() for task in stuck)  # held by the lock
+            actor = await asyncio.wait_for(quick.run(accounts.authenticate, store, made.token, "oci"), 60)
+            assert not any(task.done() for task in stuck)  # answered while the lock still held
+            locker.rollback()
+        return actor, await asyncio.gather(*stuck)
+
+    actor, sizes = asyncio.run(main())
+    assert actor is not None and actor.principal == "ann"
+    assert sizes == [len(b"the layer")] * 12

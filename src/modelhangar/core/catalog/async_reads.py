@@ -31,6 +31,13 @@ from modelhangar.core.catalog.quick_reads import REUSABLE, inline_literals
 
 POOL_SIZE = 8
 """Connections per event loop: a read takes one for one round trip, so a few serve many requests."""
+SLOT_WAIT = 1.0
+"""Seconds a read waits for one of them before it goes to a worker thread instead (SQLAlchemy's pool of
+many connections): connections that hang (a failover, a locked table) never hold up the others."""
+READ_TIMEOUT = 10.0
+"""Seconds a read may take on its connection before that connection is dropped and the read goes to a
+worker thread; connecting has `CONNECT_TIMEOUT`."""
+CONNECT_TIMEOUT = 5
 
 
 def available() -> bool:
@@ -122,29 +129,39 @@ class AsyncReads:
         pool = self._pools.get(loop)
         if pool is None:
             pool = self._pools[loop] = _Pool()
-        async with pool.slots:
+        try:
+            async with asyncio.timeout(SLOT_WAIT):
+                await pool.slots.acquire()
+        except TimeoutError:  # every connection busy for that long: something hangs
+            return NotImplemented
+        try:
             conn = pool.idle.pop() if pool.idle else await self._connect()
             if conn is None:
                 return NotImplemented
             try:
-                cursor = await conn.execute(prepared.sql, {**prepared.fixed, **params})
-                raw = await cursor.fetchone()
-            except Exception:  # a dropped connection, a restarted server, a stale plan: read elsewhere
+                async with asyncio.timeout(READ_TIMEOUT):
+                    cursor = await conn.execute(prepared.sql, {**prepared.fixed, **params})
+                    raw = await cursor.fetchone()
+            except Exception:  # a dropped connection, a restarted server, a stale plan, a timeout
                 await _close_quietly(conn)
                 return NotImplemented
-            except BaseException:  # cancelled mid-read (the client went away): the connection goes
+            except BaseException:  # cancelled mid-read: the connection goes
                 closing = asyncio.ensure_future(_close_quietly(conn))
                 _CLOSING.add(closing)
                 closing.add_done_callback(_CLOSING.discard)
                 raise
             pool.idle.append(conn)
+        finally:
+            pool.slots.release()
         return None if raw is None else prepared.row(*raw)
 
     async def _connect(self) -> Any | None:
         import psycopg
 
         try:
-            return await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+            return await psycopg.AsyncConnection.connect(
+                self.conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+            )
         except Exception:
             return None
 

@@ -70,10 +70,12 @@ class Catalog:
             self.engine = _sqlite_engine(url, immediate=True)
             self.read_engine = _sqlite_engine(url, immediate=False)
         else:
-            # As many connections as the server runs requests at once, and no ping before each use (it
-            # doubles the round trips of a read): a connection the server dropped fails one statement,
-            # which invalidates the pool; `read_once` retries a read after that.
-            self.engine = sa.create_engine(url, pool_size=40, max_overflow=10, pool_recycle=300)
+            # As many connections as the server runs requests at once, each pinged as it is taken from
+            # the pool: the hot reads go to `async_reads`, so pooled connections sit idle long enough
+            # for a server's idle timeout or a NAT to drop them, and a write must not find that out.
+            self.engine = sa.create_engine(
+                url, pool_size=40, max_overflow=10, pool_recycle=300, pool_pre_ping=True
+            )
             # Reads that must agree (fsck, du, listings) see one snapshot: REPEATABLE READ, read-only.
             self.read_engine = self.engine.execution_options(
                 isolation_level="REPEATABLE READ", postgresql_readonly=True
