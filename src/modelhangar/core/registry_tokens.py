@@ -195,13 +195,14 @@ def verify(store: Store, token: str, face: str, *, kind: Kind = "access") -> Act
     return _registry_actor(actor, access, tid)
 
 
-_Checked = tuple[str, Any, int | None, frozenset[tuple[str, str, str]] | None]
+_Checked = tuple[str, Any, int | None, frozenset[tuple[str, str, str]]]
 
 
 @functools.lru_cache(maxsize=1024)
 def _checked(key: bytes, token: str, kind: Kind) -> _Checked | None:
     """What a token's signed claims say, once checked against the store's `key`: (API token id,
-    account, expiry, access; both None for a refresh token), or None if it is not a `kind` token
+    account, expiry, access; no expiry and no access for a refresh token, which grants nothing by
+    itself), or None if it is not a `kind` token
     signed with it. Kept for the tokens seen last, as the claims of a token never change; its expiry
     and the API token behind it are checked on every use (`verify`). Keyed by the key, not the store,
     so that it keeps no store alive."""
@@ -212,7 +213,7 @@ def _checked(key: bytes, token: str, kind: Kind) -> _Checked | None:
     if not isinstance(tid, str):
         return None
     if kind == "refresh":
-        return tid, claims.get("sub"), None, None
+        return tid, claims.get("sub"), None, frozenset()
     exp = claims.get("exp")
     if not isinstance(exp, int):
         return None
@@ -225,9 +226,7 @@ def _checked(key: bytes, token: str, kind: Kind) -> _Checked | None:
 
 
 @functools.lru_cache(maxsize=1024)
-def _registry_actor(actor: Actor, access: frozenset[tuple[str, str, str]] | None, tid: str) -> RegistryActor:
-    if access is None:  # a refresh token grants nothing by itself
-        return RegistryActor(**actor_fields(actor), token_id=tid)
+def _registry_actor(actor: Actor, access: frozenset[tuple[str, str, str]], tid: str) -> RegistryActor:
     return RegistryActor(**actor_fields(actor), access=access, token_id=tid)
 
 

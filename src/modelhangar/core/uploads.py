@@ -419,9 +419,9 @@ def acquire(
     try:
         # To a client it does not serve there is no session: that is settled before anything tells
         # that another request holds it, or lets this one hold it (README, "Accounts").
-        get(store, upload_id, repository, client)
+        upload = get(store, upload_id, repository, client)
         if start_at is not None:
-            _check_start(store, fd, upload_id, repository, client, start_at)
+            _check_start(fd, upload, start_at)
         if not _lock(fd):
             raise _busy(upload_id)
         upload, offset = _current(store, fd, upload_id, repository, client)
@@ -449,18 +449,15 @@ def _busy(upload_id: str) -> UploadBusy:
     return UploadBusy(f"upload {upload_id} is busy with another request")
 
 
-def _check_start(
-    store: Store, fd: int, upload_id: str, repository: str, client: str | None, start_at: int
-) -> None:
-    """Before the lock: a session another request holds is busy; a chunk that does not start at
-    the offset is refused without locking, so that it cannot make the right one busy. What is
-    read without the lock only refuses; `acquire` checks again under the lock."""
-    if _held(fd):
-        raise _busy(upload_id)
-    _, offset = _current(store, fd, upload_id, repository, client)
+def _check_start(fd: int, upload: Upload, start_at: int) -> None:
+    """Before the lock, with the session as just read: a chunk that does not start at the offset is
+    refused without locking, so that it cannot make the right one busy ("busy" if another request
+    holds the session, else out of range). What is read without the lock only refuses; `acquire`
+    checks again under the lock, and a chunk at the offset of a held session is busy there."""
+    offset = min(os.fstat(fd).st_size, upload.size)
     if start_at != offset:  # refused either way, never by taking the lock
         if _held(fd):
-            raise _busy(upload_id)
+            raise _busy(upload.id)
         raise RangeInvalid(offset, f"chunk starts at {start_at}, the upload is at {offset}")
 
 
