@@ -356,3 +356,118 @@ def test_two_servers_race_over_postgresql(
     servers = [start_server(home, database_url=pg_url, env=env) for _ in range(2)]
     race = run_race([s.url for s in servers], home, gguf_paths, database_url=pg_url, tokens=tokens)
     check_outcome(race, servers, home, database_url=pg_url, tokens=tokens)
+
+
+STORM_KILLS = 40  # rounds in which the database drops every connection of the server's
+STORM_WORKERS = 6
+
+
+def test_a_database_that_drops_every_connection_is_answered_503_never_500(
+    home: Path, start_server: StartServer, pg_url: str
+) -> None:
+    """PostgreSQL dropping every connection of the server's again and again (a restart, a failover, an
+    operator's `pg_terminate_backend`), while clients HEAD and GET blobs and manifests, push blobs and
+    list models: no request is answered 500. What cannot be served while the connection is gone is a
+    503 with `Retry-After`, in the face's own format; once the database stays up, everything answers
+    again and the store is consistent (README, "Safety rules")."""
+    import hashlib
+    import json
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from harness import OCI_MANIFEST, image_manifest
+
+    def digest(data: bytes) -> str:
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    server = start_server(home, database_url=pg_url)
+    layer, config = b"the storm's layer", b'{"architecture":"amd64","os":"linux"}'
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        for data in (layer, config):
+            r = c.post(f"/v2/storm/m/blobs/uploads/?digest={digest(data)}", content=data)
+            assert r.status_code == 201
+        manifest = image_manifest(config, [layer])
+        put = c.put("/v2/storm/m/manifests/latest", content=manifest, headers={"Content-Type": OCI_MANIFEST})
+        assert put.status_code == 201
+    gets: list[tuple[str, str, dict[str, str]]] = [
+        ("HEAD", f"/v2/storm/m/blobs/{digest(layer)}", {}),
+        ("GET", f"/v2/storm/m/blobs/{digest(layer)}", {}),
+        ("GET", "/v2/storm/m/manifests/latest", {"Accept": OCI_MANIFEST}),
+        ("GET", f"/v2/storm/m/manifests/{digest(manifest)}", {"Accept": OCI_MANIFEST}),
+        ("GET", "/v2/storm/m/tags/list", {}),
+        ("GET", "/api/tags", {}),
+        ("GET", "/v2/_catalog", {}),
+        ("GET", "/api/hangar/models", {}),
+    ]
+    stop = threading.Event()
+    seen: dict[int, int] = {}
+    wrong: list[str] = []
+    lock = threading.Lock()
+
+    def check(r: httpx.Response, what: str) -> None:
+        with lock:
+            seen[r.status_code] = seen.get(r.status_code, 0) + 1
+            if r.status_code < 500:
+                return
+            body = r.json() if r.content else None
+            if r.status_code != 503 or "Retry-After" not in r.headers:
+                wrong.append(f"{what}: {r.status_code} {r.text[:300]}")
+            elif body is None:
+                assert what.startswith("HEAD "), what  # a HEAD's answer has no body
+            elif what.split()[1].startswith("/v2/") and body["errors"][0]["code"] != "UNAVAILABLE":
+                wrong.append(f"{what}: not the registry's error format: {r.text[:300]}")
+            elif what.split()[1].startswith("/api/") and not ("error" in body or "detail" in body):
+                wrong.append(f"{what}: not the face's error format: {r.text[:300]}")
+
+    def worker(i: int) -> None:
+        try:
+            work(i)
+        except Exception as e:  # a cut answer, a dropped connection
+            with lock:
+                wrong.append(f"worker {i}: {e!r}")
+
+    def work(i: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                method, path, headers = gets[(i + n) % len(gets)]
+                check(c.request(method, path, headers=headers), f"{method} {path}")
+                if n % 5 == 0:  # a new blob, pushed in one request
+                    data = f"blob {i}-{n}".encode()
+                    r = c.post(f"/v2/storm/p{i}/blobs/uploads/?digest={digest(data)}", content=data)
+                    check(r, f"POST /v2/storm/p{i}/blobs/uploads/")
+
+    libpq = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(STORM_WORKERS)]
+    for th in threads:
+        th.start()
+    killed = 0
+    try:
+        with psycopg.connect(libpq, autocommit=True) as admin:
+            for _ in range(STORM_KILLS):
+                killed += admin.execute(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()) AS k"
+                ).fetchone()[0]  # type: ignore[index]
+                stop.wait(0.05)
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+    assert killed > STORM_KILLS, "the storm dropped connections"
+    assert not wrong, f"{len(wrong)} answers were not 503 with Retry-After:\n" + "\n".join(wrong[:10])
+    assert seen.get(200, 0) > 0, seen
+    assert sum(seen.values()) > STORM_KILLS, seen
+    with httpx.Client(base_url=server.url, timeout=60) as c:  # the database stays up: all answer again
+        for method, path, headers in gets:
+            assert c.request(method, path, headers=headers).status_code == 200, (method, path)
+        tags = c.get("/v2/storm/m/tags/list").json()
+        assert tags["tags"] == ["latest"]
+        got = c.get("/v2/storm/m/manifests/latest", headers={"Accept": OCI_MANIFEST})
+        assert json.loads(got.content) == json.loads(manifest)
+    log = server.log()
+    for fault in ("unexpected error", "Exception in ASGI application", "response already started"):
+        assert fault not in log, f"the server logged {fault!r}"
+    assert_store_consistent(home, pg_url)

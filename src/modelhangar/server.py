@@ -23,9 +23,8 @@ from modelhangar import __version__, guards, web
 from modelhangar.auth import Authenticate
 from modelhangar.core import gc, listing, reclaim
 from modelhangar.core.config import Settings
-from modelhangar.core.errors import Denied, QuotaExceeded, TooLarge, Unauthenticated
+from modelhangar.core.errors import Denied, QuotaExceeded, TooLarge, Unauthenticated, Unavailable
 from modelhangar.core.retention import policy_from_config, prune
-from modelhangar.core.s3blobs import BlobStoreUnavailable
 from modelhangar.core.store import Actor, Store
 from modelhangar.faces.hangar import docs
 from modelhangar.faces.hangar.accounts import router as accounts_router
@@ -88,10 +87,10 @@ async def _account_error(request: Request, exc: Exception) -> Response:
     return _error_body(request, status, str(exc))
 
 
-async def _store_unavailable(request: Request, exc: Exception) -> Response:
-    log.warning("object store unavailable on %s %s: %s", request.method, request.url.path, exc)
-    retry = {"Retry-After": str(BlobStoreUnavailable.retry_after)}
-    return _error_body(request, 503, BlobStoreUnavailable.advice, retry)
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Unavailable)
+    log.warning("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc.__cause__ or exc)
+    return _error_body(request, 503, exc.advice, {"Retry-After": str(exc.retry_after)})
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
@@ -159,7 +158,7 @@ def create_app(settings: Settings) -> FastAPI:
         RequestValidationError: _validation_error,
         TooLarge: _too_large,
         **dict.fromkeys(_ACCOUNT_STATUS, _account_error),
-        BlobStoreUnavailable: _store_unavailable,
+        Unavailable: _unavailable,
         Exception: _unexpected_error,
     }
     for exc, handler in handlers.items():

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING
 import pytest
 import sqlalchemy as sa
 
+from harness import wait_until
 from modelhangar.core import listing
 from modelhangar.core.catalog import schema as t
-from modelhangar.core.errors import BlobUnknown, DigestMismatch, NotFound
+from modelhangar.core.catalog.db import retrying
+from modelhangar.core.errors import BlobUnknown, CatalogUnavailable, DigestMismatch, NotFound
 from modelhangar.core.gc import fsck
 from modelhangar.core.planner import Target
 from modelhangar.core.store import Actor, Store
@@ -331,3 +333,62 @@ def test_a_read_survives_a_dropped_postgresql_connection(kit: Kit) -> None:
             )
         )
     assert kit.store.blob_size(digest) == len(b"still here")
+
+
+KILL_SELF = "SELECT pg_terminate_backend(pg_backend_pid())"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_connection_lost_in_a_transaction_changes_nothing_and_is_run_again(kit: Kit) -> None:
+    """A write whose connection goes (a restart, a failover) is `CatalogUnavailable`, which every face
+    answers 503; the database rolled it back. A `retrying` operation runs again and then commits once
+    (README, "Safety rules")."""
+    catalog = kit.store.catalog
+    rows = t.store_settings
+    with pytest.raises(CatalogUnavailable) as lost, catalog.write() as conn:
+        conn.execute(rows.insert().values(key="lost", value="1"))
+        conn.exec_driver_sql(KILL_SELF)
+    assert not lost.value.committing
+    assert "lost" not in [r.key for r in kit.rows(rows)]  # rolled back with the connection
+    attempts: list[int] = []
+
+    @retrying
+    def put(name: str) -> None:
+        with catalog.transaction() as (conn, trans):
+            attempts.append(1)
+            conn.execute(rows.insert().values(key=name, value=str(len(attempts))))
+            if len(attempts) == 1:
+                conn.exec_driver_sql(KILL_SELF)
+            trans.commit()
+
+    put("kept")
+    assert len(attempts) == 2
+    assert [(r.key, r.value) for r in kit.rows(rows) if r.key == "kept"] == [("kept", "2")]
+    with catalog.read() as conn:  # and the pool hands out live connections again
+        assert conn.execute(sa.select(rows.c.value).where(rows.c.key == "kept")).scalar() == "2"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_connection_lost_while_committing_is_not_run_again(kit: Kit) -> None:
+    """Whether a commit whose connection went took effect is unknown: `retrying` does not run it
+    again (it might apply twice), and the error says to look before retrying."""
+    catalog = kit.store.catalog
+    attempts: list[int] = []
+
+    @retrying
+    def put() -> None:
+        with catalog.write() as conn:
+            attempts.append(1)
+            conn.execute(t.store_settings.insert().values(key="maybe", value="1"))
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            with catalog.engine.connect() as other:  # the backend goes before the COMMIT reaches it
+                other.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+                gone = "SELECT count(*) FROM pg_stat_activity WHERE pid = %(p)s"
+                assert wait_until(lambda: other.exec_driver_sql(gone, {"p": pid}).scalar() == 0)
+
+    with pytest.raises(CatalogUnavailable) as lost:
+        put()
+    assert lost.value.committing and "may or may not" in str(lost.value)
+    assert len(attempts) == 1

@@ -67,6 +67,32 @@ class Unauthenticated(HangarError):
     """A request without a valid token where one is needed (invalid, revoked or expired included)."""
 
 
+class Unavailable(HangarError):
+    """A service the store stands on (the catalog's database, the object store) did not answer. Every
+    face answers 503 with `Retry-After` in its own format (README, "Safety rules")."""
+
+    retry_after = 5
+    advice = "a service the store needs is unavailable right now; nothing was kept, retry in a few seconds"
+
+
+class CatalogUnavailable(Unavailable):
+    """The catalog's database connection was lost (a restart, a failover, a killed backend) or could not
+    be made. Its transaction was rolled back by the database, so the request changed nothing, unless
+    the connection went while committing (`committing`): then whether it took effect is unknown."""
+
+    retry_after = 1
+    advice = "the catalog database is unavailable right now; nothing was changed, retry in a second"
+
+    def __init__(self, *, committing: bool = False) -> None:
+        self.committing = committing
+        if committing:
+            self.advice = (
+                "the catalog database went away while committing: the change may or may not have "
+                "been made; look before retrying"
+            )
+        super().__init__(self.advice)
+
+
 class Refused(HangarError):
     """A deletion plan has blockers; the plan says which."""
 

@@ -83,6 +83,7 @@ def blob_size(store: Store, repository: str, digest: str, actor: Actor | None = 
     return None if row is None else int(row.size)
 
 
+@retrying
 def claim(store: Store, repository: str, digest: str, actor: Actor | None = None) -> int | None:
     """`Store.reuse_blob`, for a blob visible in `repository` (to `actor`) only: a pusher's HEAD
     resets the fuse.
@@ -170,6 +171,7 @@ def mount(store: Store, repository: str, source: str, digest: str, actor: Actor 
         return size
 
 
+@retrying
 def repository_known(store: Store, repository: str, actor: Actor | None = None) -> bool:
     """Does the repository hold anything (a manifest, a tag or a blob link), that `actor` may read?"""
     repo = t.repositories.c.id

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from modelhangar.core.digests import parse_digest
-from modelhangar.core.errors import HangarError
+from modelhangar.core.errors import HangarError, Unavailable
 from modelhangar.core.waits import may_wait
 
 MIN_PART = 5 << 20
@@ -44,7 +44,7 @@ PARTS_IN_FLIGHT = 4
 _pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="s3-part")
 
 
-class BlobStoreUnavailable(HangarError):
+class BlobStoreUnavailable(Unavailable):
     """The object store did not answer (or refused); the request may be retried."""
 
     retry_after = 5

@@ -64,6 +64,7 @@ from modelhangar.core.errors import (
     QuotaExceeded,
     Refused,
     SizeMismatch,
+    Unavailable,
 )
 from modelhangar.core.manifests import OLLAMA_CONFIG, ManifestRefs, manifest_annotations, parse_manifest
 from modelhangar.core.recency import LastUsed, touch_granularity
@@ -289,32 +290,57 @@ class Store:
         self, digest: str, size: int, install: Callable[[], None], also: Statements | None = None
     ) -> bool:
         """Under the row lock: touch the blob if present, else `install()` it and mark it present;
-        either way run `also(conn)` in the same transaction."""
-        with self.catalog.write() as conn:
-            if also is not None:
-                also(conn)
-            while True:  # a deleter finishing (phase 2) may drop the row between our insert and our lock
-                self._insert_ignore(
-                    conn,
-                    t.blobs,
-                    {"digest": digest, "size": 0, "state": DELETING, "created_at": now(), "touched_at": 0.0},
+        either way run `also(conn)` in the same transaction.
+
+        Run again (`retrying`) when the catalog's connection is lost before the commit. The bytes
+        installed by a try whose transaction was lost stay in place with no row; the next try marks
+        them present under the row lock, as a deleter or the orphan sweep only removes a file under
+        that lock (README, "Safety rules"). If one did so in between, nothing is kept: `Unavailable`."""
+        installed = False
+
+        def put_in_place() -> None:
+            nonlocal installed
+            if not installed:
+                install()
+                installed = True
+            elif not self.blobs.exists(digest):
+                raise Unavailable("the catalog database went away during the upload; nothing was kept")
+
+        @retrying
+        def attempt() -> bool:
+            with self.catalog.write() as conn:
+                if also is not None:
+                    also(conn)
+                while True:  # a deleter finishing (phase 2) may drop the row between our insert and lock
+                    self._insert_ignore(
+                        conn,
+                        t.blobs,
+                        {
+                            "digest": digest,
+                            "size": 0,
+                            "state": DELETING,
+                            "created_at": now(),
+                            "touched_at": 0.0,
+                        },
+                    )
+                    row = self._lock_blob(conn, digest)
+                    if row is not None:
+                        break
+                ts = now()
+                if row.state == PRESENT and self.blobs.exists(digest):
+                    conn.execute(t.blobs.update().where(t.blobs.c.digest == digest).values(touched_at=ts))
+                    return False
+                put_in_place()
+                done = conn.execute(
+                    t.blobs.update()
+                    .where(t.blobs.c.digest == digest)
+                    .values(state=PRESENT, size=size, created_at=ts, touched_at=ts)
                 )
-                row = self._lock_blob(conn, digest)
-                if row is not None:
-                    break
-            ts = now()
-            if row.state == PRESENT and self.blobs.exists(digest):
-                conn.execute(t.blobs.update().where(t.blobs.c.digest == digest).values(touched_at=ts))
-                return False
-            install()
-            done = conn.execute(
-                t.blobs.update()
-                .where(t.blobs.c.digest == digest)
-                .values(state=PRESENT, size=size, created_at=ts, touched_at=ts)
-            )
-            if done.rowcount != 1:  # cannot happen under the row lock; never report a blob with no row
-                raise RuntimeError(f"blob row {digest} vanished under its lock")
-            return True
+                if done.rowcount != 1:  # cannot happen under the row lock; never report a blob with no row
+                    raise RuntimeError(f"blob row {digest} vanished under its lock")
+                return True
+
+        return attempt()
 
     def import_blob_file(
         self, path: Path, expected: str, *, known_digest: str | None = None, also: Statements | None = None
@@ -509,6 +535,7 @@ class Store:
         used = self.last_used.pending(record.repository, record.tag)
         return record if used is None or used <= record.last_used_at else replace(record, last_used_at=used)
 
+    @retrying
     def get_tag(self, repository: str, tag: str, *, actor: Actor | None = None) -> TagRecord | None:
         """A tag by repository and tag name, matched case-insensitively as Ollama does (None if `actor`
         may not read it)."""
@@ -527,6 +554,7 @@ class Store:
         row = self._read_one(self._get_tag, repo_key=repository.lower(), tag_key=tag.lower())
         return None if row is None else self._recent(self._tag_record(row))
 
+    @retrying
     def list_tags(self, repository: str | None = None, *, actor: Actor | None = None) -> list[TagRecord]:
         """Every live tag (newest first) `actor` may read, or those of one repository."""
         q = self._tag_query().order_by(t.tags.c.modified_at.desc())
@@ -623,6 +651,7 @@ class Store:
             q = q.where(order > after)
         return self._visible_to(q, actor)
 
+    @retrying
     def repository_keys(
         self, prefix: str, after: str | None = None, limit: int | None = None, *, actor: Actor | None = None
     ) -> list[str]:
@@ -649,6 +678,7 @@ class Store:
             finally:
                 result.close()
 
+    @retrying
     def tag_names(
         self,
         repository: str,

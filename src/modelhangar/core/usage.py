@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from modelhangar.core import permissions
 from modelhangar.core.catalog import schema as t
+from modelhangar.core.catalog.db import retrying
 from modelhangar.core.planner import read_graph, unique_sizes
 from modelhangar.core.store import DELETING, Actor, Store, now
 
@@ -69,6 +70,7 @@ class Usage:
         return out
 
 
+@retrying
 def disk_usage(
     store: Store,
     *,

@@ -23,10 +23,15 @@ from sqlalchemy import event
 from modelhangar.core.catalog import async_reads, lease_files
 from modelhangar.core.catalog.async_reads import AsyncReads
 from modelhangar.core.catalog.quick_reads import QuickReads
+from modelhangar.core.errors import CatalogUnavailable
 from modelhangar.core.waits import NETWORK_READ, may_wait, reads_awaited, refused
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 RETRYABLE_SQLSTATES = {"40P01", "40001"}  # deadlock detected, serialization failure
+LOST_SQLSTATES = {"57P01", "57P02", "57P03"}  # admin, crash shutdown; cannot connect now (and class 08)
+LOST_RETRIES = 5
+"""How often `retrying` runs an operation again after its connection was lost: backing off from 50 ms
+to 0.8 s, 1.55 s in all, about what a restarting or failing-over database takes to answer again."""
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -41,23 +46,77 @@ def is_retryable(exc: BaseException) -> bool:
     return "database is locked" in str(orig)
 
 
+def lost_connection(exc: BaseException) -> bool:
+    """A PostgreSQL connection that went (a restart, a failover, a killed backend, a dropped network)
+    or could not be made. The database rolls back whatever transaction it was in."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    state = getattr(exc.orig, "sqlstate", None)
+    if state is not None:
+        return str(state).startswith("08") or state in LOST_SQLSTATES
+    return isinstance(exc, sa.exc.OperationalError) and type(exc.orig).__module__.startswith("psycopg")
+
+
 def retrying(fn: Callable[P, R]) -> Callable[P, R]:
     """Run a whole catalog operation again (a few times, with jitter) when the database
-    aborted its transaction for a deadlock or a serialization failure; the operation must
-    have no effect outside the catalog before its commit."""
+    aborted its transaction for a deadlock or a serialization failure, or lost its connection before
+    the commit (`CatalogUnavailable`, backing off for up to `LOST_RETRIES`); the operation must
+    have no effect outside the catalog before its commit. A connection lost while committing is not
+    run again: whether that commit took effect is unknown."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         for attempt in range(8):
             try:
                 return fn(*args, **kwargs)
+            except CatalogUnavailable as e:
+                if e.committing or attempt >= LOST_RETRIES:
+                    raise
+                pause = 0.05 * 2**attempt
             except sa.exc.DBAPIError as e:
                 if not is_retryable(e) or attempt == 7:
                     raise
-                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+                pause = random.uniform(0.005, 0.05) * (attempt + 1)
+            may_wait("a catalog operation run again")  # on the event loop: run it on a thread instead
+            time.sleep(pause)
         raise AssertionError("unreachable")
 
     return wrapper
+
+
+class Transaction:
+    """The transaction `Catalog.transaction` hands its caller, who ends it: a commit that loses the
+    connection raises `CatalogUnavailable(committing=True)` (README, "Safety rules")."""
+
+    def __init__(self, trans: sa.RootTransaction, *, lost_matters: bool) -> None:
+        self._trans = trans
+        self._lost_matters = lost_matters
+
+    @property
+    def is_active(self) -> bool:
+        return self._trans.is_active
+
+    def commit(self) -> None:
+        try:
+            self._trans.commit()
+        except sa.exc.DBAPIError as e:
+            if self._lost_matters and lost_connection(e):
+                raise CatalogUnavailable(committing=True) from e
+            raise
+
+    def rollback(self) -> None:
+        self._trans.rollback()
+
+    def rollback_after_failure(self) -> None:
+        """Roll back what a failure (or an early return) left open: on a lost connection the database
+        rolled it back already, and the failure that got here, not the lost connection, is raised."""
+        try:
+            self._trans.rollback()
+        except sa.exc.DBAPIError as e:
+            if not (self._lost_matters and lost_connection(e)):
+                raise
 
 
 class Catalog:
@@ -143,23 +202,40 @@ class Catalog:
             yield
 
     @contextlib.contextmanager
+    def _unavailable_if_lost(self) -> Iterator[None]:
+        """A lost PostgreSQL connection, in the block, as `CatalogUnavailable`: every face answers it
+        503 with `Retry-After`, and `retrying` runs the operation again."""
+        try:
+            yield
+        except sa.exc.DBAPIError as e:
+            if self.is_sqlite or not lost_connection(e):
+                raise
+            raise CatalogUnavailable() from e
+
+    @contextlib.contextmanager
     def write(self) -> Iterator[sa.Connection]:
         """A transaction that holds the write lock from its first statement."""
         may_wait("the catalog's write lock")
-        with self.engine.begin() as conn:
-            yield conn
+        with self._unavailable_if_lost(), self.engine.connect() as conn:
+            trans = Transaction(conn.begin(), lost_matters=not self.is_sqlite)
+            try:
+                yield conn
+            except BaseException:
+                trans.rollback_after_failure()
+                raise
+            trans.commit()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[tuple[sa.Connection, sa.RootTransaction]]:
+    def transaction(self) -> Iterator[tuple[sa.Connection, Transaction]]:
         """A write transaction the caller commits or rolls back itself (dry runs roll back)."""
         may_wait("the catalog's write lock")
-        with self.engine.connect() as conn:
-            trans = conn.begin()
+        with self._unavailable_if_lost(), self.engine.connect() as conn:
+            trans = Transaction(conn.begin(), lost_matters=not self.is_sqlite)
             try:
                 yield conn, trans
             finally:
                 if trans.is_active:
-                    trans.rollback()
+                    trans.rollback_after_failure()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sa.Connection]:
@@ -167,8 +243,24 @@ class Catalog:
         deferred transaction in WAL mode; PostgreSQL: REPEATABLE READ, READ ONLY). On SQLite it never
         waits for a writer, so it may run inside `waits.no_waiting()`."""
         self._before_read(self.read_engine)
-        with self.read_engine.connect() as conn:
-            yield conn
+        with self._unavailable_if_lost():
+            conn = self.read_engine.connect()
+            try:
+                yield conn
+            finally:
+                self._release(conn)
+
+    def _release(self, conn: sa.Connection) -> None:
+        """Close a read's connection (its rollback ends the snapshot). A connection lost by then loses
+        nothing: what the read read is read, and the database ended its snapshot with it; the error the
+        read is ending with, if any, is raised instead."""
+        try:
+            conn.close()
+        except sa.exc.DBAPIError as e:
+            if self.is_sqlite or not lost_connection(e):
+                raise
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                conn.invalidate()
 
     def exclusive(self, name: str, *, blocking: bool) -> contextlib.AbstractContextManager[bool]:
         """A store-wide lock held for the block (yields False when `blocking` is off and another holds it).
@@ -201,7 +293,7 @@ class Catalog:
         may_wait("a store-wide lock")
         if not self.is_sqlite:
             mode = "_shared" if shared else ""
-            with self.engine.connect() as conn:
+            with self._unavailable_if_lost(), self.engine.connect() as conn:
                 fn = f"pg_advisory_lock{mode}" if blocking else f"pg_try_advisory_lock{mode}"
                 got = conn.execute(sa.text(f"SELECT {fn}(:k)"), {"k": key}).scalar()
                 conn.commit()
@@ -232,13 +324,14 @@ class Catalog:
             if row is not NotImplemented:
                 return row
         self._before_read(self.statement_engine)
-        for attempt in range(2):
-            try:
-                with self.statement_engine.connect() as conn:
-                    return conn.execute(statement, params).first()
-            except sa.exc.DBAPIError as e:
-                if not e.connection_invalidated or attempt:
-                    raise
+        with self._unavailable_if_lost():
+            for attempt in range(2):
+                try:
+                    with self.statement_engine.connect() as conn:
+                        return conn.execute(statement, params).first()
+                except sa.exc.DBAPIError as e:
+                    if not e.connection_invalidated or attempt:
+                        raise
         raise AssertionError("unreachable")
 
     def stream(

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any, Literal
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from modelhangar.auth import actor_of
 from modelhangar.core import repo_blobs
@@ -36,6 +36,7 @@ from modelhangar.faces.oci.wire import (
     parse_reference,
     repository_of,
 )
+from modelhangar.faces.streams import started
 
 
 def store_of(request: Request) -> Store:
@@ -254,13 +255,16 @@ def _catalog_names(store: Store, after: str | None, want: int, actor: Actor) -> 
     return names[:want]
 
 
-def _whole_catalog(store: Store, after: str | None, actor: Actor) -> Iterator[bytes]:
+def _whole_catalog(store: Store, after: str | None, actor: Actor) -> Generator[bytes, None, None]:
     """`{"repositories":[...]}` of every OCI name after `after`, streamed from one snapshot a batch at a
-    time (flat memory at any size; names need no JSON escaping, NAME_RE allows none)."""
+    time (flat memory at any size; names need no JSON escaping, NAME_RE allows none). The first batch
+    is read before the first piece (`streams.started`)."""
     keys = store.iter_repository_keys(PREFIX, None if after is None else PREFIX + after, actor=actor)
     sep = ""
     try:
-        yield b'{"repositories":['
+        first = [n for n in map(oci_name, next(keys, [])) if n is not None]
+        yield b'{"repositories":[' + (('"' + '","'.join(first) + '"').encode() if first else b"")
+        sep = "," if first else ""
         for batch in keys:
             names = [n for n in map(oci_name, batch) if n is not None]
             if names:
@@ -280,7 +284,7 @@ async def catalog(request: Request) -> Response:
     store = store_of(request)
     actor = actor_of(request, "oci")
     if n is None:
-        return StreamingResponse(_whole_catalog(store, last, actor), media_type="application/json")
+        return await started(lambda: _whole_catalog(store, last, actor), "application/json")
     names = await run_in_threadpool(_catalog_names, store, last, n + 1, actor)
     headers: dict[str, str] = {}
     if len(names) > n:

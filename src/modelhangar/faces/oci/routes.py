@@ -25,9 +25,9 @@ from modelhangar.core.errors import (
     QuotaExceeded,
     SizeMismatch,
     TooLarge,
+    Unavailable,
 )
 from modelhangar.core.registry_tokens import Access
-from modelhangar.core.s3blobs import BlobStoreUnavailable
 from modelhangar.faces.oci import blobs, manifests, tokens
 from modelhangar.faces.oci.errors import OciError
 from modelhangar.faces.oci.wire import repository_of
@@ -126,7 +126,7 @@ def _resolve(path: str, method: str) -> tuple[Handler, dict[str, str]]:
 
 def _as_oci_error(exc: Exception) -> OciError | None:
     """Core errors that reach the dispatcher, as the client errors they are."""
-    if isinstance(exc, BlobStoreUnavailable):  # nothing half-written is kept: the client may retry
+    if isinstance(exc, Unavailable):  # nothing half-written is kept: the client may retry
         return OciError("UNAVAILABLE", exc.advice, headers={"Retry-After": str(exc.retry_after)})
     if isinstance(exc, InvalidDigest):
         return OciError("DIGEST_INVALID", "invalid digest")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from modelhangar import __version__
@@ -31,6 +31,7 @@ from modelhangar.faces.ollama.wire import (
     ndjson,
     parse_or,
 )
+from modelhangar.faces.streams import started
 
 FACE = "ollama"
 
@@ -57,17 +58,19 @@ async def version(request: Request) -> Response:
 
 
 async def tags(request: Request) -> Response:
-    return StreamingResponse(_tags_body(_store(request), _actor(request)), media_type="application/json")
+    store, actor = _store(request), _actor(request)
+    return await started(lambda: _tags_body(store, actor), "application/json")
 
 
-def _tags_body(store: Store, actor: Actor | None = None) -> Iterator[bytes]:
+def _tags_body(store: Store, actor: Actor | None = None) -> Generator[bytes, None, None]:
     """`{"models":[...]}` streamed a batch at a time from the listing entries the store renders when a
     tag is written (`core/listing.py`): no per-model record, parse or format here. Repositories other
     faces made that have no Ollama name are left out, and so are the private models of others."""
     batches = store.iter_listing(actor=actor)
-    sep = ""
     try:
-        yield b'{"models":['
+        first = next(batches, [])  # the listing's query, before the first piece (`streams.started`)
+        sep = "," if first else ""
+        yield b'{"models":[' + ",".join(first).encode()
         for batch in batches:
             if batch:
                 yield (sep + ",".join(batch)).encode()

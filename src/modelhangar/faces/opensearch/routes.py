@@ -20,7 +20,7 @@ from modelhangar import guards
 from modelhangar.auth import actor_of
 from modelhangar.core import ml_models as ml
 from modelhangar.core.actors import Actor
-from modelhangar.core.errors import Denied, HangarError, NotFound, TooLarge, Unauthenticated
+from modelhangar.core.errors import Denied, HangarError, NotFound, TooLarge, Unauthenticated, Unavailable
 from modelhangar.core.store import Store
 from modelhangar.faces.ollama import routes as ollama
 from modelhangar.faces.opensearch import fetch, wire
@@ -248,6 +248,8 @@ def _error_of(exc: Exception) -> Response:
         return wire.error(403, str(exc))
     if isinstance(exc, TooLarge):
         return wire.error(413, str(exc))
+    if isinstance(exc, Unavailable):  # OpenSearch's own answer when a node cannot serve for now
+        return wire.error(503, exc.advice, headers={"Retry-After": str(exc.retry_after)})
     return wire.error(400, str(exc), "illegal_argument_exception")
 
 

@@ -20,7 +20,15 @@ from starlette.routing import BaseRoute, Route
 from modelhangar.auth import actor_of
 from modelhangar.core import accounts, jsonsafe
 from modelhangar.core import replicate_models as rm
-from modelhangar.core.errors import Conflict, Denied, NotFound, QuotaExceeded, Refused, Unauthenticated
+from modelhangar.core.errors import (
+    Conflict,
+    Denied,
+    NotFound,
+    QuotaExceeded,
+    Refused,
+    Unauthenticated,
+    Unavailable,
+)
 from modelhangar.core.store import Actor, Store
 from modelhangar.faces.replicate.wire import (
     account_json,
@@ -97,6 +105,10 @@ def _map(exc: Exception) -> Response | None:
         return problem(409, "Conflict", str(exc))
     if isinstance(exc, QuotaExceeded):
         return problem(403, "Quota exceeded", str(exc))
+    if isinstance(exc, Unavailable):
+        answer = problem(503, "Service unavailable", exc.advice)
+        answer.headers["Retry-After"] = str(exc.retry_after)
+        return answer
     if isinstance(exc, Unauthenticated):
         return problem(401, "Unauthenticated", "You did not pass an authentication token")
     if isinstance(exc, jsonsafe.InvalidJSON):
