@@ -319,6 +319,34 @@ def test_repository_keys_page_in_byte_order(kit: Kit) -> None:
     assert kit.store.repository_keys(PREFIX + "a%") == []  # the prefix is literal
 
 
+def test_repository_keys_are_what_each_reader_may_see(kit: Kit) -> None:
+    """Pages and the streamed whole agree, for the store, an anonymous reader, a user and a member of
+    an organisation (each reads through its own variant of the statement)."""
+    from modelhangar.core import accounts
+
+    accounts.add_user(kit.store, "ann")
+    accounts.add_user(kit.store, "bob")
+    accounts.add_org(kit.store, "crew", ["bob"])
+    kit.create("open", [b"o"])
+    kit.create("ann/mine", [b"a"], owner="ann", visibility="private")
+    kit.create("crew/ours", [b"c"], owner="crew", visibility="private")
+    readers = {
+        "store": (None, ["ann/mine", "crew/ours", "open"]),
+        "anonymous": (Actor(name="anonymous", face="oci", admin=False), ["open"]),
+        "ann": (Actor(name="ann", face="oci", admin=False, principal="ann"), ["ann/mine", "open"]),
+        "bob": (
+            Actor(name="bob", face="oci", admin=False, principal="bob", orgs=frozenset({"crew"})),
+            ["crew/ours", "open"],
+        ),
+    }
+    for who, (actor, names) in readers.items():
+        keys = [PREFIX + n for n in names]
+        assert kit.store.repository_keys(PREFIX, actor=actor) == keys, who
+        assert kit.store.repository_keys(PREFIX, keys[0], 1, actor=actor) == keys[1:2], who
+        streamed = kit.store.iter_repository_keys(PREFIX, batch=1, actor=actor)
+        assert [k for batch in streamed for k in batch] == keys, who
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
 def test_a_read_survives_a_dropped_postgresql_connection(kit: Kit) -> None:

@@ -98,6 +98,32 @@ _MANIFEST_IN_REPOSITORY = permissions.visible_variants(
 )
 
 
+def _repository_keys(byte_order: sa.ColumnElement[str], *, page: bool) -> dict[str, sa.Select[Any]]:
+    """Repository keys holding a manifest in `[lo, hi)` after `after`, in byte order (`byte_order`: the
+    key, on PostgreSQL in collation "C"), `limit` of them for a `page`: built once, so a catalog reads
+    its rows with no per-row object on SQLite (`Catalog.stream`)."""
+    q = (
+        sa.select(t.repositories.c.name_key)
+        .where(
+            byte_order >= sa.bindparam("lo"),
+            byte_order < sa.bindparam("hi"),
+            byte_order > sa.bindparam("after"),
+            sa.exists().where(t.repo_manifests.c.repository_id == t.repositories.c.id),
+        )
+        .order_by(byte_order)
+    )
+    return permissions.visible_variants(q.limit(sa.bindparam("limit")) if page else q)
+
+
+_KEYS = {
+    (sqlite, page): _repository_keys(
+        t.repositories.c.name_key if sqlite else t.repositories.c.name_key.collate("C"), page=page
+    )
+    for sqlite in (True, False)
+    for page in (True, False)
+}
+
+
 @dataclass(frozen=True)
 class BlobCommit:
     digest: str
@@ -636,20 +662,19 @@ class Store:
                 t.repositories.update().where(t.repositories.c.id == repo_id).values(visibility=visibility)
             )
 
-    def _repository_keys_query(self, prefix: str, after: str | None, actor: Actor | None) -> Any:
-        key = t.repositories.c.name_key
-        order = key if self.catalog.is_sqlite else key.collate("C")  # byte order, as Python sorts
-        q = (
-            sa.select(key)
-            .where(
-                key.startswith(prefix, autoescape=True),
-                sa.exists().where(t.repo_manifests.c.repository_id == t.repositories.c.id),
-            )
-            .order_by(order)
-        )
-        if after is not None:
-            q = q.where(order > after)
-        return self._visible_to(q, actor)
+    def _repository_keys_query(
+        self, prefix: str, after: str | None, limit: int | None, actor: Actor | None
+    ) -> tuple[Any, dict[str, Any]]:
+        """The statement of `repository_keys` and its parameters: the keys that start with `prefix` are
+        the range from `prefix` to the next string after all of them (byte order is code point order)."""
+        if not prefix:
+            raise ValueError("a repository key prefix is not empty")
+        q, params = permissions.for_reader(_KEYS[self.catalog.is_sqlite, limit is not None], actor)
+        hi = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        params = {**params, "lo": prefix, "hi": hi, "after": after or ""}
+        if limit is not None:
+            params["limit"] = limit
+        return q, params
 
     @retrying
     def repository_keys(
@@ -658,25 +683,23 @@ class Store:
         """Keys (lowercased names) of repositories that hold a manifest, start with `prefix` and `actor`
         may read, in byte order, after the key `after`, at most `limit` of them: a page of a catalog
         in one query."""
-        q = self._repository_keys_query(prefix, after, actor)
-        if limit is not None:
-            q = q.limit(limit)
+        q, params = self._repository_keys_query(prefix, after, limit, actor)
         with self.catalog.read() as conn:
-            return list(conn.execute(q).scalars())
+            return [r[0] for rows in self.catalog.stream(conn, q, params, limit or 5000) for r in rows]
 
     def iter_repository_keys(
         self, prefix: str, after: str | None = None, batch: int = 5000, *, actor: Actor | None = None
     ) -> Generator[Sequence[str], None, None]:
         """All of `repository_keys`, as batches streamed from one statement on one snapshot (a whole
         catalog, with flat memory). Close the iterator to release the snapshot."""
-        q = self._repository_keys_query(prefix, after, actor)
+        q, params = self._repository_keys_query(prefix, after, None, actor)
         with self.catalog.read() as conn:
-            result = conn.execution_options(yield_per=batch).execute(q)
+            batches = self.catalog.stream(conn, q, params, batch)
             try:
-                for rows in result.partitions():
+                for rows in batches:
                     yield [r[0] for r in rows]
             finally:
-                result.close()
+                batches.close()
 
     @retrying
     def tag_names(

@@ -13,7 +13,7 @@ import functools
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -336,7 +336,7 @@ class Catalog:
 
     def stream(
         self, conn: sa.Connection, statement: sa.Executable, params: dict[str, Any], batch: int
-    ) -> Iterator[Sequence[Any]]:
+    ) -> Generator[Sequence[Any], None, None]:
         """The rows of one statement on `conn` (a `read` snapshot), `batch` at a time, for listings
         that must not cost an object per row: on SQLite a reusable statement is read straight from
         the connection's DBAPI cursor (plain tuples, `quick_reads`), anything else through a

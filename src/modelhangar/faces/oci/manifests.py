@@ -32,6 +32,7 @@ from modelhangar.faces.oci.wire import (
     blob_digest,
     next_link,
     oci_name,
+    oci_names,
     page_params,
     parse_reference,
     repository_of,
@@ -248,7 +249,7 @@ def _catalog_names(store: Store, after: str | None, want: int, actor: Actor) -> 
     while len(names) < want:
         batch = max(want - len(names), 1)
         keys = store.repository_keys(PREFIX, cursor, batch, actor=actor)
-        names += [n for n in map(oci_name, keys) if n is not None]
+        names += oci_names(keys)
         if len(keys) < batch:
             break
         cursor = keys[-1]
@@ -262,11 +263,11 @@ def _whole_catalog(store: Store, after: str | None, actor: Actor) -> Generator[b
     keys = store.iter_repository_keys(PREFIX, None if after is None else PREFIX + after, actor=actor)
     sep = ""
     try:
-        first = [n for n in map(oci_name, next(keys, [])) if n is not None]
+        first = oci_names(next(keys, []))
         yield b'{"repositories":[' + (('"' + '","'.join(first) + '"').encode() if first else b"")
         sep = "," if first else ""
         for batch in keys:
-            names = [n for n in map(oci_name, batch) if n is not None]
+            names = oci_names(batch)
             if names:
                 yield (sep + '"' + '","'.join(names) + '"').encode()
                 sep = ","

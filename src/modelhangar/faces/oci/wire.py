@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import BinaryIO, Literal
 from urllib.parse import quote
 
@@ -43,6 +43,13 @@ def oci_name(repository: str) -> str | None:
         return None
     name = repository[len(PREFIX) :].lower()
     return name if len(name) <= MAX_NAME and NAME_RE.fullmatch(name) else None
+
+
+def oci_names(keys: Iterable[str]) -> list[str]:
+    """`oci_name` of each of a catalog's repository keys (names already lowercased, as
+    `Store.repository_keys` gives them) that has one, in one pass."""
+    cut, valid = len(PREFIX), NAME_RE.fullmatch
+    return [n for k in keys if k.startswith(PREFIX) and len(n := k[cut:]) <= MAX_NAME and valid(n)]
 
 
 def blob_digest(raw: str) -> str:
