@@ -98,16 +98,19 @@ _MANIFEST_IN_REPOSITORY = permissions.visible_variants(
 )
 
 
-def _repository_keys(byte_order: sa.ColumnElement[str], *, page: bool) -> dict[str, sa.Select[Any]]:
-    """Repository keys holding a manifest in `[lo, hi)` after `after`, in byte order (`byte_order`: the
-    key, on PostgreSQL in collation "C"), `limit` of them for a `page`: built once, so a catalog reads
-    its rows with no per-row object on SQLite (`Catalog.stream`)."""
+def _repository_keys(
+    byte_order: sa.ColumnElement[str], *, page: bool, after: bool
+) -> dict[str, sa.Select[Any]]:
+    """Repository keys holding a manifest from `lo` (or, `after`, from after the key `after`) up to
+    `hi`, in byte order (`byte_order`: the key, on PostgreSQL in collation "C"), `limit` of them for a
+    `page`. One bound on each side, so the index is searched from where the page starts. Built once,
+    so a catalog reads its rows with no per-row object on SQLite (`Catalog.stream`)."""
+    start = byte_order > sa.bindparam("after") if after else byte_order >= sa.bindparam("lo")
     q = (
         sa.select(t.repositories.c.name_key)
         .where(
-            byte_order >= sa.bindparam("lo"),
+            start,
             byte_order < sa.bindparam("hi"),
-            byte_order > sa.bindparam("after"),
             sa.exists().where(t.repo_manifests.c.repository_id == t.repositories.c.id),
         )
         .order_by(byte_order)
@@ -116,11 +119,14 @@ def _repository_keys(byte_order: sa.ColumnElement[str], *, page: bool) -> dict[s
 
 
 _KEYS = {
-    (sqlite, page): _repository_keys(
-        t.repositories.c.name_key if sqlite else t.repositories.c.name_key.collate("C"), page=page
+    (sqlite, page, after): _repository_keys(
+        t.repositories.c.name_key if sqlite else t.repositories.c.name_key.collate("C"),
+        page=page,
+        after=after,
     )
     for sqlite in (True, False)
     for page in (True, False)
+    for after in (True, False)
 }
 
 
@@ -669,9 +675,10 @@ class Store:
         the range from `prefix` to the next string after all of them (byte order is code point order)."""
         if not prefix:
             raise ValueError("a repository key prefix is not empty")
-        q, params = permissions.for_reader(_KEYS[self.catalog.is_sqlite, limit is not None], actor)
+        past = after is not None and after >= prefix
+        q, params = permissions.for_reader(_KEYS[self.catalog.is_sqlite, limit is not None, past], actor)
         hi = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-        params = {**params, "lo": prefix, "hi": hi, "after": after or ""}
+        params = {**params, "hi": hi, **({"after": after} if past else {"lo": prefix})}
         if limit is not None:
             params["limit"] = limit
         return q, params
