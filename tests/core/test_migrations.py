@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -12,16 +13,25 @@ from alembic.runtime.migration import MigrationContext
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.catalog.db import Catalog
 
+BYTE_ORDER_INDEX = "ix_repositories_name_key_c"
+
 
 def url_for(db_url: str | None, tmp_path: Path) -> str:
     return db_url or f"sqlite:///{tmp_path / 'catalog.db'}"
 
 
+@pytest.mark.filterwarnings("ignore:autogenerate skipping metadata-specified expression-based index")
 def test_migrations_build_the_schema_the_code_declares(db_url: str | None, tmp_path: Path) -> None:
     catalog = Catalog(url_for(db_url, tmp_path), lock_dir=tmp_path)
     catalog.migrate()
     with catalog.engine.connect() as conn:
-        assert compare_metadata(MigrationContext.configure(conn), t.metadata) == []
+        opts = {"include_object": lambda _o, name, *_: name != BYTE_ORDER_INDEX}
+        assert compare_metadata(MigrationContext.configure(conn, opts=opts), t.metadata) == []
+        if not catalog.is_sqlite:  # Alembic reflects an index on `x COLLATE "C"` as one on `x`
+            indexdef = conn.exec_driver_sql(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = %(n)s", {"n": BYTE_ORDER_INDEX}
+            ).scalar()
+            assert indexdef is not None and 'name_key COLLATE "C"' in indexdef, indexdef
     catalog.migrate()  # a second start changes nothing
     catalog.dispose()
 

@@ -94,3 +94,20 @@ def test_a_page_of_the_web_list_walks_an_index(store: Store, sort: str) -> None:
     text = plan_text(store, browse.list_query(Actor(), "", sort).limit(50))  # type: ignore[arg-type]
     assert index in text or (sort == "name" and "sqlite_autoindex_repositories" in text), text
     assert "TEMP B-TREE" not in text and "Sort" not in text.replace("Sort Key", ""), text
+
+
+@pytest.mark.parametrize("after", [None, "registry.ollama.ai/library/m"])
+def test_a_page_of_the_registry_catalog_walks_an_index_from_where_it_starts(
+    store: Store, after: str | None
+) -> None:
+    """`GET /v2/_catalog?n=...&last=...` in byte order: an index search bounded on both sides, from the
+    page's own start, never a sort or a scan of the keys before it (README, "Listings")."""
+    stmt, params = store._repository_keys_query("registry.ollama.ai/library/", after, 100, None)
+    text = plan_text(store, stmt.params(params))
+    index = "sqlite_autoindex_repositories" if store.catalog.is_sqlite else "ix_repositories_name_key_c"
+    assert index in text and "TEMP B-TREE" not in text and "Sort" not in text, text
+    if store.catalog.is_sqlite:
+        assert "name_key>? AND name_key<?" in text, text  # both bounds, `after` among them
+    else:
+        bound = "name_key)::text > " if after else "name_key)::text >= "
+        assert bound in text.replace('COLLATE "C"', ""), text

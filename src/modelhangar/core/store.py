@@ -115,7 +115,7 @@ def _repository_keys(
         )
         .order_by(byte_order)
     )
-    return permissions.visible_variants(q.limit(sa.bindparam("limit")) if page else q)
+    return permissions.visible_variants(q.limit(sa.bindparam("limit", type_=sa.Integer)) if page else q)
 
 
 _KEYS = {

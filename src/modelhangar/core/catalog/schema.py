@@ -48,6 +48,10 @@ repositories = sa.Table(
 # The web UI's list a page at a time, largest or newest first, ties by name (`core/browse.py`).
 sa.Index("ix_repositories_size", repositories.c.size.desc(), repositories.c.name_key)
 sa.Index("ix_repositories_modified", repositories.c.modified_at.desc(), repositories.c.name_key)
+# The registry's catalog a page at a time in byte order, as the OCI spec's `last` and Python sort
+# (`Store.repository_keys`): on PostgreSQL that is collation "C", which the unique index on the key (in
+# the database's collation) cannot serve; SQLite compares bytes already.
+sa.Index("ix_repositories_name_key_c", repositories.c.name_key.collate("C")).ddl_if(dialect="postgresql")
 
 blobs = sa.Table(
     "blobs",
