@@ -26,6 +26,7 @@ import ollama
 import pytest
 
 from harness import (
+    AUTH_VARIANTS,
     TOKEN_ENV,
     MakeGguf,
     ServerProcess,
@@ -360,49 +361,60 @@ def test_two_servers_race_over_postgresql(
 
 STORM_KILLS = 40  # rounds in which the database drops every connection of the server's
 STORM_WORKERS = 6
+STORM_MODELS = 6  # more than one row in every listing: a listing's later rows cannot be cut either
 
 
+@pytest.mark.parametrize("auth", AUTH_VARIANTS)
 def test_a_database_that_drops_every_connection_is_answered_503_never_500(
-    home: Path, start_server: StartServer, pg_url: str
+    home: Path, start_server: StartServer, pg_url: str, auth: str
 ) -> None:
     """PostgreSQL dropping every connection of the server's again and again (a restart, a failover, an
-    operator's `pg_terminate_backend`), while clients HEAD and GET blobs and manifests, push blobs and
-    list models: no request is answered 500. What cannot be served while the connection is gone is a
-    503 with `Retry-After`, in the face's own format; once the database stays up, everything answers
-    again and the store is consistent (README, "Safety rules")."""
+    operator's `pg_terminate_backend`), while clients read blobs, manifests and listings, push blobs,
+    tag and delete (and, in the `tokens` run, every request's token is checked): no request is
+    answered 500 or cut short. What cannot be served while the connection is gone is a 503 with
+    `Retry-After`, in the face's own format; a delete is never run twice (a tag made and then deleted
+    is never answered 404); once the database stays up, everything answers again and the store is
+    consistent (README, "Safety rules")."""
     import hashlib
     import json
 
     import psycopg
     from sqlalchemy.engine import make_url
 
-    from harness import OCI_MANIFEST, image_manifest
+    from harness import OCI_MANIFEST, Auth, image_manifest
 
     def digest(data: bytes) -> str:
         return "sha256:" + hashlib.sha256(data).hexdigest()
 
-    server = start_server(home, database_url=pg_url)
+    who = Auth(auth, home, database_url=pg_url)
+    server = start_server(home, database_url=pg_url, env=who.env)
     layer, config = b"the storm's layer", b'{"architecture":"amd64","os":"linux"}'
-    with httpx.Client(base_url=server.url, timeout=60) as c:
-        for data in (layer, config):
-            r = c.post(f"/v2/storm/m/blobs/uploads/?digest={digest(data)}", content=data)
-            assert r.status_code == 201
-        manifest = image_manifest(config, [layer])
-        put = c.put("/v2/storm/m/manifests/latest", content=manifest, headers={"Content-Type": OCI_MANIFEST})
-        assert put.status_code == 201
+    manifest = image_manifest(config, [layer])
+    with httpx.Client(base_url=server.url, timeout=60, headers=who.user) as c:
+        for i in range(STORM_MODELS):
+            for data in (layer, config):
+                r = c.post(f"/v2/worker/m{i}/blobs/uploads/?digest={digest(data)}", content=data)
+                assert r.status_code == 201, r.text
+            put = c.put(
+                f"/v2/worker/m{i}/manifests/latest", content=manifest, headers={"Content-Type": OCI_MANIFEST}
+            )
+            assert put.status_code == 201, put.text
     gets: list[tuple[str, str, dict[str, str]]] = [
-        ("HEAD", f"/v2/storm/m/blobs/{digest(layer)}", {}),
-        ("GET", f"/v2/storm/m/blobs/{digest(layer)}", {}),
-        ("GET", "/v2/storm/m/manifests/latest", {"Accept": OCI_MANIFEST}),
-        ("GET", f"/v2/storm/m/manifests/{digest(manifest)}", {"Accept": OCI_MANIFEST}),
-        ("GET", "/v2/storm/m/tags/list", {}),
-        ("GET", "/api/tags", {}),
+        ("HEAD", f"/v2/worker/m0/blobs/{digest(layer)}", {}),
+        ("GET", f"/v2/worker/m0/blobs/{digest(layer)}", {}),
+        ("GET", "/v2/worker/m0/manifests/latest", {"Accept": OCI_MANIFEST}),
+        ("GET", f"/v2/worker/m0/manifests/{digest(manifest)}", {"Accept": OCI_MANIFEST}),
+        ("GET", "/v2/worker/m0/tags/list", {}),
         ("GET", "/v2/_catalog", {}),
+        ("GET", "/api/tags", {}),
         ("GET", "/api/hangar/models", {}),
     ]
+    if not who.on:  # a loopback browser is the local admin
+        gets += [("GET", "/ui/models", {}), ("GET", "/ui/trash", {})]
     stop = threading.Event()
     seen: dict[int, int] = {}
     wrong: list[str] = []
+    bodies: list[str] = []
     lock = threading.Lock()
 
     def check(r: httpx.Response, what: str) -> None:
@@ -410,14 +422,21 @@ def test_a_database_that_drops_every_connection_is_answered_503_never_500(
             seen[r.status_code] = seen.get(r.status_code, 0) + 1
             if r.status_code < 500:
                 return
-            body = r.json() if r.content else None
+            bodies.append(r.text)
             if r.status_code != 503 or "Retry-After" not in r.headers:
                 wrong.append(f"{what}: {r.status_code} {r.text[:300]}")
-            elif body is None:
-                assert what.startswith("HEAD "), what  # a HEAD's answer has no body
-            elif what.split()[1].startswith("/v2/") and body["errors"][0]["code"] != "UNAVAILABLE":
+                return
+            path = what.split()[1]
+            if what.startswith("HEAD ") or path.startswith("/ui/"):
+                return  # no body; the web UI's own page
+            try:
+                body = r.json()
+            except ValueError:
+                wrong.append(f"{what}: not JSON: {r.text[:300]}")
+                return
+            if path.startswith("/v2/") and body["errors"][0]["code"] != "UNAVAILABLE":
                 wrong.append(f"{what}: not the registry's error format: {r.text[:300]}")
-            elif what.split()[1].startswith("/api/") and not ("error" in body or "detail" in body):
+            elif path.startswith("/api/") and not ("error" in body or "detail" in body):
                 wrong.append(f"{what}: not the face's error format: {r.text[:300]}")
 
     def worker(i: int) -> None:
@@ -428,16 +447,30 @@ def test_a_database_that_drops_every_connection_is_answered_503_never_500(
                 wrong.append(f"worker {i}: {e!r}")
 
     def work(i: int) -> None:
-        with httpx.Client(base_url=server.url, timeout=60) as c:
+        with httpx.Client(base_url=server.url, timeout=60, headers=who.user) as c:
             n = 0
             while not stop.is_set():
                 n += 1
                 method, path, headers = gets[(i + n) % len(gets)]
-                check(c.request(method, path, headers=headers), f"{method} {path}")
+                r = c.request(method, path, headers=headers)
+                check(r, f"{method} {path}")
+                if method == "GET" and r.status_code == 200 and path in ("/api/tags", "/v2/_catalog"):
+                    listed = json.loads(r.content)["models" if path == "/api/tags" else "repositories"]
+                    assert len(listed) >= STORM_MODELS, path  # whole: never cut short
                 if n % 5 == 0:  # a new blob, pushed in one request
                     data = f"blob {i}-{n}".encode()
-                    r = c.post(f"/v2/storm/p{i}/blobs/uploads/?digest={digest(data)}", content=data)
-                    check(r, f"POST /v2/storm/p{i}/blobs/uploads/")
+                    r = c.post(f"/v2/worker/p{i}/blobs/uploads/?digest={digest(data)}", content=data)
+                    check(r, f"POST /v2/worker/p{i}/blobs/uploads/")
+                if n % 7 == 0:  # a tag made, then deleted: its delete is never answered 404
+                    tag = f"/v2/worker/m{i % STORM_MODELS}/manifests/t{i}-{n}"
+                    made = c.put(tag, content=manifest, headers={"Content-Type": OCI_MANIFEST})
+                    check(made, f"PUT {tag}")
+                    if made.status_code == 201:
+                        gone = c.delete(tag)
+                        check(gone, f"DELETE {tag}")
+                        if gone.status_code == 404:
+                            with lock:
+                                wrong.append(f"DELETE {tag}: 404 for a tag made just now: {gone.text[:300]}")
 
     libpq = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(STORM_WORKERS)]
@@ -456,18 +489,73 @@ def test_a_database_that_drops_every_connection_is_answered_503_never_500(
         stop.set()
         for th in threads:
             th.join()
-    assert killed > STORM_KILLS, "the storm dropped connections"
-    assert not wrong, f"{len(wrong)} answers were not 503 with Retry-After:\n" + "\n".join(wrong[:10])
+    assert killed > 0, "the storm dropped connections"
+    assert not wrong, f"{len(wrong)} answers went wrong:\n" + "\n".join(wrong[:10])
     assert seen.get(200, 0) > 0, seen
-    assert sum(seen.values()) > STORM_KILLS, seen
-    with httpx.Client(base_url=server.url, timeout=60) as c:  # the database stays up: all answer again
+    with httpx.Client(base_url=server.url, timeout=60, headers=who.user) as c:  # the database stays up
         for method, path, headers in gets:
             assert c.request(method, path, headers=headers).status_code == 200, (method, path)
-        tags = c.get("/v2/storm/m/tags/list").json()
-        assert tags["tags"] == ["latest"]
-        got = c.get("/v2/storm/m/manifests/latest", headers={"Accept": OCI_MANIFEST})
+        tags = c.get("/v2/worker/m0/tags/list").json()
+        assert "latest" in tags["tags"]
+        got = c.get("/v2/worker/m0/manifests/latest", headers={"Accept": OCI_MANIFEST})
         assert json.loads(got.content) == json.loads(manifest)
     log = server.log()
     for fault in ("unexpected error", "Exception in ASGI application", "response already started"):
         assert fault not in log, f"the server logged {fault!r}"
+    who.assert_secret(logs=[log], home=home, database_url=pg_url, bodies=bodies)
     assert_store_consistent(home, pg_url)
+
+
+@pytest.mark.parametrize("auth", AUTH_VARIANTS)
+def test_a_database_that_refuses_connections_is_answered_503_by_every_face(
+    home: Path, start_server: StartServer, pg_url: str, auth: str
+) -> None:
+    """The catalog's database down (it accepts no connection) after the server started: every face
+    answers 503 with `Retry-After` in its own format, the token check of the `tokens` run included
+    (it runs before any route); nothing answers 500. Once the database is back, the same requests
+    answer 200 (README, "Safety rules")."""
+    import psycopg
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    from harness import Auth
+
+    who = Auth(auth, home, database_url=pg_url)
+    server = start_server(home, database_url=pg_url, env=who.env)
+    url = make_url(pg_url)
+    libpq = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    database = sql.Identifier(str(url.database))
+    requests: list[tuple[str, str, Any]] = [
+        ("GET", "/api/tags", lambda b: "error" in b.json()),
+        ("GET", "/v2/_catalog", lambda b: b.json()["errors"][0]["code"] == "UNAVAILABLE"),
+        ("GET", "/v1/models", lambda b: b.json()["status"] == 503),
+        ("POST", "/_plugins/_ml/model_groups/_search", lambda b: b.json()["status"] == 503),
+        ("GET", "/api/hangar/models", lambda b: "detail" in b.json()),
+    ]
+    if not who.on:  # a loopback browser is the local admin
+        requests.append(("GET", "/ui/models", lambda b: "<h1>503</h1>" in b.text or "503" in b.text))
+    with httpx.Client(base_url=server.url, timeout=60, headers=who.user) as c:
+        for method, path, _ in requests:
+            assert c.request(method, path, json={} if method == "POST" else None).status_code == 200, path
+        with psycopg.connect(libpq, autocommit=True) as admin:
+            admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(database))
+            try:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (str(url.database),),
+                )
+                for method, path, right_format in requests:
+                    r = c.request(method, path, json={} if method == "POST" else None)
+                    assert r.status_code == 503 and r.headers.get("Retry-After"), (
+                        path,
+                        r.status_code,
+                        r.text,
+                    )
+                    assert right_format(r), (path, r.text)
+            finally:
+                admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(database))
+        for method, path, _ in requests:
+            assert c.request(method, path, json={} if method == "POST" else None).status_code == 200, path
+    log = server.log()
+    for fault in ("unexpected error", "Exception in ASGI application"):
+        assert fault not in log, f"the server logged {fault!r}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -25,8 +26,13 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelhangar.core import accounts
+from modelhangar.core.catalog.db import retrying
+from modelhangar.core.errors import Unavailable
 from modelhangar.core.store import Actor, Store
+from modelhangar.guards import error_response
 from modelhangar.guards import face_of as face_of  # re-exported: the one map of paths to faces
+
+log = logging.getLogger("modelhangar")
 
 STATE_KEY = "actor"
 PUBLIC_PATHS: dict[str, frozenset[str]] = {
@@ -117,6 +123,7 @@ def session_cookie(request_headers: dict[bytes, bytes], name: str) -> str | None
     return None if morsel is None else morsel.value
 
 
+@retrying  # a token check is a read (and a last-used time): safe to run again
 def resolve(store: Store, secret: str, face: str) -> Actor | None:
     for authenticate in AUTHENTICATORS:
         actor = authenticate(store, secret, face)
@@ -139,6 +146,22 @@ class Authenticate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        try:
+            await self._checked(scope, receive, send)
+        except Unavailable as e:  # outside the app's handlers: answered here, as they would
+            if "modelhangar.auth.checked" in scope:
+                raise  # the app's own answer had begun
+            log.warning(
+                "%s checking the credentials of %s %s: %s",
+                type(e).__name__,
+                scope["method"],
+                scope["path"],
+                e.__cause__ or e,
+            )
+            retry = {"Retry-After": str(e.retry_after)}
+            await error_response(scope["path"], 503, e.advice, retry)(scope, receive, send)
+
+    async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
         from modelhangar.faces import quick
 
         path, method = scope["path"], scope["method"]
@@ -174,6 +197,7 @@ class Authenticate:
             await self.unauthorized(path, "authentication required: send a token")(scope, receive, send)
             return
         scope.setdefault("state", {})[STATE_KEY] = actor
+        scope["modelhangar.auth.checked"] = True
         await self.app(scope, receive, send)
 
 

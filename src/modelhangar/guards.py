@@ -50,6 +50,7 @@ _OCI_CODES = {
     403: "DENIED",
     413: "SIZE_INVALID",
     415: "UNSUPPORTED",
+    503: "UNAVAILABLE",
 }
 
 

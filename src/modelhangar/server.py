@@ -219,6 +219,9 @@ async def _reclaim_loop(store: Store) -> None:
                     )
         except asyncio.CancelledError:
             raise
+        except Unavailable as e:  # a database restarting: no traceback, the next poll retries
+            log.warning("reclaiming failed: %s", e.__cause__ or e)
+            await asyncio.sleep(RECLAIM_POLL)
         except Exception:  # keep serving; the next poll retries
             log.exception("reclaiming failed")
             await asyncio.sleep(RECLAIM_POLL)
@@ -229,6 +232,8 @@ async def _gc_loop(store: Store, interval: float) -> None:
         await asyncio.sleep(interval)
         try:
             await run_in_threadpool(_scheduled_round, store)
+        except Unavailable as e:  # a database restarting: no traceback, the next round retries
+            log.warning("background gc failed: %s", e.__cause__ or e)
         except Exception:  # keep serving; the next round retries
             log.exception("background gc failed")
 
@@ -238,6 +243,8 @@ async def _flush_loop(store: Store, interval: float) -> None:
         await asyncio.sleep(interval)
         try:
             await run_in_threadpool(store.last_used.flush)
+        except Unavailable as e:  # a database restarting: no traceback, the next round retries
+            log.warning("writing last-used times failed: %s", e.__cause__ or e)
         except Exception:  # kept pending; the next round retries
             log.exception("writing last-used times failed")
 

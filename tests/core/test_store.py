@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
@@ -316,6 +316,7 @@ def test_repository_keys_page_in_byte_order(kit: Kit) -> None:
     assert kit.store.repository_keys(PREFIX, everything[2], 2) == everything[3:5]
     assert kit.store.repository_keys(PREFIX + "a", limit=1) == [PREFIX + "a"]
     assert kit.store.repository_keys("elsewhere/") == []
+    assert kit.store.repository_keys("") == everything  # no prefix: every key
     assert kit.store.repository_keys(PREFIX + "a%") == []  # the prefix is literal
 
 
@@ -395,6 +396,54 @@ def test_a_connection_lost_in_a_transaction_changes_nothing_and_is_run_again(kit
     assert [(r.key, r.value) for r in kit.rows(rows) if r.key == "kept"] == [("kept", "2")]
     with catalog.read() as conn:  # and the pool hands out live connections again
         assert conn.execute(sa.select(rows.c.value).where(rows.c.key == "kept")).scalar() == "2"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_an_operation_that_committed_is_not_run_again_when_its_connection_goes_after(kit: Kit) -> None:
+    catalog = kit.store.catalog
+    attempts: list[int] = []
+
+    @retrying
+    def two_steps() -> None:
+        attempts.append(1)
+        with catalog.write() as conn:
+            conn.execute(t.store_settings.insert().values(key=f"step{len(attempts)}", value="1"))
+        with catalog.write() as conn:
+            conn.exec_driver_sql(KILL_SELF)
+
+    with pytest.raises(CatalogUnavailable):
+        two_steps()
+    assert len(attempts) == 1  # the first step is not made twice
+    assert [r.key for r in kit.rows(t.store_settings) if r.key.startswith("step")] == ["step1"]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_a_delete_whose_second_phase_meets_no_database_stands_and_gc_finishes_it(kit: Kit) -> None:
+    """The delete committed (its first phase): it is reported as done, never run again (which would
+    answer 404 for it), and the blobs it freed are unlinked by the next GC round (README, "Safety
+    rules")."""
+    from modelhangar.core import gc
+
+    kit.create("gone", [b"only the deleted model has this layer"])
+    layer = digest_of(b"only the deleted model has this layer")
+
+    def lose_connection(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("DELETE FROM blobs"):  # the second phase, every try
+            cursor.execute(KILL_SELF)
+
+    sa.event.listen(kit.store.catalog.engine, "before_cursor_execute", lose_connection)
+    try:
+        plan = kit.planner.delete([Target("repository", PREFIX + "gone")], Actor(), purge=True)
+    finally:
+        sa.event.remove(kit.store.catalog.engine, "before_cursor_execute", lose_connection)
+    assert plan.executed and layer in plan.blobs
+    assert kit.store.list_repositories() == []
+    assert layer in kit.store.pending_deletions()  # left marked deleting (with the config and manifest)
+    gc.collect(kit.store)
+    assert kit.store.pending_deletions() == [] and not kit.blob_path(layer).exists()
+    assert fsck(kit.store) == []
 
 
 @pytest.mark.postgres

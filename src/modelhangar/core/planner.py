@@ -165,7 +165,6 @@ class Planner:
             trash=not purge and self.store.settings.trash_retention > 0,
         )
 
-    @retrying
     def delete(
         self,
         targets: list[Target],
@@ -178,6 +177,10 @@ class Planner:
         """Delete the targets as one unit (or preview it). Refused plans change nothing."""
         if dry_run:
             return self.preview([targets], actor, purge=purge, action=action)[0]
+        return self._delete(targets, actor, purge=purge, action=action)
+
+    @retrying
+    def _delete(self, targets: list[Target], actor: Actor, *, purge: bool, action: str) -> Plan:
         plan = self._new_plan(targets, actor, dry_run=False, purge=purge)
         released = Released()
         with self.store.catalog.transaction() as (conn, trans):

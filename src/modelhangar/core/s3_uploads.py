@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.digests import parse_digest
-from modelhangar.core.errors import DigestMismatch, SizeMismatch
+from modelhangar.core.errors import DigestMismatch, SizeMismatch, Unavailable
 from modelhangar.core.s3blobs import MIN_PART, S3BlobStore, S3Writer, _wrapped
 from modelhangar.core.store import BlobCommit, Statements, Store
 
@@ -153,7 +153,8 @@ class S3UploadHandle:
             )
             return BlobCommit(digest=want, size=size, created=created)
         except BaseException:
-            with self.store.catalog.write() as conn:
+            # the failure that got here is the one to answer, not a catalog that is gone meanwhile
+            with contextlib.suppress(Unavailable), self.store.catalog.write() as conn:
                 end_session(conn)
             raise
         finally:

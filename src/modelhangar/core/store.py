@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import stat
 import time
@@ -58,6 +59,7 @@ from modelhangar.core.config import Settings
 from modelhangar.core.digests import parse_digest, sha256_digest
 from modelhangar.core.errors import (
     BlobUnknown,
+    CatalogUnavailable,
     Conflict,
     DigestMismatch,
     NotFound,
@@ -69,6 +71,7 @@ from modelhangar.core.errors import (
 from modelhangar.core.manifests import OLLAMA_CONFIG, ManifestRefs, manifest_annotations, parse_manifest
 from modelhangar.core.recency import LastUsed, touch_granularity
 
+log = logging.getLogger("modelhangar.store")
 PRESENT = "present"
 DELETING = "deleting"
 FUSE_REASON = "just used by an upload"
@@ -673,11 +676,11 @@ class Store:
     ) -> tuple[Any, dict[str, Any]]:
         """The statement of `repository_keys` and its parameters: the keys that start with `prefix` are
         the range from `prefix` to the next string after all of them (byte order is code point order)."""
-        if not prefix:
-            raise ValueError("a repository key prefix is not empty")
         past = after is not None and after >= prefix
         q, params = permissions.for_reader(_KEYS[self.catalog.is_sqlite, limit is not None, past], actor)
-        hi = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        # every key with the prefix sorts before this one; with none, before any non-ASCII text, and
+        # repository names are ASCII (core/names.py)
+        hi = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else "\x80"
         params = {**params, "hi": hi, **({"after": after} if past else {"lo": prefix})}
         if limit is not None:
             params["limit"] = limit
@@ -1231,12 +1234,24 @@ class Store:
             )
 
     def finish_deletions(self, digests: Sequence[str]) -> int:
-        """Second phase: unlink each blob still marked `deleting` and drop its row (one transaction)."""
-        removed = 0
+        """Second phase: unlink each blob still marked `deleting` and drop its row (one transaction).
+
+        Its callers have committed the first phase, which stands: a catalog that stays unavailable
+        through `retrying`'s tries leaves the blobs marked `deleting`, for the next GC round (or start)
+        to finish (README, "Safety rules"), and this returns 0."""
         if not digests:
             return 0
+        try:
+            return self._finish_deletions(sorted(set(digests)))
+        except CatalogUnavailable as e:
+            log.warning("%d blobs left marked deleting for the next GC round: %s", len(set(digests)), e)
+            return 0
+
+    @retrying
+    def _finish_deletions(self, digests: list[str]) -> int:
+        removed = 0
         with self.catalog.write() as conn:
-            for d in sorted(set(digests)):
+            for d in digests:
                 row = self._lock_blob(conn, d)
                 if row is None or row.state != DELETING:
                     continue

@@ -44,7 +44,7 @@ import sqlalchemy as sa
 from modelhangar.core.blobstore import write_all_at
 from modelhangar.core.catalog import schema as t
 from modelhangar.core.digests import parse_digest
-from modelhangar.core.errors import HangarError, NotFound, SizeMismatch
+from modelhangar.core.errors import HangarError, NotFound, SizeMismatch, Unavailable
 from modelhangar.core.store import PRESENT, Actor, BlobCommit, Released, Statements, Store, now
 
 _ID_RE = re.compile(r"[0-9a-f]{32}")
@@ -372,7 +372,8 @@ class UploadHandle:
         try:  # the session row goes in the transaction that installs the blob
             return self.store.import_blob_file(committing, want, known_digest=known, also=install)
         except BaseException:
-            with self.store.catalog.write() as conn:
+            # the failure that got here is the one to answer, not a catalog that is gone meanwhile
+            with contextlib.suppress(Unavailable), self.store.catalog.write() as conn:
                 end_session(conn)
             raise
         finally:

@@ -33,7 +33,7 @@ from modelhangar import auth
 from modelhangar.core import browse, sessions, trash
 from modelhangar.core.audit import list_audit
 from modelhangar.core.config import format_duration, parse_duration
-from modelhangar.core.errors import Conflict, Denied, HangarError, NotFound
+from modelhangar.core.errors import Conflict, Denied, HangarError, NotFound, Unavailable
 from modelhangar.core.names import InvalidName, display_repository, parse_name
 from modelhangar.core.planner import Plan, Planner, Target
 from modelhangar.core.retention import RetentionPolicy, policy_from_config, prune
@@ -184,6 +184,8 @@ def page(fn: Handler) -> Handler:
             return await render(request, "error.html", 403, code=403, message=str(e))
         except Conflict as e:
             return await render(request, "error.html", 409, code=409, message=str(e))
+        except Unavailable:
+            raise  # the server's 503 with Retry-After
         except (InvalidName, ValueError, HangarError) as e:
             return await render(request, "error.html", 400, code=400, message=str(e))
 

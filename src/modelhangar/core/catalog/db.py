@@ -8,6 +8,7 @@ interleaves with another writer, in this process or another one sharing the stor
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import functools
 import random
@@ -59,22 +60,29 @@ def lost_connection(exc: BaseException) -> bool:
     return isinstance(exc, sa.exc.OperationalError) and type(exc.orig).__module__.startswith("psycopg")
 
 
+_commits: contextvars.ContextVar[int] = contextvars.ContextVar("modelhangar_commits", default=0)
+"""Commits made in this context (thread or task): `retrying` never runs again an operation that has
+committed something in the try that failed."""
+
+
 def retrying(fn: Callable[P, R]) -> Callable[P, R]:
     """Run a whole catalog operation again (a few times, with jitter) when the database
     aborted its transaction for a deadlock or a serialization failure, or lost its connection before
     the commit (`CatalogUnavailable`, backing off for up to `LOST_RETRIES`); the operation must
     have no effect outside the catalog before its commit. A connection lost while committing is not
-    run again: whether that commit took effect is unknown."""
+    run again: whether that commit took effect is unknown; nor is one lost after the try committed a
+    transaction (a delete's second phase), which would do that transaction twice."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         for attempt in range(8):
+            committed = _commits.get()
             try:
                 return fn(*args, **kwargs)
             except CatalogUnavailable as e:
-                if e.committing or attempt >= LOST_RETRIES:
+                if e.committing or attempt >= LOST_RETRIES or _commits.get() != committed:
                     raise
-                pause = 0.05 * 2**attempt
+                pause = random.uniform(0.5, 1.5) * 0.05 * 2**attempt  # spread the tries after a restart
             except sa.exc.DBAPIError as e:
                 if not is_retryable(e) or attempt == 7:
                     raise
@@ -105,6 +113,7 @@ class Transaction:
             if self._lost_matters and lost_connection(e):
                 raise CatalogUnavailable(committing=True) from e
             raise
+        _commits.set(_commits.get() + 1)
 
     def rollback(self) -> None:
         self._trans.rollback()
@@ -293,17 +302,28 @@ class Catalog:
         may_wait("a store-wide lock")
         if not self.is_sqlite:
             mode = "_shared" if shared else ""
-            with self._unavailable_if_lost(), self.engine.connect() as conn:
-                fn = f"pg_advisory_lock{mode}" if blocking else f"pg_try_advisory_lock{mode}"
-                got = conn.execute(sa.text(f"SELECT {fn}(:k)"), {"k": key}).scalar()
-                conn.commit()
-                held = blocking or bool(got)
+            with self._unavailable_if_lost():
+                conn = self.engine.connect()
                 try:
-                    yield held
-                finally:
-                    if held:
+                    fn = f"pg_advisory_lock{mode}" if blocking else f"pg_try_advisory_lock{mode}"
+                    got = conn.execute(sa.text(f"SELECT {fn}(:k)"), {"k": key}).scalar()
+                    conn.commit()
+                except BaseException:
+                    self._release(conn)
+                    raise
+            held = blocking or bool(got)
+            try:
+                yield held
+            finally:
+                try:
+                    if held:  # a lost connection took the lock with it: nothing is left to release
                         conn.execute(sa.text(f"SELECT pg_advisory_unlock{mode}(:k)"), {"k": key})
                         conn.commit()
+                except sa.exc.DBAPIError as e:
+                    if not lost_connection(e):
+                        raise
+                finally:
+                    self._release(conn)
             return
         assert self._lock_dir is not None
         with lease_files.flocked(self._lock_dir / lock_file, shared=shared, blocking=blocking) as held:
@@ -348,7 +368,10 @@ class Catalog:
                 return
         result = conn.execution_options(yield_per=batch).execute(statement, params)
         try:
-            yield from result.partitions()
+            for rows in result.partitions():
+                yield rows
+                if len(rows) < batch:  # the last: asking for more would be another round trip
+                    break
         finally:
             result.close()
 
