@@ -291,4 +291,5 @@ async def catalog(request: Request) -> Response:
     if len(names) > n:
         names = names[:n]
         headers = next_link("/v2/_catalog", n, names[-1])
-    return JSONResponse({"repositories": names}, headers=headers)
+    body = '{"repositories":[' + ",".join(f'"{n}"' for n in names) + "]}"  # names need no escaping
+    return Response(body, headers=headers, media_type="application/json")
