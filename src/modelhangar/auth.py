@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modelhangar.core import accounts
 from modelhangar.core.catalog.db import retrying
-from modelhangar.core.errors import Unavailable
+from modelhangar.core.errors import Unavailable, one_line
 from modelhangar.core.store import Actor, Store
 from modelhangar.guards import error_response
 from modelhangar.guards import face_of as face_of  # re-exported: the one map of paths to faces
@@ -156,7 +156,7 @@ class Authenticate:
                 type(e).__name__,
                 scope["method"],
                 scope["path"],
-                e.__cause__ or e,
+                one_line(e),
             )
             retry = {"Retry-After": str(e.retry_after)}
             await error_response(scope["path"], 503, e.advice, retry)(scope, receive, send)

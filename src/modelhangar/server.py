@@ -23,7 +23,7 @@ from modelhangar import __version__, guards, web
 from modelhangar.auth import Authenticate
 from modelhangar.core import gc, listing, reclaim
 from modelhangar.core.config import Settings
-from modelhangar.core.errors import Denied, QuotaExceeded, TooLarge, Unauthenticated, Unavailable
+from modelhangar.core.errors import Denied, QuotaExceeded, TooLarge, Unauthenticated, Unavailable, one_line
 from modelhangar.core.retention import policy_from_config, prune
 from modelhangar.core.store import Actor, Store
 from modelhangar.faces.hangar import docs
@@ -89,7 +89,7 @@ async def _account_error(request: Request, exc: Exception) -> Response:
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Unavailable)
-    log.warning("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc.__cause__ or exc)
+    log.warning("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, one_line(exc))
     return _error_body(request, 503, exc.advice, {"Retry-After": str(exc.retry_after)})
 
 
@@ -220,7 +220,7 @@ async def _reclaim_loop(store: Store) -> None:
         except asyncio.CancelledError:
             raise
         except Unavailable as e:  # a database restarting: no traceback, the next poll retries
-            log.warning("reclaiming failed: %s", e.__cause__ or e)
+            log.warning("reclaiming failed: %s", one_line(e))
             await asyncio.sleep(RECLAIM_POLL)
         except Exception:  # keep serving; the next poll retries
             log.exception("reclaiming failed")
@@ -233,7 +233,7 @@ async def _gc_loop(store: Store, interval: float) -> None:
         try:
             await run_in_threadpool(_scheduled_round, store)
         except Unavailable as e:  # a database restarting: no traceback, the next round retries
-            log.warning("background gc failed: %s", e.__cause__ or e)
+            log.warning("background gc failed: %s", one_line(e))
         except Exception:  # keep serving; the next round retries
             log.exception("background gc failed")
 
@@ -244,7 +244,7 @@ async def _flush_loop(store: Store, interval: float) -> None:
         try:
             await run_in_threadpool(store.last_used.flush)
         except Unavailable as e:  # a database restarting: no traceback, the next round retries
-            log.warning("writing last-used times failed: %s", e.__cause__ or e)
+            log.warning("writing last-used times failed: %s", one_line(e))
         except Exception:  # kept pending; the next round retries
             log.exception("writing last-used times failed")
 

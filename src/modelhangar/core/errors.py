@@ -110,3 +110,12 @@ def model_not_found(model: str) -> str:
 def not_in_trash(ident: str) -> str:
     """What restoring a trash entry id, or a model name (shortest form), that the trash lacks says."""
     return f"no trash entry {ident}" if ident.isdigit() else f'model "{ident}" is not in the trash'
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as a log line: the first line of what caused it (a database error's driver message,
+    without its SQL and parameters)."""
+    cause = exc.__cause__ or exc
+    orig = getattr(cause, "orig", None)
+    text = str(orig if orig is not None else cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__

@@ -103,8 +103,8 @@ def _collect(store: Store, actor: Actor) -> GCReport:
     report.blobs.extend(released.blobs)
     report.bytes_freed += released.bytes
     pending = store.pending_deletions()
-    store.finish_deletions(pending)
-    report.finished = pending
+    # one transaction: all of them, or none (a catalog gone meanwhile: the next round finishes them)
+    report.finished = pending if store.finish_deletions(pending) else []
     report.orphan_files = _reclaim_orphan_files(store, ts - store.settings.gc_grace)
     report.strays = store.blobs.sweep_strays(ts - store.settings.gc_grace)
     report.strays += uploads.expire(store)

@@ -54,12 +54,11 @@ from modelhangar.core.blobstore import (
     sha256_file,
 )
 from modelhangar.core.catalog import schema as t
-from modelhangar.core.catalog.db import Catalog, retrying
+from modelhangar.core.catalog.db import Catalog, is_retryable, retrying
 from modelhangar.core.config import Settings
 from modelhangar.core.digests import parse_digest, sha256_digest
 from modelhangar.core.errors import (
     BlobUnknown,
-    CatalogUnavailable,
     Conflict,
     DigestMismatch,
     NotFound,
@@ -67,6 +66,7 @@ from modelhangar.core.errors import (
     Refused,
     SizeMismatch,
     Unavailable,
+    one_line,
 )
 from modelhangar.core.manifests import OLLAMA_CONFIG, ManifestRefs, manifest_annotations, parse_manifest
 from modelhangar.core.recency import LastUsed, touch_granularity
@@ -695,7 +695,8 @@ class Store:
         in one query."""
         q, params = self._repository_keys_query(prefix, after, limit, actor)
         with self.catalog.read() as conn:
-            return [r[0] for rows in self.catalog.stream(conn, q, params, limit or 5000) for r in rows]
+            batches = self.catalog.stream(conn, q, params, min(limit or 5000, 5000))
+            return [r[0] for rows in batches for r in rows]
 
     def iter_repository_keys(
         self, prefix: str, after: str | None = None, batch: int = 5000, *, actor: Actor | None = None
@@ -1243,8 +1244,12 @@ class Store:
             return 0
         try:
             return self._finish_deletions(sorted(set(digests)))
-        except CatalogUnavailable as e:
-            log.warning("%d blobs left marked deleting for the next GC round: %s", len(set(digests)), e)
+        except (Unavailable, sa.exc.DBAPIError) as e:  # the catalog or the object store, gone for now
+            if isinstance(e, sa.exc.DBAPIError) and not is_retryable(e):
+                raise
+            log.warning(
+                "%d blobs left marked deleting for the next GC round: %s", len(set(digests)), one_line(e)
+            )
             return 0
 
     @retrying

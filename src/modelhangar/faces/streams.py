@@ -6,6 +6,7 @@ from collections.abc import Callable, Generator, Iterator
 
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from modelhangar.core.catalog.db import retrying
 
@@ -27,10 +28,23 @@ async def started(make: Callable[[], Body], media_type: str) -> StreamingRespons
     body, first = await run_in_threadpool(begin)
 
     def rest() -> Iterator[bytes]:
-        try:
-            yield first
-            yield from body
-        finally:
-            body.close()  # releases the listing's read snapshot, however the answer ended
+        yield first
+        yield from body
 
-    return StreamingResponse(rest(), media_type=media_type)
+    return _Listing(rest(), body, media_type=media_type)
+
+
+class _Listing(StreamingResponse):
+    """A streamed listing that releases its read snapshot (closes `body`) on a worker thread however the
+    answer ended: also when the client went before the first piece was sent, when the iterator never
+    started and so would never run a `finally` of its own."""
+
+    def __init__(self, content: Iterator[bytes], body: Body, media_type: str) -> None:
+        super().__init__(content, media_type=media_type)
+        self._body = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await run_in_threadpool(self._body.close)

@@ -534,6 +534,24 @@ def test_tags_and_catalog_pagination(oci: httpx.Client) -> None:
     assert seen == everything
 
 
+@pytest.mark.parametrize("path", ["/v2/_catalog", "/v2/lib/p/tags/list"])
+def test_pages_past_any_size_or_from_any_position_answer_a_page_or_400(oci: httpx.Client, path: str) -> None:
+    """An `n` beyond what any database integer holds gets a page (at most PAGE_MAX names); a `last` no
+    name could follow, or an `n` of digits that are not ASCII, is a 400 in the registry's format."""
+    push_blob(oci, "lib/p", b"{}")
+    body = image_manifest(b"{}", [])
+    assert oci.put(
+        "/v2/lib/p/manifests/latest", content=body, headers={"Content-Type": OCI_MANIFEST}
+    ).is_success
+    key = "repositories" if path == "/v2/_catalog" else "tags"
+    everything = oci.get(path).json()[key]
+    for n in ("2147483647", "99999999999999999999999"):
+        r = oci.get(path, params={"n": n})
+        assert r.status_code == 200 and r.json()[key] == everything, (n, r.text)
+    for params in ({"last": "a\x00b"}, {"n": "\u00b2"}, {"n": "\u0661"}):
+        assert_error(oci.get(path, params=params), 400, "UNSUPPORTED")
+
+
 # ---------------------------------------------------------------------------------------------- errors
 
 

@@ -70,8 +70,10 @@ def retrying(fn: Callable[P, R]) -> Callable[P, R]:
     aborted its transaction for a deadlock or a serialization failure, or lost its connection before
     the commit (`CatalogUnavailable`, backing off for up to `LOST_RETRIES`); the operation must
     have no effect outside the catalog before its commit. A connection lost while committing is not
-    run again: whether that commit took effect is unknown; nor is one lost after the try committed a
-    transaction (a delete's second phase), which would do that transaction twice."""
+    run again: whether that commit took effect is unknown; nor is a try that failed after it committed
+    a transaction (a delete's second phase), which would do that transaction twice. Commits are
+    counted in the caller's context (its thread, or the task and greenlet it runs in): an operation
+    that commits on a thread of its own would not be seen doing so, and none does."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -84,7 +86,7 @@ def retrying(fn: Callable[P, R]) -> Callable[P, R]:
                     raise
                 pause = random.uniform(0.5, 1.5) * 0.05 * 2**attempt  # spread the tries after a restart
             except sa.exc.DBAPIError as e:
-                if not is_retryable(e) or attempt == 7:
+                if not is_retryable(e) or attempt == 7 or _commits.get() != committed:
                     raise
                 pause = random.uniform(0.005, 0.05) * (attempt + 1)
             may_wait("a catalog operation run again")  # on the event loop: run it on a thread instead
@@ -142,7 +144,7 @@ class Catalog:
             # the pool: the hot reads go to `async_reads`, so pooled connections sit idle long enough
             # for a server's idle timeout or a NAT to drop them, and a write must not find that out.
             self.engine = sa.create_engine(
-                url, pool_size=40, max_overflow=10, pool_recycle=300, pool_pre_ping=True
+                url, pool_size=40, max_overflow=10, pool_recycle=300, pool_pre_ping=True, hide_parameters=True
             )
             # Reads that must agree (fsck, du, listings) see one snapshot: REPEATABLE READ, read-only.
             self.read_engine = self.engine.execution_options(
@@ -428,7 +430,9 @@ def _sqlite_engine(url: str, *, immediate: bool) -> sa.Engine:
     # Readers keep as many connections as the server runs requests at once (its 40 worker threads), so
     # a busy server does not open and close a connection per request; writers queue for one lock anyway.
     pool = {"pool_size": 5, "max_overflow": 10} if immediate else {"pool_size": 40, "max_overflow": 10}
-    engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, **pool)
+    engine = sa.create_engine(
+        url, connect_args={"timeout": 60, "check_same_thread": False}, hide_parameters=True, **pool
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -112,15 +112,23 @@ def absolute(request: Request, path: str) -> str:
     return str(request.base_url).rstrip("/") + path
 
 
+PAGE_MAX = 10_000
+"""The most names one page of a catalog or tags list holds: a larger `n` gets this many and a `Link`
+to the rest, as the spec allows (a registry may return fewer than `n`)."""
+
+
 def page_params(request: Request) -> tuple[int | None, str | None]:
-    """`n` (None when absent) and `last` of a paginated listing; a bad `n` is UNSUPPORTED."""
+    """`n` (None when absent; at most PAGE_MAX) and `last` of a paginated listing; a bad `n`, or a
+    `last` no name could follow (a NUL), is UNSUPPORTED."""
     last = request.query_params.get("last") or None
+    if last is not None and "\x00" in last:
+        raise OciError("UNSUPPORTED", "last must not hold a NUL character", status=400)
     raw_n = request.query_params.get("n")
     if raw_n is None or raw_n == "":
         return None, last
-    if not raw_n.isdigit():
+    if not (raw_n.isascii() and raw_n.isdigit()):
         raise OciError("UNSUPPORTED", "n must be a non-negative integer", {"n": raw_n[:50]}, status=400)
-    return int(raw_n), last
+    return min(int(raw_n), PAGE_MAX), last
 
 
 def next_link(path: str, n: int, last: str) -> dict[str, str]:
