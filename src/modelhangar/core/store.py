@@ -272,11 +272,13 @@ class Store:
 
     # ------------------------------------------------------------------ blobs
 
+    @retrying
     def blob_size(self, digest: str) -> int | None:
         """Size of a present blob, or None (a blob being deleted looks absent)."""
         row = self._read_one(_BLOB_ROW, digest=digest)
         return None if row is None or row.state != PRESENT else int(row.size)
 
+    @retrying
     def reuse_blob(self, digest: str) -> int | None:
         """Claim a present blob for an upcoming manifest (a write: it resets the GC fuse).
 
@@ -430,6 +432,7 @@ class Store:
         w.write(data)
         return self.commit_blob(w, expected)
 
+    @retrying
     def read_blob(self, digest: str, limit: int | None = None) -> bytes:
         if self.blob_size(digest) is None:
             raise NotFound(f"blob {digest} not found")
@@ -629,6 +632,7 @@ class Store:
     def _read_one(self, statement: sa.Executable, **params: Any) -> Any:
         return self.catalog.read_once(statement, params)
 
+    @retrying
     def list_repositories(self, *, actor: Actor | None = None) -> list[str]:
         """Repositories that hold at least one manifest and `actor` may read, sorted."""
         q = (
@@ -639,18 +643,21 @@ class Store:
         with self.catalog.read() as conn:
             return [r.name for r in conn.execute(self._visible_to(q, actor))]
 
+    @retrying
     def repository(self, name: str, *, actor: Actor | None = None) -> Any:
         """The repository's catalog row if it exists and `actor` may read it, else None."""
         q = sa.select(t.repositories).where(t.repositories.c.name_key == name.lower())
         with self.catalog.read() as conn:
             return conn.execute(self._visible_to(q, actor)).first()
 
+    @retrying
     def require(self, actor: Actor, need: permissions.Need, repository: str) -> Any:
         """The repository's row, checked for `need` by `actor` (NotFound / Denied); None if it does not
         exist (a write may create it)."""
         with self.catalog.read() as conn:
             return permissions.access(conn, actor, repository, need)
 
+    @retrying
     def require_writable(self, actor: Actor, repository: str) -> None:
         """Raise NotFound / Denied unless `actor` may write `repository`, or create it if it does not
         exist (its namespace is the actor's, one of its organisations', or no account's)."""
@@ -738,6 +745,7 @@ class Store:
         with self.catalog.read() as conn:
             return list(conn.execute(self._visible_to(q, actor)).scalars())
 
+    @retrying
     def get_manifest(self, digest: str) -> tuple[bytes, str] | None:
         """Bytes and media type of a live manifest."""
         with self.catalog.read() as conn:
