@@ -29,8 +29,8 @@ from modelhangar.core import accounts
 from modelhangar.core.catalog.db import retrying
 from modelhangar.core.errors import Unavailable, one_line
 from modelhangar.core.store import Actor, Store
-from modelhangar.guards import error_response
 from modelhangar.guards import face_of as face_of  # re-exported: the one map of paths to faces
+from modelhangar.guards import unavailable
 
 log = logging.getLogger("modelhangar")
 
@@ -158,8 +158,7 @@ class Authenticate:
                 scope["path"],
                 one_line(e),
             )
-            retry = {"Retry-After": str(e.retry_after)}
-            await error_response(scope["path"], 503, e.advice, retry)(scope, receive, send)
+            await unavailable(scope["path"], e)(scope, receive, send)
 
     async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
         from modelhangar.faces import quick

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
 from modelhangar.core.config import Settings
-from modelhangar.core.errors import TooLarge
+from modelhangar.core.errors import TooLarge, Unavailable
 
 OLLAMA_ORIGINS = (
     *(
@@ -102,6 +102,12 @@ def error_response(path: str, status: int, message: str, headers: dict[str, str]
     else:
         body = {"error": message}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def unavailable(path: str, exc: Unavailable) -> Response:
+    """A service the store needs gone for now (`core.errors.Unavailable`): 503 with `Retry-After`, in the
+    format of the face that serves `path`."""
+    return error_response(path, 503, exc.advice, {"Retry-After": str(exc.retry_after)})
 
 
 def is_blob_upload(path: str) -> bool:

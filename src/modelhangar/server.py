@@ -90,7 +90,7 @@ async def _account_error(request: Request, exc: Exception) -> Response:
 async def _unavailable(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Unavailable)
     log.warning("%s on %s %s: %s", type(exc).__name__, request.method, request.url.path, one_line(exc))
-    return _error_body(request, 503, exc.advice, {"Retry-After": str(exc.retry_after)})
+    return guards.unavailable(request.url.path, exc)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

@@ -432,7 +432,6 @@ class Store:
         w.write(data)
         return self.commit_blob(w, expected)
 
-    @retrying
     def read_blob(self, digest: str, limit: int | None = None) -> bytes:
         if self.blob_size(digest) is None:
             raise NotFound(f"blob {digest} not found")

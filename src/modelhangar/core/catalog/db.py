@@ -60,6 +60,17 @@ def lost_connection(exc: BaseException) -> bool:
     return isinstance(exc, sa.exc.OperationalError) and type(exc.orig).__module__.startswith("psycopg")
 
 
+@contextlib.contextmanager
+def _lost_is_nothing(postgres: bool) -> Iterator[None]:
+    """Ending something (a rollback, a close, an unlock) on a PostgreSQL connection that is gone: the
+    database ended it with the connection, so a lost connection here is no error."""
+    try:
+        yield
+    except sa.exc.DBAPIError as e:
+        if not (postgres and lost_connection(e)):
+            raise
+
+
 _commits: contextvars.ContextVar[int] = contextvars.ContextVar("modelhangar_commits", default=0)
 """Commits made in this context (thread or task): `retrying` never runs again an operation that has
 committed something in the try that failed."""
@@ -123,11 +134,8 @@ class Transaction:
     def rollback_after_failure(self) -> None:
         """Roll back what a failure (or an early return) left open: on a lost connection the database
         rolled it back already, and the failure that got here, not the lost connection, is raised."""
-        try:
+        with _lost_is_nothing(self._lost_matters):
             self._trans.rollback()
-        except sa.exc.DBAPIError as e:
-            if not (self._lost_matters and lost_connection(e)):
-                raise
 
 
 class Catalog:
@@ -265,13 +273,13 @@ class Catalog:
         """Close a read's connection (its rollback ends the snapshot). A connection lost by then loses
         nothing: what the read read is read, and the database ended its snapshot with it; the error the
         read is ending with, if any, is raised instead."""
-        try:
-            conn.close()
-        except sa.exc.DBAPIError as e:
-            if self.is_sqlite or not lost_connection(e):
+        with _lost_is_nothing(not self.is_sqlite):
+            try:
+                conn.close()
+            except sa.exc.DBAPIError:
+                with contextlib.suppress(sa.exc.SQLAlchemyError):
+                    conn.invalidate()  # never back into the pool
                 raise
-            with contextlib.suppress(sa.exc.SQLAlchemyError):
-                conn.invalidate()
 
     def exclusive(self, name: str, *, blocking: bool) -> contextlib.AbstractContextManager[bool]:
         """A store-wide lock held for the block (yields False when `blocking` is off and another holds it).
@@ -318,12 +326,10 @@ class Catalog:
                 yield held
             finally:
                 try:
-                    if held:  # a lost connection took the lock with it: nothing is left to release
-                        conn.execute(sa.text(f"SELECT pg_advisory_unlock{mode}(:k)"), {"k": key})
-                        conn.commit()
-                except sa.exc.DBAPIError as e:
-                    if not lost_connection(e):
-                        raise
+                    with _lost_is_nothing(True):  # a lost connection took the lock with it
+                        if held:
+                            conn.execute(sa.text(f"SELECT pg_advisory_unlock{mode}(:k)"), {"k": key})
+                            conn.commit()
                 finally:
                     self._release(conn)
             return

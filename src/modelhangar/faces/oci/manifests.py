@@ -258,20 +258,17 @@ def _catalog_names(store: Store, after: str | None, want: int, actor: Actor) -> 
 
 def _whole_catalog(store: Store, after: str | None, actor: Actor) -> Generator[bytes, None, None]:
     """`{"repositories":[...]}` of every OCI name after `after`, streamed from one snapshot a batch at a
-    time (flat memory at any size; names need no JSON escaping, NAME_RE allows none). The first batch
-    is read before the first piece (`streams.started`)."""
+    time (flat memory at any size; names need no JSON escaping, NAME_RE allows none). The head goes
+    with the first batch, after the query (`streams.started`)."""
     keys = store.iter_repository_keys(PREFIX, None if after is None else PREFIX + after, actor=actor)
-    sep = ""
+    head, sep = b'{"repositories":[', ""
     try:
-        first = oci_names(next(keys, []))
-        yield b'{"repositories":[' + (('"' + '","'.join(first) + '"').encode() if first else b"")
-        sep = "," if first else ""
         for batch in keys:
             names = oci_names(batch)
             if names:
-                yield (sep + '"' + '","'.join(names) + '"').encode()
-                sep = ","
-        yield b"]}"
+                yield head + (sep + '"' + '","'.join(names) + '"').encode()
+                head, sep = b"", ","
+        yield head + b"]}"
     finally:
         keys.close()
 

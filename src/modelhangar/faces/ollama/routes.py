@@ -67,15 +67,13 @@ def _tags_body(store: Store, actor: Actor | None = None) -> Generator[bytes, Non
     tag is written (`core/listing.py`): no per-model record, parse or format here. Repositories other
     faces made that have no Ollama name are left out, and so are the private models of others."""
     batches = store.iter_listing(actor=actor)
+    head, sep = b'{"models":[', ""  # sent with the first batch: after the query (`streams.started`)
     try:
-        first = next(batches, [])  # the listing's query, before the first piece (`streams.started`)
-        sep = "," if first else ""
-        yield b'{"models":[' + ",".join(first).encode()
         for batch in batches:
             if batch:
-                yield (sep + ",".join(batch)).encode()
-                sep = ","
-        yield b"]}"
+                yield head + (sep + ",".join(batch)).encode()
+                head, sep = b"", ","
+        yield head + b"]}"
     finally:
         batches.close()  # releases the read snapshot, however the response ended
 
